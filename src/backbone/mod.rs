@@ -1,0 +1,225 @@
+//! Frozen, headless backbones: build the network for a registry [`Architecture`], load its
+//! weights from a safetensors file (checking every tensor's name and shape), and turn
+//! normalised picture batches into pooled penultimate features. The network is in inference
+//! mode, runs without gradients, and its weights never change.
+
+pub mod inception_v3;
+pub mod layers;
+pub mod resnet;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::error::{Error, Result};
+use crate::hub::Architecture;
+use inception_v3::InceptionV3;
+use resnet::{ResNet, ResNetConfig};
+
+/// Numeric precision of the backbone's computation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// 32-bit floats.
+    Fp32,
+    /// bfloat16 weights and activations (features are returned as f32).
+    Bf16,
+}
+
+/// `--precision`: a precision, or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrecisionChoice {
+    /// Use this precision.
+    Fixed(Precision),
+    /// bf16 where the hardware computes it natively (CUDA, or a CPU with AVX512-BF16 or AMX),
+    /// else fp32.
+    Auto,
+}
+
+impl PrecisionChoice {
+    /// The precision to use on `device`.
+    pub fn resolve(self, device: Device) -> Precision {
+        match self {
+            PrecisionChoice::Fixed(p) => p,
+            PrecisionChoice::Auto if device.is_cuda() => Precision::Bf16,
+            PrecisionChoice::Auto if cpu_has_native_bf16() => Precision::Bf16,
+            PrecisionChoice::Auto => Precision::Fp32,
+        }
+    }
+}
+
+/// True when `/proc/cpuinfo` lists AVX512-BF16 or AMX-BF16.
+pub fn cpu_has_native_bf16() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .map(|s| s.lines().filter(|l| l.starts_with("flags")).take(1).any(|l| l.contains(" avx512_bf16") || l.contains(" amx_bf16")))
+        .unwrap_or(false)
+}
+
+/// `--device`: a device, or `auto` (CUDA when available).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceChoice {
+    /// The CPU.
+    Cpu,
+    /// The first CUDA GPU.
+    Cuda,
+    /// CUDA if available, else the CPU.
+    Auto,
+}
+
+impl DeviceChoice {
+    /// The libtorch device, or an error when CUDA was asked for and is not there.
+    pub fn resolve(self) -> Result<Device> {
+        match self {
+            DeviceChoice::Cpu => Ok(Device::Cpu),
+            DeviceChoice::Auto => Ok(if tch::Cuda::is_available() { Device::Cuda(0) } else { Device::Cpu }),
+            DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+            DeviceChoice::Cuda => Err(Error::usage(
+                "--device",
+                "cuda was asked for but libtorch sees no CUDA device; use --device cpu (or auto)",
+            )),
+        }
+    }
+}
+
+enum Net {
+    ResNet(ResNet),
+    InceptionV3(InceptionV3),
+}
+
+/// A frozen backbone with its weights.
+pub struct Backbone {
+    vs: nn::VarStore,
+    net: Net,
+    architecture: Architecture,
+    precision: Precision,
+}
+
+impl std::fmt::Debug for Backbone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backbone").field("architecture", &self.architecture).field("precision", &self.precision).finish()
+    }
+}
+
+impl Backbone {
+    /// Builds `architecture` with random weights (PyTorch's default initialisation), in fp32.
+    /// Useful for tests and for writing checkpoints with the right key names.
+    pub fn random(architecture: Architecture, device: Device) -> Self {
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let net = match architecture {
+            Architecture::Resnet18 => Net::ResNet(ResNet::new(&root, ResNetConfig::resnet18())),
+            Architecture::Resnet34 => Net::ResNet(ResNet::new(&root, ResNetConfig::resnet34())),
+            Architecture::Resnet50 => Net::ResNet(ResNet::new(&root, ResNetConfig::resnet50())),
+            Architecture::Resnet101 => Net::ResNet(ResNet::new(&root, ResNetConfig::resnet101())),
+            Architecture::Resnet152 => Net::ResNet(ResNet::new(&root, ResNetConfig::resnet152())),
+            Architecture::InceptionV3 => Net::InceptionV3(InceptionV3::new(&root)),
+        };
+        let mut backbone = Backbone { vs, net, architecture, precision: Precision::Fp32 };
+        backbone.vs.freeze();
+        backbone
+    }
+
+    /// Builds `architecture` and loads `weights` (safetensors with torchvision/timm key names).
+    /// Every tensor the network needs must be there with the right shape; extra tensors (the
+    /// original classifier, `num_batches_tracked`, an auxiliary head) are ignored.
+    pub fn load(architecture: Architecture, weights: &Path, device: Device, precision: Precision) -> Result<Self> {
+        let mut backbone = Self::random(architecture, Device::Cpu);
+        backbone.load_weights(weights)?;
+        backbone.vs.set_device(device);
+        if precision == Precision::Bf16 {
+            backbone.vs.bfloat16();
+        }
+        backbone.precision = precision;
+        Ok(backbone)
+    }
+
+    fn load_weights(&mut self, path: &Path) -> Result<()> {
+        let tensors = Tensor::read_safetensors(path).map_err(|e| {
+            Error::bad_input(path, format!("cannot read as safetensors ({e}); give a .safetensors checkpoint"))
+        })?;
+        let tensors: HashMap<String, Tensor> = tensors.into_iter().collect();
+        let mut vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let missing: Vec<&str> = vars.iter().filter(|(n, _)| !tensors.contains_key(n)).map(|(n, _)| n.as_str()).collect();
+        if !missing.is_empty() {
+            let shown = missing.iter().take(5).copied().collect::<Vec<_>>().join(", ");
+            return Err(Error::bad_input(
+                path,
+                format!(
+                    "{} of the {} tensors a {:?} needs are missing (for example {shown}); is this a {:?} \
+                     checkpoint with timm/torchvision key names?",
+                    missing.len(),
+                    vars.len(),
+                    self.architecture,
+                    self.architecture
+                ),
+            ));
+        }
+        tch::no_grad(|| {
+            for (name, var) in &mut vars {
+                let src = &tensors[name.as_str()];
+                if src.size() != var.size() {
+                    return Err(Error::bad_input(
+                        path,
+                        format!("tensor '{name}' has shape {:?}, the network needs {:?}", src.size(), var.size()),
+                    ));
+                }
+                if !matches!(src.kind(), Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double) {
+                    return Err(Error::bad_input(
+                        path,
+                        format!("tensor '{name}' has dtype {:?}; weights must be floating point", src.kind()),
+                    ));
+                }
+                var.f_copy_(&src.to_kind(var.kind()))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Writes the weights as safetensors with the registry's key names.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut vars: Vec<(String, Tensor)> =
+            self.vs.variables().into_iter().map(|(n, t)| (n, t.to_kind(Kind::Float).to_device(Device::Cpu))).collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        Tensor::write_safetensors(&vars, path)?;
+        Ok(())
+    }
+
+    /// Pooled features, `[N, D]` f32 on the CPU, for a normalised f32 `[N, 3, S, S]` batch.
+    pub fn features(&self, batch: &Tensor) -> Result<Tensor> {
+        let kind = match self.precision {
+            Precision::Fp32 => Kind::Float,
+            Precision::Bf16 => Kind::BFloat16,
+        };
+        let out = tch::no_grad(|| -> Result<Tensor> {
+            let xs = batch.f_to_device(self.vs.device())?.f_to_kind(kind)?;
+            let ys = match &self.net {
+                Net::ResNet(n) => n.forward(&xs),
+                Net::InceptionV3(n) => n.forward(&xs),
+            };
+            Ok(ys.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu)?)
+        })?;
+        Ok(out)
+    }
+
+    /// Width of the features.
+    pub fn feature_width(&self) -> i64 {
+        match &self.net {
+            Net::ResNet(n) => n.feature_width(),
+            Net::InceptionV3(_) => InceptionV3::FEATURE_WIDTH,
+        }
+    }
+
+    /// The precision it computes in.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The device it runs on.
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+}

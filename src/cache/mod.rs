@@ -1,0 +1,216 @@
+//! The feature cache: each split's features and labels, written once per [`FeatureKey`].
+//!
+//! Layout: `<cache-dir>/features/<model>/<split>-<digest>/` holding
+//! - `features.safetensors`: `features` (N x D, f32) and `labels` (N, int64), rows in the data
+//!   files' order; any safetensors reader opens it;
+//! - `manifest.json`: the full key, the shape, and the file's size and blake3, written last,
+//!   atomically. An entry without a valid manifest does not exist; one whose file does not match
+//!   its manifest is reported and recomputed, never used.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+use crate::backbone::Precision;
+use crate::data::preprocess::Preprocessing;
+use crate::data::sample::Subset;
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil::{blake3_file, write_atomic_with, write_json_atomic};
+use crate::hub::Architecture;
+
+/// Version of the cache layout; part of every key.
+pub const FORMAT_VERSION: u32 = 1;
+const FEATURES_FILE: &str = "features.safetensors";
+const MANIFEST_FILE: &str = "manifest.json";
+
+/// Everything that determines a split's features.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureKey {
+    /// Cache layout version.
+    pub format: u32,
+    /// Registry name of the backbone.
+    pub model: String,
+    /// Its architecture.
+    pub architecture: Architecture,
+    /// sha256 of the weights file.
+    pub weights_sha256: String,
+    /// How pictures became input tensors.
+    pub preprocessing: Preprocessing,
+    /// Backbone precision.
+    pub precision: Precision,
+    /// Data set name (`cifar10`, a folder's name); informative.
+    pub dataset: String,
+    /// Content hash of exactly the rows extracted (see `Split::identity`).
+    pub data_identity: String,
+    /// `train` or `test`.
+    pub split: String,
+    /// The sample taken of the split.
+    pub sample: Subset,
+    /// Its seed.
+    pub sample_seed: u64,
+    /// Number of rows.
+    pub rows: usize,
+}
+
+impl FeatureKey {
+    /// A hex digest of the whole key.
+    pub fn digest(&self) -> String {
+        let json = serde_json::to_vec(self).expect("keys always serialise");
+        blake3::hash(&json).to_hex()[..32].to_string()
+    }
+}
+
+/// What `manifest.json` records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The key the features were computed for.
+    pub key: FeatureKey,
+    /// Its digest (the folder name's suffix).
+    pub digest: String,
+    /// Rows.
+    pub rows: usize,
+    /// Feature width.
+    pub feature_width: i64,
+    /// Storage dtype of `features` (`f32`).
+    pub dtype: String,
+    /// Class names, in label order.
+    pub classes: Vec<String>,
+    /// Size of `features.safetensors` in bytes.
+    pub file_bytes: u64,
+    /// blake3 of `features.safetensors`.
+    pub file_blake3: String,
+    /// Seconds the backbone took.
+    pub extract_seconds: f64,
+    /// When it was written (RFC 3339).
+    pub created_at: String,
+    /// lastlayer's version.
+    pub lastlayer_version: String,
+}
+
+/// A verified cache entry.
+#[derive(Debug, Clone, Serialize)]
+pub struct CachedFeatures {
+    /// The entry's folder.
+    pub dir: PathBuf,
+    /// `features.safetensors`.
+    pub features_path: PathBuf,
+    /// `manifest.json`.
+    pub manifest_path: PathBuf,
+    /// Its manifest.
+    pub manifest: Manifest,
+}
+
+impl CachedFeatures {
+    /// Loads `(features [N, D] f32, labels [N] i64)`.
+    pub fn load(&self) -> Result<(Tensor, Tensor)> {
+        let tensors = Tensor::read_safetensors(&self.features_path)
+            .map_err(|e| Error::bad_input(&self.features_path, format!("unreadable cache file ({e}); `lastlayer cache rm` it")))?;
+        let get = |name: &str| {
+            tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t.shallow_clone()).ok_or_else(|| {
+                Error::bad_input(&self.features_path, format!("has no '{name}' tensor; delete this cache entry"))
+            })
+        };
+        let (x, y) = (get("features")?, get("labels")?);
+        let m = &self.manifest;
+        if x.size() != [m.rows as i64, m.feature_width] || y.size() != [m.rows as i64] || x.kind() != Kind::Float || y.kind() != Kind::Int64 {
+            return Err(Error::bad_input(&self.features_path, "tensor shapes or dtypes disagree with manifest.json; delete this cache entry"));
+        }
+        Ok((x, y))
+    }
+}
+
+/// The cache under `<cache-dir>/features`.
+#[derive(Debug, Clone)]
+pub struct FeatureCache {
+    root: PathBuf,
+}
+
+impl FeatureCache {
+    /// The feature cache inside `cache_dir`.
+    pub fn new(cache_dir: &Path) -> Self {
+        FeatureCache { root: cache_dir.join("features") }
+    }
+
+    /// The folder of `key`'s entry.
+    pub fn entry_dir(&self, key: &FeatureKey) -> PathBuf {
+        self.root.join(&key.model).join(format!("{}-{}", key.split, key.digest()))
+    }
+
+    /// The verified entry for `key`, or `None` when absent. An entry that fails verification
+    /// is reported (warning) and treated as absent, so that it is recomputed.
+    pub fn lookup(&self, key: &FeatureKey) -> Result<Option<CachedFeatures>> {
+        let dir = self.entry_dir(key);
+        let manifest_path = dir.join(MANIFEST_FILE);
+        if !manifest_path.is_file() {
+            return Ok(None);
+        }
+        match verify(&dir, key) {
+            Ok(c) => Ok(Some(c)),
+            Err(e) => {
+                tracing::warn!("cache entry {} failed verification and will be recomputed: {e}", dir.display());
+                Ok(None)
+            }
+        }
+    }
+
+    /// Writes an entry: the features file first, then the manifest, each atomically.
+    pub fn store(&self, key: &FeatureKey, features: &Tensor, labels: &Tensor, classes: &[String], extract_seconds: f64) -> Result<CachedFeatures> {
+        let dir = self.entry_dir(key);
+        std::fs::create_dir_all(&dir).at(&dir)?;
+        let features_path = dir.join(FEATURES_FILE);
+        let manifest_path = dir.join(MANIFEST_FILE);
+        // A new manifest must never describe an old file: drop the old manifest first.
+        match std::fs::remove_file(&manifest_path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).at(&manifest_path),
+            _ => {}
+        }
+        let features = features.to_kind(Kind::Float).contiguous();
+        let labels = labels.to_kind(Kind::Int64).contiguous();
+        write_atomic_with(&features_path, |tmp| {
+            Tensor::write_safetensors(&[("features", &features), ("labels", &labels)], tmp)
+                .map_err(|e| Error::Io { path: tmp.to_path_buf(), source: std::io::Error::other(e.to_string()) })
+        })?;
+        let manifest = Manifest {
+            key: key.clone(),
+            digest: key.digest(),
+            rows: key.rows,
+            feature_width: features.size()[1],
+            dtype: "f32".into(),
+            classes: classes.to_vec(),
+            file_bytes: std::fs::metadata(&features_path).at(&features_path)?.len(),
+            file_blake3: blake3_file(&features_path)?,
+            extract_seconds,
+            created_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            lastlayer_version: env!("CARGO_PKG_VERSION").into(),
+        };
+        write_json_atomic(&manifest_path, &manifest)?;
+        Ok(CachedFeatures { dir, features_path, manifest_path, manifest })
+    }
+}
+
+fn verify(dir: &Path, key: &FeatureKey) -> Result<CachedFeatures> {
+    let manifest_path = dir.join(MANIFEST_FILE);
+    let features_path = dir.join(FEATURES_FILE);
+    let text = std::fs::read(&manifest_path).at(&manifest_path)?;
+    let manifest: Manifest =
+        serde_json::from_slice(&text).map_err(|e| Error::bad_input(&manifest_path, format!("not a valid manifest ({e})")))?;
+    if &manifest.key != key {
+        return Err(Error::bad_input(&manifest_path, "describes other features than its folder name says"));
+    }
+    let bytes = std::fs::metadata(&features_path).at(&features_path)?.len();
+    if bytes != manifest.file_bytes {
+        return Err(Error::bad_input(&features_path, format!("is {bytes} bytes, the manifest says {}", manifest.file_bytes)));
+    }
+    let digest = blake3_file(&features_path)?;
+    if digest != manifest.file_blake3 {
+        return Err(Error::Checksum {
+            path: features_path,
+            algorithm: "blake3",
+            expected: manifest.file_blake3,
+            actual: digest,
+            action: "the cached features are damaged and will be recomputed".into(),
+        });
+    }
+    Ok(CachedFeatures { dir: dir.to_path_buf(), features_path, manifest_path, manifest })
+}

@@ -1,0 +1,177 @@
+//! A user's own pictures: a folder with one subfolder per class, JPEG or PNG files inside.
+//!
+//! Two layouts:
+//! - `ROOT/train/<class>/…` with `ROOT/test/<class>/…` (or `ROOT/val/<class>/…`): the split is
+//!   the folder's;
+//! - `ROOT/<class>/…`: each file goes to test when a hash of `<class>/<file name>` falls below
+//!   `--test-fraction`, else to train, so the split never depends on where the folder is,
+//!   on the order files are listed in, or on other files being added.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, IoContext, Result};
+
+/// File extensions read as pictures (case-insensitive).
+pub const EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
+
+/// One labelled picture file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Absolute path.
+    pub path: PathBuf,
+    /// `<class>/<file>`, independent of where the folder is.
+    pub key: String,
+    /// Class index.
+    pub label: i64,
+}
+
+/// The classes and the entries of each split.
+#[derive(Debug, Clone)]
+pub struct FolderData {
+    /// Class names (subfolder names, sorted).
+    pub classes: Vec<String>,
+    /// Training pictures.
+    pub train: Vec<Entry>,
+    /// Test pictures.
+    pub test: Vec<Entry>,
+}
+
+/// Lists `root` (see the module docs for the layouts).
+pub fn scan(root: &Path, test_fraction: f64) -> Result<FolderData> {
+    if !root.is_dir() {
+        return Err(Error::bad_input(root, "--data: not a folder (give `cifar10` or a folder with one subfolder per class)"));
+    }
+    let train_dir = root.join("train");
+    let test_dir = ["test", "val"].iter().map(|d| root.join(d)).find(|d| d.is_dir());
+    match (train_dir.is_dir(), test_dir) {
+        (true, Some(test_dir)) => {
+            let classes = class_dirs(&train_dir)?;
+            let test_classes = class_dirs(&test_dir)?;
+            if test_classes.iter().any(|c| !classes.contains(c)) {
+                return Err(Error::bad_input(&test_dir, format!("has class folders that {} lacks; both need the same classes", train_dir.display())));
+            }
+            Ok(FolderData { train: entries(&train_dir, &classes, true)?, test: entries(&test_dir, &classes, false)?, classes })
+        }
+        _ => {
+            let classes = class_dirs(root)?;
+            let all = entries(root, &classes, true)?;
+            let (test, train) = all.into_iter().partition(|e| hash_fraction(&e.key) < test_fraction);
+            Ok(FolderData { classes, train, test })
+        }
+    }
+}
+
+/// A number in [0, 1) fixed by `key` alone.
+fn hash_fraction(key: &str) -> f64 {
+    let h = blake3::hash(key.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h.as_bytes()[..8]);
+    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn class_dirs(dir: &Path) -> Result<Vec<String>> {
+    let mut classes = Vec::new();
+    for e in std::fs::read_dir(dir).at(dir)? {
+        let e = e.at(dir)?;
+        if e.file_type().at(e.path())?.is_dir() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with('.') {
+                classes.push(name);
+            }
+        }
+    }
+    classes.sort();
+    if classes.len() < 2 {
+        return Err(Error::bad_input(
+            dir,
+            format!("found {} class folder(s); a classifier needs at least two subfolders, one per class", classes.len()),
+        ));
+    }
+    Ok(classes)
+}
+
+fn is_picture(p: &Path) -> bool {
+    p.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).is_some_and(|e| EXTENSIONS.contains(&e.as_str()))
+}
+
+/// Picture files of each class folder under `dir`, sorted by key. With `require`, an empty
+/// class folder is an error.
+fn entries(dir: &Path, classes: &[String], require: bool) -> Result<Vec<Entry>> {
+    let mut out = Vec::new();
+    for (label, class) in classes.iter().enumerate() {
+        let cdir = dir.join(class);
+        if !cdir.is_dir() {
+            continue;
+        }
+        let mut files: Vec<PathBuf> = Vec::new();
+        for e in std::fs::read_dir(&cdir).at(&cdir)? {
+            let p = e.at(&cdir)?.path();
+            if p.is_file() && is_picture(&p) {
+                files.push(p);
+            }
+        }
+        if files.is_empty() && require {
+            return Err(Error::bad_input(
+                &cdir,
+                format!("class folder '{class}' holds no pictures ({}); add some or remove the folder", EXTENSIONS.join(", ")),
+            ));
+        }
+        files.sort();
+        for path in files {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let path = std::path::absolute(&path).at(&path)?;
+            out.push(Entry { key: format!("{class}/{name}"), path, label: label as i64 });
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(p: &Path) {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, b"x").unwrap();
+    }
+
+    #[test]
+    fn hash_split_does_not_depend_on_the_folders_location() {
+        let a = tempfile::tempdir().unwrap();
+        for c in ["cats", "dogs"] {
+            for i in 0..40 {
+                touch(&a.path().join(c).join(format!("{i}.jpg")));
+            }
+        }
+        touch(&a.path().join("cats/notes.txt"));
+        let d1 = scan(a.path(), 0.25).unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let moved = b.path().join("moved");
+        std::fs::rename(a.path(), &moved).unwrap();
+        let d2 = scan(&moved, 0.25).unwrap();
+        let keys = |v: &[Entry]| v.iter().map(|e| e.key.clone()).collect::<Vec<_>>();
+        assert_eq!(keys(&d1.test), keys(&d2.test));
+        assert_eq!(d1.train.len() + d1.test.len(), 80);
+        assert!((8..=32).contains(&d1.test.len()), "{}", d1.test.len());
+        assert_eq!(d1.classes, vec!["cats", "dogs"]);
+    }
+
+    #[test]
+    fn empty_class_and_single_class_are_errors_naming_the_folder() {
+        let a = tempfile::tempdir().unwrap();
+        touch(&a.path().join("cats/1.jpg"));
+        let err = scan(a.path(), 0.2).unwrap_err().to_string();
+        assert!(err.contains("at least two"), "{err}");
+        std::fs::create_dir_all(a.path().join("dogs")).unwrap();
+        let err = scan(a.path(), 0.2).unwrap_err().to_string();
+        assert!(err.contains("dogs") && err.contains("no pictures"), "{err}");
+    }
+
+    #[test]
+    fn shared_imagefolder_uses_its_train_and_val_folders() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/imagefolder-sample");
+        let d = scan(&root, 0.2).unwrap();
+        assert_eq!(d.classes.len(), 10);
+        assert_eq!((d.train.len(), d.test.len()), (300, 100));
+    }
+}

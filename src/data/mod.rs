@@ -1,0 +1,281 @@
+//! Data sets: CIFAR-10 (downloaded, or an existing `cifar-10-batches-bin`) and a user's folders
+//! of pictures; stratified sampling; and turning rows into normalised input batches.
+
+pub mod cifar10;
+pub mod download;
+pub mod folder;
+pub mod preprocess;
+pub mod sample;
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+use crate::error::{Error, IoContext, Result};
+use crate::progress::Progress;
+use preprocess::Preprocessing;
+
+/// What `--data` (with `--data-dir`, `--test-fraction`) names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DataSpec {
+    /// CIFAR-10, downloaded into the cache unless `data_dir` points at an unpacked copy.
+    Cifar10 {
+        /// `--data-dir`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data_dir: Option<PathBuf>,
+    },
+    /// A folder with one subfolder per class.
+    Folder {
+        /// The folder (absolute).
+        root: PathBuf,
+        /// Share of pictures hashed into test when the folder has no train/test subfolders.
+        test_fraction: f64,
+    },
+}
+
+impl DataSpec {
+    /// Interprets `--data VALUE` with `--data-dir` and `--test-fraction`.
+    pub fn parse(value: &str, data_dir: Option<&Path>, test_fraction: f64) -> Result<Self> {
+        if !(0.0..1.0).contains(&test_fraction) {
+            return Err(Error::usage("--test-fraction", format!("{test_fraction} is not in [0, 1)")));
+        }
+        if value.eq_ignore_ascii_case("cifar10") || value.eq_ignore_ascii_case("cifar-10") {
+            let data_dir = data_dir.map(|d| std::path::absolute(d).at(d)).transpose()?;
+            return Ok(DataSpec::Cifar10 { data_dir });
+        }
+        if data_dir.is_some() {
+            return Err(Error::usage("--data-dir", "only applies to --data cifar10; a folder data set is given as --data PATH"));
+        }
+        let root = Path::new(value);
+        if !root.is_dir() {
+            return Err(Error::usage(
+                "--data",
+                format!("'{value}' is neither `cifar10` nor a folder (one subfolder per class, JPEG or PNG files)"),
+            ));
+        }
+        Ok(DataSpec::Folder { root: std::path::absolute(root).at(root)?, test_fraction })
+    }
+}
+
+/// Rows' pictures.
+#[derive(Debug, Clone)]
+enum Pictures {
+    /// CIFAR-10 records (shared) and the rows used.
+    Cifar(Arc<cifar10::Records>, Vec<usize>),
+    /// Picture files.
+    Files(Vec<folder::Entry>),
+}
+
+/// One split (train or test), possibly a sample of it.
+#[derive(Debug, Clone)]
+pub struct Split {
+    /// `train` or `test`.
+    pub name: String,
+    /// Class index of each row.
+    pub labels: Vec<i64>,
+    pictures: Pictures,
+}
+
+impl Split {
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// True when there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// The rows `rows` (indices into this split), in that order.
+    pub fn subset(&self, rows: &[usize]) -> Split {
+        let pictures = match &self.pictures {
+            Pictures::Cifar(rec, idx) => Pictures::Cifar(rec.clone(), rows.iter().map(|&r| idx[r]).collect()),
+            Pictures::Files(entries) => Pictures::Files(rows.iter().map(|&r| entries[r].clone()).collect()),
+        };
+        Split { name: self.name.clone(), labels: rows.iter().map(|&r| self.labels[r]).collect(), pictures }
+    }
+
+    /// A content hash of exactly these rows: their pictures' bytes and labels (and, for files,
+    /// their `<class>/<file>` names; never where the folder is).
+    pub fn identity(&self) -> Result<String> {
+        let mut h = blake3::Hasher::new();
+        match &self.pictures {
+            Pictures::Cifar(rec, idx) => {
+                h.update(b"cifar10-binary\0");
+                for &i in idx {
+                    h.update(&rec.bytes[i * cifar10::RECORD_BYTES..(i + 1) * cifar10::RECORD_BYTES]);
+                }
+            }
+            Pictures::Files(entries) => {
+                h.update(b"folder\0");
+                let hashes: Vec<Result<[u8; 32]>> = entries
+                    .par_iter()
+                    .map(|e| Ok(*blake3::hash(&std::fs::read(&e.path).at(&e.path)?).as_bytes()))
+                    .collect();
+                for (e, digest) in entries.iter().zip(hashes) {
+                    h.update(e.key.as_bytes());
+                    h.update(&[0]);
+                    h.update(&e.label.to_le_bytes());
+                    h.update(&digest?);
+                }
+            }
+        }
+        Ok(h.finalize().to_hex().to_string())
+    }
+
+    /// Where row `i` comes from, for messages (`data_batch_1.bin#17`, a file path).
+    pub fn describe_row(&self, i: usize) -> String {
+        match &self.pictures {
+            Pictures::Cifar(rec, idx) => format!("CIFAR-10 record {} of {}", idx[i], rec.files.len()),
+            Pictures::Files(entries) => entries[i].path.display().to_string(),
+        }
+    }
+
+    /// Normalised input `[len, 3, S, S]` for `rows`.
+    pub fn batch(&self, rows: Range<usize>, pre: &Preprocessing) -> Result<Tensor> {
+        match &self.pictures {
+            Pictures::Cifar(rec, idx) => {
+                let mut bytes = Vec::with_capacity(rows.len() * cifar10::PIXEL_BYTES);
+                for &i in &idx[rows.clone()] {
+                    bytes.extend_from_slice(rec.pixels(i));
+                }
+                let px = Tensor::from_slice(&bytes).view([rows.len() as i64, 3, 32, 32]);
+                Ok(pre.batch(&px))
+            }
+            Pictures::Files(entries) => {
+                let inputs: Vec<Result<Tensor>> =
+                    entries[rows].par_iter().map(|e| Ok(pre.batch(&load_picture(&e.path)?))).collect();
+                let inputs = inputs.into_iter().collect::<Result<Vec<_>>>()?;
+                Ok(Tensor::cat(&inputs, 0))
+            }
+        }
+    }
+}
+
+/// Decodes a JPEG or PNG file into a `[1, 3, h, w]` uint8 RGB tensor.
+pub fn load_picture(path: &Path) -> Result<Tensor> {
+    let img = image::ImageReader::open(path)
+        .at(path)?
+        .with_guessed_format()
+        .at(path)?
+        .decode()
+        .map_err(|e| Error::bad_input(path, format!("cannot decode as a picture ({e})")))?
+        .to_rgb8();
+    let (w, h) = img.dimensions();
+    let hwc = Tensor::from_slice(img.as_raw()).view([h as i64, w as i64, 3]);
+    Ok(hwc.permute([2, 0, 1]).unsqueeze(0).contiguous().to_kind(Kind::Uint8))
+}
+
+/// How the data set's pictures are resized (see [`preprocess`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PictureKind {
+    /// 32x32 CIFAR-10 pictures: stretched.
+    Cifar,
+    /// A user's photos: shorter side resized, centre crop.
+    Photos,
+}
+
+/// An opened data set.
+#[derive(Debug)]
+pub struct Dataset {
+    /// The spec it was opened from.
+    pub spec: DataSpec,
+    /// A short name: `cifar10`, or the folder's name.
+    pub name: String,
+    /// Class names, in label order.
+    pub classes: Vec<String>,
+    /// How pictures are resized.
+    pub picture_kind: PictureKind,
+    source: Source,
+}
+
+#[derive(Debug)]
+enum Source {
+    Cifar(PathBuf),
+    Folder(folder::FolderData),
+}
+
+/// Options for opening a data set.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// Where downloads go (`<cache>/data`).
+    pub data_root: PathBuf,
+    /// No downloads.
+    pub offline: bool,
+    /// Download progress.
+    pub progress: Progress,
+}
+
+impl Dataset {
+    /// Opens (downloading CIFAR-10 if needed) and lists the data set.
+    pub fn open(spec: &DataSpec, opts: &OpenOptions) -> Result<Self> {
+        match spec {
+            DataSpec::Cifar10 { data_dir } => {
+                let dir = match data_dir {
+                    Some(d) => cifar10::locate(d)?,
+                    None => download::ensure_cifar10(&opts.data_root, &download::Source::from_env(), opts.offline, &opts.progress)?,
+                };
+                Ok(Dataset {
+                    spec: spec.clone(),
+                    name: "cifar10".into(),
+                    classes: cifar10::class_names(&dir),
+                    picture_kind: PictureKind::Cifar,
+                    source: Source::Cifar(dir),
+                })
+            }
+            DataSpec::Folder { root, test_fraction } => {
+                let data = folder::scan(root, *test_fraction)?;
+                Ok(Dataset {
+                    spec: spec.clone(),
+                    name: root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "folder".into()),
+                    classes: data.classes.clone(),
+                    picture_kind: PictureKind::Photos,
+                    source: Source::Folder(data),
+                })
+            }
+        }
+    }
+
+    /// Reads split `name` (`train` or `test`).
+    pub fn split(&self, name: &str) -> Result<Split> {
+        let (labels, pictures) = match &self.source {
+            Source::Cifar(dir) => {
+                let rec = cifar10::read_split(dir, name)?;
+                let labels = (0..rec.len()).map(|i| rec.label(i)).collect();
+                let idx = (0..rec.len()).collect();
+                (labels, Pictures::Cifar(Arc::new(rec), idx))
+            }
+            Source::Folder(data) => {
+                let entries = match name {
+                    "train" => data.train.clone(),
+                    "test" => data.test.clone(),
+                    other => return Err(Error::usage("--split", format!("splits are train and test, not '{other}'"))),
+                };
+                if entries.is_empty() {
+                    return Err(Error::bad_input(
+                        self.root(),
+                        format!("the {name} split is empty; add pictures or change --test-fraction"),
+                    ));
+                }
+                (entries.iter().map(|e| e.label).collect(), Pictures::Files(entries))
+            }
+        };
+        Ok(Split { name: name.to_string(), labels, pictures })
+    }
+
+    fn root(&self) -> PathBuf {
+        match &self.source {
+            Source::Cifar(d) => d.clone(),
+            Source::Folder(_) => match &self.spec {
+                DataSpec::Folder { root, .. } => root.clone(),
+                DataSpec::Cifar10 { .. } => PathBuf::new(),
+            },
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Turning pictures into the normalised input tensors a backbone expects.
+//!
+//! Two resize modes:
+//! - `stretch` (CIFAR-10): the whole 32x32 picture is resized to the model's input size, on
+//!   float pixels, as `torch.nn.functional.interpolate(x, size, mode, align_corners=False)`.
+//! - `shorter_side_center_crop` (a user's pictures, `predict`): timm's evaluation transform:
+//!   resize the shorter side to `floor(input_size / crop_pct)` (antialiased when shrinking,
+//!   rounded to 8-bit as torchvision does on uint8 pictures), then take the centre square.
+//!
+//! Then pixels are scaled to [0, 1] and normalised with the model's mean and std, RGB order.
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+use crate::hub::{Interpolation, ModelEntry};
+
+/// How pictures are brought to the input size.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum Resize {
+    /// Resize the whole picture to input_size x input_size.
+    Stretch,
+    /// Resize the shorter side to `floor(input_size / crop_pct)`, then centre-crop.
+    ShorterSideCenterCrop {
+        /// timm's crop fraction.
+        crop_pct: f64,
+    },
+}
+
+/// Everything that determines the input tensor for a picture.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Preprocessing {
+    /// Resize mode.
+    pub resize: Resize,
+    /// Square input size.
+    pub input_size: i64,
+    /// Resampling filter.
+    pub interpolation: Interpolation,
+    /// Per-channel mean (RGB, pixels in [0, 1]).
+    pub mean: [f64; 3],
+    /// Per-channel std.
+    pub std: [f64; 3],
+}
+
+impl Preprocessing {
+    /// CIFAR-10: stretch with bilinear interpolation to the model's input size.
+    pub fn stretch(entry: &ModelEntry) -> Self {
+        Preprocessing {
+            resize: Resize::Stretch,
+            input_size: entry.input_size,
+            interpolation: Interpolation::Bilinear,
+            mean: entry.mean,
+            std: entry.std,
+        }
+    }
+
+    /// A user's pictures: the model's own evaluation transform.
+    pub fn center_crop(entry: &ModelEntry) -> Self {
+        Preprocessing {
+            resize: Resize::ShorterSideCenterCrop { crop_pct: entry.crop_pct },
+            input_size: entry.input_size,
+            interpolation: entry.interpolation,
+            mean: entry.mean,
+            std: entry.std,
+        }
+    }
+
+    /// Normalised `[N, 3, S, S]` f32 input for a `[N, 3, h, w]` uint8 batch of equal-sized pictures.
+    pub fn batch(&self, pixels: &Tensor) -> Tensor {
+        let x = pixels.to_kind(Kind::Float);
+        let x = match self.resize {
+            Resize::Stretch => resize(&x, [self.input_size, self.input_size], self.interpolation, false),
+            Resize::ShorterSideCenterCrop { crop_pct } => {
+                let resized = self.shorter_side(&x, crop_pct).round().clamp(0.0, 255.0);
+                center_crop(&resized, self.input_size)
+            }
+        };
+        self.normalize(&x)
+    }
+
+    fn shorter_side(&self, x: &Tensor, crop_pct: f64) -> Tensor {
+        let (h, w) = (x.size()[2], x.size()[3]);
+        let short = (self.input_size as f64 / crop_pct).floor() as i64;
+        let (oh, ow) = if h <= w { (short, (short as f64 * w as f64 / h as f64) as i64) } else { ((short as f64 * h as f64 / w as f64) as i64, short) };
+        if (oh, ow) == (h, w) {
+            x.shallow_clone()
+        } else {
+            resize(x, [oh, ow], self.interpolation, true)
+        }
+    }
+
+    fn normalize(&self, x: &Tensor) -> Tensor {
+        let mean = Tensor::from_slice(&self.mean.map(|m| (m * 255.0) as f32)).view([1, 3, 1, 1]);
+        let scale = Tensor::from_slice(&self.std.map(|s| (1.0 / (s * 255.0)) as f32)).view([1, 3, 1, 1]);
+        (x - mean) * scale
+    }
+}
+
+/// Resizes a float `[N, C, h, w]` batch; `antialias` applies when shrinking.
+pub fn resize(x: &Tensor, size: [i64; 2], interpolation: Interpolation, antialias: bool) -> Tensor {
+    let (h, w) = (x.size()[2], x.size()[3]);
+    let shrink = size[0] < h || size[1] < w;
+    match (interpolation, antialias && shrink) {
+        (Interpolation::Bilinear, false) => x.upsample_bilinear2d(size, false, None, None),
+        (Interpolation::Bilinear, true) => x.internal_upsample_bilinear2d_aa(size, false, None, None),
+        (Interpolation::Bicubic, false) => x.upsample_bicubic2d(size, false, None, None),
+        (Interpolation::Bicubic, true) => x.internal_upsample_bicubic2d_aa(size, false, None, None),
+    }
+}
+
+/// The centre `size x size` square, offsets rounded as torchvision's `CenterCrop`.
+pub fn center_crop(x: &Tensor, size: i64) -> Tensor {
+    let (h, w) = (x.size()[2], x.size()[3]);
+    if h < size || w < size {
+        // Only possible when crop_pct > 1; pad like torchvision would be overkill: stretch.
+        return x.upsample_bilinear2d([size, size], false, None, None);
+    }
+    let top = ((h - size) as f64 / 2.0).round() as i64;
+    let left = ((w - size) as f64 / 2.0).round() as i64;
+    x.narrow(2, top, size).narrow(3, left, size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::Registry;
+
+    #[test]
+    fn stretch_is_bilinear_align_corners_false() {
+        // A 1x1x2x2 picture [[0, 255], [255, 0]] upsampled to 4x4: PyTorch gives edge rows
+        // [0, 63.75, 191.25, 255] (align_corners=False), which we check before normalising.
+        let x = Tensor::from_slice(&[0f32, 255.0, 255.0, 0.0]).view([1, 1, 2, 2]);
+        let y = resize(&x, [4, 4], Interpolation::Bilinear, false);
+        let row: Vec<f32> = Vec::<f32>::try_from(y.get(0).get(0).get(0)).unwrap();
+        assert_eq!(row, vec![0.0, 63.75, 191.25, 255.0]);
+    }
+
+    #[test]
+    fn batch_normalises_with_mean_and_std() {
+        let entry = Registry::builtin().get("resnet18").unwrap().clone();
+        let p = Preprocessing::stretch(&entry);
+        let px = Tensor::full([1, 3, 32, 32], 255, (Kind::Uint8, tch::Device::Cpu));
+        let y = p.batch(&px);
+        assert_eq!(y.size(), vec![1, 3, 224, 224]);
+        for c in 0..3 {
+            let v = y.get(0).get(c).mean(Kind::Float).double_value(&[]);
+            let want = (1.0 - entry.mean[c as usize]) / entry.std[c as usize];
+            assert!((v - want).abs() < 1e-5, "channel {c}: {v} vs {want}");
+        }
+    }
+
+    #[test]
+    fn center_crop_takes_the_middle_after_shorter_side_resize() {
+        let entry = Registry::builtin().get("resnet50").unwrap().clone();
+        let p = Preprocessing::center_crop(&entry);
+        let px = Tensor::zeros([1, 3, 300, 600], (Kind::Uint8, tch::Device::Cpu));
+        assert_eq!(p.batch(&px).size(), vec![1, 3, 224, 224]);
+    }
+}

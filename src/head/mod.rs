@@ -1,0 +1,74 @@
+//! The new last layer: a linear softmax classifier trained on cached features only, and its
+//! evaluation (accuracy, per-class accuracy, confusion matrix).
+
+mod metrics;
+mod train;
+
+pub use metrics::{evaluate, ClassAccuracy, Evaluation};
+pub use train::{train_head, EpochRecord, OptimizerKind, TrainConfig, TrainReport};
+
+use std::path::Path;
+
+use tch::{Kind, Tensor};
+
+use crate::error::{Error, Result};
+
+/// `logits = features · weightᵀ + bias`, on raw (unstandardised) backbone features.
+#[derive(Debug)]
+pub struct LinearHead {
+    /// `[classes, feature_width]`.
+    pub weight: Tensor,
+    /// `[classes]`.
+    pub bias: Tensor,
+}
+
+impl LinearHead {
+    /// Class scores for `[N, D]` features.
+    pub fn logits(&self, features: &Tensor) -> Tensor {
+        tch::no_grad(|| features.to_kind(Kind::Float).matmul(&self.weight.tr()) + &self.bias)
+    }
+
+    /// Class probabilities for `[N, D]` features.
+    pub fn probabilities(&self, features: &Tensor) -> Tensor {
+        self.logits(features).softmax(-1, Kind::Float)
+    }
+
+    /// Number of classes.
+    pub fn classes(&self) -> i64 {
+        self.weight.size()[0]
+    }
+
+    /// Feature width it expects.
+    pub fn feature_width(&self) -> i64 {
+        self.weight.size()[1]
+    }
+
+    /// Writes `weight` and `bias` (f32) as safetensors, atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        crate::fsutil::write_atomic_with(path, |tmp| {
+            Tensor::write_safetensors(&[("weight", &self.weight), ("bias", &self.bias)], tmp)?;
+            Ok(())
+        })
+    }
+
+    /// Reads a head written by [`LinearHead::save`], checking names, shapes and dtypes.
+    pub fn load(path: &Path, classes: i64, feature_width: i64) -> Result<Self> {
+        let tensors = Tensor::read_safetensors(path)
+            .map_err(|e| Error::bad_input(path, format!("cannot read as safetensors ({e})")))?;
+        let get = |name: &str, shape: &[i64]| -> Result<Tensor> {
+            let t = tensors
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| t.shallow_clone())
+                .ok_or_else(|| Error::bad_input(path, format!("has no '{name}' tensor; is it a lastlayer head?")))?;
+            if t.size() != shape {
+                return Err(Error::bad_input(path, format!("tensor '{name}' has shape {:?}, head.json implies {shape:?}", t.size())));
+            }
+            if t.kind() != Kind::Float {
+                return Err(Error::bad_input(path, format!("tensor '{name}' has dtype {:?}, expected f32", t.kind())));
+            }
+            Ok(t)
+        };
+        Ok(LinearHead { weight: get("weight", &[classes, feature_width])?, bias: get("bias", &[classes])? })
+    }
+}

@@ -1,0 +1,10 @@
+//! Where pretrained weights come from: the model registry (`pretrained/models.toml`), the
+//! commits and checksums pinned on first use, and verified downloads from the Hugging Face Hub.
+
+mod fetch;
+mod pins;
+mod registry;
+
+pub use fetch::{fetch_weights, resolve_weights, FetchOptions, ResolvedWeights, WeightsOrigin};
+pub use pins::{Pin, Pins};
+pub use registry::{Architecture, Interpolation, ModelEntry, Registry};
