@@ -1,0 +1,542 @@
+//! The commands' work, end to end: resolve the model and data, find each split's features in
+//! the cache or extract them (running the backbone only for what is missing), train and
+//! evaluate a head, write the run folder, and predict with a finished run.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use serde::Serialize;
+use tch::Tensor;
+
+use crate::backbone::{Backbone, DeviceChoice, Precision, PrecisionChoice};
+use crate::cache::{CachedFeatures, FeatureCache, FeatureKey, FORMAT_VERSION};
+use crate::data::preprocess::Preprocessing;
+use crate::data::sample::{stratified_subset, Subset};
+use crate::data::{load_picture, DataSpec, Dataset, OpenOptions, PictureKind, Split};
+use crate::error::{Error, IoContext, Result};
+use crate::export::{read_run, write_run, BackboneCard, DataCard, HeadCard, Metrics, RunFiles, HEAD_FORMAT, HEAD_FORMAT_VERSION};
+use crate::head::{evaluate, train_head, Evaluation, LinearHead, TrainConfig, TrainReport};
+use crate::hub::{fetch_weights, resolve_weights, FetchOptions, ModelEntry, Pins, Registry, ResolvedWeights, WeightsOrigin};
+use crate::progress::{Progress, Unit};
+
+/// Settings shared by every command (the CLI's global flags).
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// lastlayer's cache folder (features, data, pins).
+    pub cache_dir: PathBuf,
+    /// No network: the caches only.
+    pub offline: bool,
+    /// Where the backbone runs.
+    pub device: DeviceChoice,
+    /// How progress is shown.
+    pub progress: Progress,
+    /// The model registry.
+    pub registry: Registry,
+}
+
+impl Session {
+    fn fetch_options(&self) -> FetchOptions {
+        FetchOptions { cache_dir: self.cache_dir.clone(), offline: self.offline, progress: self.progress }
+    }
+}
+
+/// Which features to get.
+#[derive(Debug, Clone)]
+pub struct FeatureRequest {
+    /// Registry name of the backbone.
+    pub model: String,
+    /// The data set.
+    pub data: DataSpec,
+    /// Splits, in order (`train`, `test`).
+    pub splits: Vec<String>,
+    /// The sample of each split.
+    pub subset: Subset,
+    /// Its seed.
+    pub sample_seed: u64,
+    /// Backbone precision.
+    pub precision: PrecisionChoice,
+    /// `--weights FILE` instead of the Hub.
+    pub weights: Option<PathBuf>,
+    /// Pictures per backbone batch.
+    pub batch_size: usize,
+}
+
+impl FeatureRequest {
+    /// Checks the values, naming the flag at fault.
+    pub fn validate(&self) -> Result<()> {
+        match self.subset {
+            Subset::Fraction(f) if !(f > 0.0 && f <= 1.0) => {
+                return Err(Error::usage("--sample", format!("{f} is not in (0, 1]; use e.g. --sample 0.05 for 5% of each class")))
+            }
+            Subset::Limit(0) => return Err(Error::usage("--limit", "must be at least 1")),
+            _ => {}
+        }
+        if self.batch_size == 0 {
+            return Err(Error::usage("--extract-batch-size", "must be at least 1"));
+        }
+        if self.splits.is_empty() {
+            return Err(Error::usage("--split", "name at least one split (train, test)"));
+        }
+        Ok(())
+    }
+}
+
+/// One split's features.
+#[derive(Debug, Clone, Serialize)]
+pub struct SplitFeatures {
+    /// `train` or `test`.
+    pub split: String,
+    /// Rows.
+    pub rows: usize,
+    /// `cache` when found, `extracted` when the backbone ran now.
+    pub source: &'static str,
+    /// The safetensors file.
+    pub features: PathBuf,
+    /// Its manifest.
+    pub manifest: PathBuf,
+    /// Seconds spent in the backbone (0 for a cache hit).
+    pub seconds: f64,
+    #[serde(skip)]
+    entry: CachedFeatures,
+}
+
+impl SplitFeatures {
+    /// Loads `(features, labels)`.
+    pub fn load(&self) -> Result<(Tensor, Tensor)> {
+        self.entry.load()
+    }
+}
+
+/// The features of the requested splits, and what produced them.
+#[derive(Debug, Clone, Serialize)]
+pub struct FeatureSet {
+    /// Registry name.
+    pub model: String,
+    /// Precision of the backbone.
+    pub precision: Precision,
+    /// sha256 of the weights.
+    pub weights_sha256: String,
+    /// Where the weights come from.
+    pub weights: WeightsOrigin,
+    /// The preprocessing used.
+    pub preprocessing: Preprocessing,
+    /// Class names.
+    pub classes: Vec<String>,
+    /// Per split, in request order.
+    pub splits: Vec<SplitFeatures>,
+    /// How many splits the backbone had to run for.
+    pub backbone_runs: usize,
+}
+
+impl FeatureSet {
+    /// The features of `split`.
+    pub fn split(&self, split: &str) -> Option<&SplitFeatures> {
+        self.splits.iter().find(|s| s.split == split)
+    }
+}
+
+/// The weights' sha256 and origin when known without reading the Hub file: `--weights`, the
+/// registry's sha256, or a pin.
+fn known_weights(entry: &ModelEntry, weights: Option<&Path>, session: &Session) -> Result<Option<(String, WeightsOrigin)>> {
+    if let Some(path) = weights {
+        let r = resolve_weights(entry, Some(path), &session.fetch_options())?;
+        return Ok(Some((r.sha256, r.origin)));
+    }
+    let pins = Pins::load(&session.cache_dir)?;
+    let pin = pins.get(&entry.hub_repo, &entry.file);
+    let sha = entry.sha256.clone().or_else(|| pin.map(|p| p.sha256.clone()));
+    let revision = entry.revision.clone().or_else(|| pin.map(|p| p.revision.clone()));
+    Ok(sha.zip(revision).map(|(sha, revision)| {
+        (sha, WeightsOrigin::Hub { repo: entry.hub_repo.clone(), revision, file: entry.file.clone() })
+    }))
+}
+
+/// Finds or extracts the features of every requested split. The backbone is loaded (and its
+/// weights fetched) only when some split is not in the cache.
+pub fn features(session: &Session, req: &FeatureRequest) -> Result<FeatureSet> {
+    req.validate()?;
+    let entry = session.registry.get(&req.model)?.clone();
+    let device = session.device.resolve()?;
+    let precision = req.precision.resolve(device);
+    let mut known = known_weights(&entry, req.weights.as_deref(), session)?;
+    let open = OpenOptions { data_root: session.cache_dir.join("data"), offline: session.offline, progress: session.progress };
+    let dataset = Dataset::open(&req.data, &open)?;
+    let preprocessing = match dataset.picture_kind {
+        PictureKind::Cifar => Preprocessing::stretch(&entry),
+        PictureKind::Photos => Preprocessing::center_crop(&entry),
+    };
+    let cache = FeatureCache::new(&session.cache_dir);
+    let mut splits: Vec<(Split, String)> = Vec::new();
+    for name in &req.splits {
+        let split = dataset.split(name)?;
+        let rows = stratified_subset(&split.labels, req.subset, req.sample_seed);
+        let split = split.subset(&rows);
+        let identity = split.identity()?;
+        splits.push((split, identity));
+    }
+    let key_for = |split: &Split, identity: &str, sha: &str| FeatureKey {
+        format: FORMAT_VERSION,
+        model: entry.name.clone(),
+        architecture: entry.architecture,
+        weights_sha256: sha.to_string(),
+        preprocessing: preprocessing.clone(),
+        precision,
+        dataset: dataset.name.clone(),
+        data_identity: identity.to_string(),
+        split: split.name.clone(),
+        sample: req.subset,
+        sample_seed: req.sample_seed,
+        rows: split.len(),
+    };
+
+    let mut found: Vec<Option<SplitFeatures>> = Vec::new();
+    for (split, identity) in &splits {
+        let hit = match &known {
+            Some((sha, _)) => cache.lookup(&key_for(split, identity, sha))?,
+            None => None,
+        };
+        found.push(hit.map(|entry| {
+            tracing::info!("{} features: {} rows from the cache ({})", split.name, split.len(), entry.dir.display());
+            split_features(&split.name, "cache", 0.0, entry)
+        }));
+    }
+    let mut backbone_runs = 0;
+    if found.iter().any(Option::is_none) {
+        let weights = resolve_weights(&entry, req.weights.as_deref(), &session.fetch_options())?;
+        if let Some((sha, _)) = &known {
+            if sha != &weights.sha256 {
+                return Err(Error::Checksum {
+                    path: weights.path.clone(),
+                    algorithm: "sha256",
+                    expected: sha.clone(),
+                    actual: weights.sha256.clone(),
+                    action: "the weights differ from the pinned ones; delete <cache-dir>/pins.json to re-pin".into(),
+                });
+            }
+        }
+        let backbone = load_backbone(&entry, &weights, device, precision)?;
+        for ((split, identity), slot) in splits.iter().zip(found.iter_mut()) {
+            let key = key_for(split, identity, &weights.sha256);
+            if slot.is_none() {
+                if let Some(hit) = cache.lookup(&key)? {
+                    *slot = Some(split_features(&split.name, "cache", 0.0, hit));
+                    continue;
+                }
+                let start = Instant::now();
+                let (features, labels) = extract_split(&backbone, split, &preprocessing, req.batch_size, &session.progress)?;
+                let secs = start.elapsed().as_secs_f64();
+                let stored = cache.store(&key, &features, &labels, &dataset.classes, secs)?;
+                tracing::info!(
+                    "{} features: {} rows extracted in {secs:.1}s ({:.1} images/s), cached in {}",
+                    split.name,
+                    split.len(),
+                    split.len() as f64 / secs.max(1e-9),
+                    stored.dir.display()
+                );
+                backbone_runs += 1;
+                *slot = Some(split_features(&split.name, "extracted", secs, stored));
+            }
+        }
+        known = Some((weights.sha256.clone(), weights.origin.clone()));
+    }
+    let (weights_sha256, weights) = known.expect("weights are known once every split is found");
+    Ok(FeatureSet {
+        model: entry.name.clone(),
+        precision,
+        weights_sha256,
+        weights,
+        preprocessing,
+        classes: dataset.classes.clone(),
+        splits: found.into_iter().map(|s| s.expect("every split was found or extracted")).collect(),
+        backbone_runs,
+    })
+}
+
+fn split_features(split: &str, source: &'static str, seconds: f64, entry: CachedFeatures) -> SplitFeatures {
+    SplitFeatures {
+        split: split.to_string(),
+        rows: entry.manifest.rows,
+        source,
+        features: entry.features_path.clone(),
+        manifest: entry.manifest_path.clone(),
+        seconds,
+        entry,
+    }
+}
+
+fn load_backbone(entry: &ModelEntry, weights: &ResolvedWeights, device: tch::Device, precision: Precision) -> Result<Backbone> {
+    let backbone = Backbone::load(entry.architecture, &weights.path, device, precision)?;
+    if backbone.feature_width() != entry.feature_width {
+        return Err(Error::bad_input(
+            Path::new("pretrained/models.toml"),
+            format!("model '{}' declares feature_width {}, the network gives {}", entry.name, entry.feature_width, backbone.feature_width()),
+        ));
+    }
+    Ok(backbone)
+}
+
+/// Runs the backbone over every row of `split`, preparing the next batch (decoding, resizing)
+/// on another thread while the current one is computed. Returns `(features, labels)`.
+pub fn extract_split(backbone: &Backbone, split: &Split, pre: &Preprocessing, batch_size: usize, progress: &Progress) -> Result<(Tensor, Tensor)> {
+    let n = split.len();
+    let mut task = progress.task(&format!("extract {}", split.name), n as u64, Unit::Images);
+    let mut chunks = Vec::with_capacity(n.div_ceil(batch_size));
+    std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = mpsc::sync_channel::<Result<Tensor>>(2);
+        scope.spawn(move || {
+            for start in (0..n).step_by(batch_size) {
+                let batch = split.batch(start..(start + batch_size).min(n), pre);
+                let failed = batch.is_err();
+                if tx.send(batch).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        for batch in rx {
+            let batch = batch?;
+            let rows = batch.size()[0] as u64;
+            chunks.push(backbone.features(&batch)?);
+            task.inc(rows);
+        }
+        Ok(())
+    })?;
+    task.finish();
+    let features = Tensor::cat(&chunks, 0);
+    if features.size()[0] as usize != n {
+        return Err(Error::bad_input(Path::new(&split.name), "the backbone returned fewer rows than pictures"));
+    }
+    Ok((features, Tensor::from_slice(&split.labels)))
+}
+
+/// What [`train`] did.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainOutcome {
+    /// The run folder.
+    pub run_dir: PathBuf,
+    /// Test accuracy.
+    pub test_accuracy: f64,
+    /// Best validation accuracy.
+    pub val_accuracy: f64,
+    /// The full test evaluation.
+    pub test: Evaluation,
+    /// Training report.
+    pub report: TrainReport,
+    /// The features used.
+    pub features: FeatureSet,
+    /// `head.safetensors`.
+    pub head: PathBuf,
+    /// `head.json`.
+    pub head_json: PathBuf,
+}
+
+/// Gets train and test features (extracting what the cache lacks), trains a head, evaluates it
+/// on test, and writes the run folder `out`.
+pub fn train(session: &Session, req: &FeatureRequest, cfg: &TrainConfig, out: &Path) -> Result<TrainOutcome> {
+    cfg.validate()?;
+    if out.is_file() {
+        return Err(Error::usage("--out", format!("{} is a file; give a folder for the run", out.display())));
+    }
+    let req = FeatureRequest { splits: vec!["train".into(), "test".into()], ..req.clone() };
+    let fs = features(session, &req)?;
+    let (xtr, ytr) = fs.split("train").expect("train was requested").load()?;
+    let (xte, yte) = fs.split("test").expect("test was requested").load()?;
+    let (head, report) = train_head(&xtr, &ytr, fs.classes.len(), cfg, &session.progress)?;
+    let test = evaluate(&head, &xte, &yte, &fs.classes);
+    let entry = session.registry.get(&req.model)?;
+    let card = HeadCard {
+        format: HEAD_FORMAT.into(),
+        format_version: HEAD_FORMAT_VERSION,
+        classes: fs.classes.clone(),
+        feature_width: head.feature_width(),
+        backbone: BackboneCard {
+            model: entry.name.clone(),
+            architecture: entry.architecture,
+            hub_repo: entry.hub_repo.clone(),
+            revision: match &fs.weights {
+                WeightsOrigin::Hub { revision, .. } => Some(revision.clone()),
+                WeightsOrigin::Local { .. } => None,
+            },
+            weights_sha256: fs.weights_sha256.clone(),
+            weights: fs.weights.clone(),
+            precision: fs.precision,
+        },
+        preprocessing: fs.preprocessing.clone(),
+        data: DataCard {
+            spec: req.data.clone(),
+            sample: req.subset,
+            sample_seed: req.sample_seed,
+            train_rows: fs.split("train").map_or(0, |s| s.rows),
+            test_rows: fs.split("test").map_or(0, |s| s.rows),
+        },
+        training: cfg.clone(),
+        report: report.clone(),
+        metrics: Metrics { test_accuracy: test.accuracy, val_accuracy: report.best_val_accuracy, test: test.clone() },
+        created_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        lastlayer_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let files = write_run(out, &head, &card)?;
+    Ok(TrainOutcome {
+        run_dir: out.to_path_buf(),
+        test_accuracy: test.accuracy,
+        val_accuracy: report.best_val_accuracy,
+        test,
+        report,
+        features: fs,
+        head: files.head,
+        head_json: files.card,
+    })
+}
+
+/// What [`evaluate_run`] found.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalOutcome {
+    /// The run folder.
+    pub run_dir: PathBuf,
+    /// Test accuracy now.
+    pub test_accuracy: f64,
+    /// The full evaluation.
+    pub test: Evaluation,
+    /// The test features used.
+    pub features: SplitFeatures,
+}
+
+fn weights_file_of(card: &HeadCard) -> Option<PathBuf> {
+    match &card.backbone.weights {
+        WeightsOrigin::Local { path } => Some(path.clone()),
+        WeightsOrigin::Hub { .. } => None,
+    }
+}
+
+/// Re-evaluates a run's head on its test split (from the cache, extracting if needed).
+pub fn evaluate_run(session: &Session, run_dir: &Path, batch_size: usize) -> Result<EvalOutcome> {
+    let (card, head) = read_run(run_dir)?;
+    let req = FeatureRequest {
+        model: card.backbone.model.clone(),
+        data: card.data.spec.clone(),
+        splits: vec!["test".into()],
+        subset: card.data.sample,
+        sample_seed: card.data.sample_seed,
+        precision: PrecisionChoice::Fixed(card.backbone.precision),
+        weights: weights_file_of(&card),
+        batch_size,
+    };
+    let fs = features(session, &req)?;
+    if fs.weights_sha256 != card.backbone.weights_sha256 {
+        return Err(Error::bad_input(
+            RunFiles::in_dir(run_dir).card,
+            format!(
+                "the head was trained on features of weights {}, but the weights now resolve to {}",
+                card.backbone.weights_sha256, fs.weights_sha256
+            ),
+        ));
+    }
+    let split = fs.split("test").expect("test was requested").clone();
+    let (x, y) = split.load()?;
+    let test = evaluate(&head, &x, &y, &card.classes);
+    Ok(EvalOutcome { run_dir: run_dir.to_path_buf(), test_accuracy: test.accuracy, test, features: split })
+}
+
+/// One class and its probability.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassScore {
+    /// Class name.
+    pub class: String,
+    /// Class index.
+    pub index: usize,
+    /// Softmax probability.
+    pub probability: f64,
+}
+
+/// The top classes of one picture.
+#[derive(Debug, Clone, Serialize)]
+pub struct Prediction {
+    /// The picture.
+    pub path: PathBuf,
+    /// Best first.
+    pub top: Vec<ClassScore>,
+}
+
+/// Expands files and folders (recursively) into picture files, in the order given, folders
+/// sorted.
+pub fn collect_pictures(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir).at(dir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                walk(&p, out)?;
+            } else if p.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).is_some_and(|e| crate::data::folder::EXTENSIONS.contains(&e.as_str())) {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            walk(p, &mut out)?;
+        } else if p.is_file() {
+            out.push(p.clone());
+        } else {
+            return Err(Error::bad_input(p, "no such file or folder"));
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::usage("IMAGE", "no JPEG or PNG pictures found in the paths given"));
+    }
+    Ok(out)
+}
+
+/// Classifies pictures with a run's backbone, preprocessing and head.
+pub fn predict(session: &Session, run_dir: &Path, paths: &[PathBuf], top_k: usize, batch_size: usize) -> Result<Vec<Prediction>> {
+    if top_k == 0 {
+        return Err(Error::usage("--top-k", "must be at least 1"));
+    }
+    let (card, head) = read_run(run_dir)?;
+    let pictures = collect_pictures(paths)?;
+    let entry = session.registry.get(&card.backbone.model)?;
+    let weights = match weights_file_of(&card) {
+        Some(path) => resolve_weights(entry, Some(&path), &session.fetch_options())?,
+        None => fetch_weights(entry, &session.fetch_options())?,
+    };
+    if weights.sha256 != card.backbone.weights_sha256 {
+        return Err(Error::Checksum {
+            path: weights.path.clone(),
+            algorithm: "sha256",
+            expected: card.backbone.weights_sha256.clone(),
+            actual: weights.sha256.clone(),
+            action: "these are not the weights the head was trained with".into(),
+        });
+    }
+    let backbone = load_backbone(entry, &weights, session.device.resolve()?, card.backbone.precision)?;
+    let k = top_k.min(card.classes.len());
+    let mut out = Vec::with_capacity(pictures.len());
+    for chunk in pictures.chunks(batch_size.max(1)) {
+        let inputs = chunk.iter().map(|p| Ok(card.preprocessing.batch(&load_picture(p)?))).collect::<Result<Vec<_>>>()?;
+        let probs = head.probabilities(&backbone.features(&Tensor::cat(&inputs, 0))?);
+        let (values, indices) = probs.topk(k as i64, -1, true, true);
+        for (i, path) in chunk.iter().enumerate() {
+            let v: Vec<f64> = Vec::<f64>::try_from(values.get(i as i64).to_kind(tch::Kind::Double)).map_err(Error::Torch)?;
+            let ix: Vec<i64> = Vec::<i64>::try_from(indices.get(i as i64)).map_err(Error::Torch)?;
+            let top = ix
+                .iter()
+                .zip(v)
+                .map(|(&c, p)| ClassScore { class: card.classes[c as usize].clone(), index: c as usize, probability: p })
+                .collect();
+            out.push(Prediction { path: path.clone(), top });
+        }
+    }
+    Ok(out)
+}
+
+/// Downloads (or finds) and verifies a model's weights.
+pub fn fetch(session: &Session, model: &str) -> Result<ResolvedWeights> {
+    let entry = session.registry.get(model)?;
+    fetch_weights(entry, &session.fetch_options())
+}
+
+/// Applies a head to features (for library users).
+pub fn classify(head: &LinearHead, features: &Tensor) -> Tensor {
+    head.probabilities(features)
+}

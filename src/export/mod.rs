@@ -1,0 +1,153 @@
+//! The run folder: what a trained head needs to be used later, without lastlayer's cache.
+//!
+//! - `head.safetensors`: `weight` `[classes, feature_width]` and `bias` `[classes]`, f32,
+//!   applied to the backbone's raw pooled features: `logits = features · weightᵀ + bias`;
+//! - `head.json` ([`HeadCard`]): class names, feature width, the backbone (name, Hub repo,
+//!   revision, weights' sha256, precision), the exact preprocessing, the data and training
+//!   settings, and the metrics;
+//! - `metrics.json`: the metrics and the per-epoch history alone, for scripts.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::backbone::Precision;
+use crate::data::preprocess::Preprocessing;
+use crate::data::sample::Subset;
+use crate::data::DataSpec;
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil::write_json_atomic;
+use crate::head::{Evaluation, LinearHead, TrainConfig, TrainReport};
+use crate::hub::{Architecture, WeightsOrigin};
+
+/// `format` of every `head.json`.
+pub const HEAD_FORMAT: &str = "lastlayer-head";
+/// Its version.
+pub const HEAD_FORMAT_VERSION: u32 = 1;
+
+/// The backbone a head belongs to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackboneCard {
+    /// Registry name.
+    pub model: String,
+    /// Architecture.
+    pub architecture: Architecture,
+    /// Hub repository of the registry entry.
+    pub hub_repo: String,
+    /// Commit the weights were taken at (Hub weights).
+    pub revision: Option<String>,
+    /// sha256 of the weights file.
+    pub weights_sha256: String,
+    /// Where the weights came from.
+    pub weights: WeightsOrigin,
+    /// Precision the features were computed in.
+    pub precision: Precision,
+}
+
+/// The data a head was trained and tested on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataCard {
+    /// `--data` and friends.
+    pub spec: DataSpec,
+    /// The sample of each split.
+    pub sample: Subset,
+    /// Its seed.
+    pub sample_seed: u64,
+    /// Rows of train used (training + validation).
+    pub train_rows: usize,
+    /// Rows of test.
+    pub test_rows: usize,
+}
+
+/// Headline figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// Test accuracy.
+    pub test_accuracy: f64,
+    /// Best validation accuracy (the epoch kept).
+    pub val_accuracy: f64,
+    /// The full test evaluation.
+    pub test: Evaluation,
+}
+
+/// `head.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeadCard {
+    /// Always [`HEAD_FORMAT`].
+    pub format: String,
+    /// [`HEAD_FORMAT_VERSION`].
+    pub format_version: u32,
+    /// Class names, in output order.
+    pub classes: Vec<String>,
+    /// Width of the features the head takes.
+    pub feature_width: i64,
+    /// The backbone.
+    pub backbone: BackboneCard,
+    /// How pictures become the backbone's input.
+    pub preprocessing: Preprocessing,
+    /// The data.
+    pub data: DataCard,
+    /// Training settings.
+    pub training: TrainConfig,
+    /// What training did.
+    pub report: TrainReport,
+    /// Results.
+    pub metrics: Metrics,
+    /// When it was written.
+    pub created_at: String,
+    /// lastlayer's version.
+    pub lastlayer_version: String,
+}
+
+/// The files of a run folder.
+#[derive(Debug, Clone)]
+pub struct RunFiles {
+    /// `head.safetensors`.
+    pub head: PathBuf,
+    /// `head.json`.
+    pub card: PathBuf,
+    /// `metrics.json`.
+    pub metrics: PathBuf,
+}
+
+impl RunFiles {
+    /// The files in `run_dir`.
+    pub fn in_dir(run_dir: &Path) -> Self {
+        RunFiles { head: run_dir.join("head.safetensors"), card: run_dir.join("head.json"), metrics: run_dir.join("metrics.json") }
+    }
+}
+
+/// Writes `head.safetensors`, `metrics.json` and, last, `head.json`, each atomically.
+pub fn write_run(run_dir: &Path, head: &LinearHead, card: &HeadCard) -> Result<RunFiles> {
+    std::fs::create_dir_all(run_dir).at(run_dir)?;
+    let files = RunFiles::in_dir(run_dir);
+    head.save(&files.head)?;
+    let metrics = serde_json::json!({
+        "test_accuracy": card.metrics.test_accuracy,
+        "val_accuracy": card.metrics.val_accuracy,
+        "test": card.metrics.test,
+        "best_epoch": card.report.best_epoch,
+        "history": card.report.history,
+    });
+    write_json_atomic(&files.metrics, &metrics)?;
+    write_json_atomic(&files.card, card)?;
+    Ok(files)
+}
+
+/// Reads a run folder's `head.json` and `head.safetensors`, checking they agree.
+pub fn read_run(run_dir: &Path) -> Result<(HeadCard, LinearHead)> {
+    let files = RunFiles::in_dir(run_dir);
+    if !files.card.is_file() {
+        return Err(Error::bad_input(run_dir, "no head.json here: not a lastlayer run folder (or its training did not finish)"));
+    }
+    let text = std::fs::read(&files.card).at(&files.card)?;
+    let card: HeadCard = serde_json::from_slice(&text).map_err(|e| Error::bad_input(&files.card, format!("not a valid head.json ({e})")))?;
+    if card.format != HEAD_FORMAT || card.format_version != HEAD_FORMAT_VERSION {
+        return Err(Error::bad_input(
+            &files.card,
+            format!("format {} v{} is not {HEAD_FORMAT} v{HEAD_FORMAT_VERSION}", card.format, card.format_version),
+        ));
+    }
+    let head = LinearHead::load(&files.head, card.classes.len() as i64, card.feature_width)?;
+    Ok((card, head))
+}

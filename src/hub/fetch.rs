@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use hf_hub::api::sync::ApiBuilder;
 use hf_hub::{Cache, Repo, RepoType};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::pins::Pins;
 use super::registry::{is_hex, ModelEntry};
@@ -25,7 +25,7 @@ pub struct FetchOptions {
 }
 
 /// Where a set of weights came from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum WeightsOrigin {
     /// A Hub repository at a commit.

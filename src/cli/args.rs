@@ -1,0 +1,209 @@
+//! Command-line arguments (clap derive).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Retrain the last layer of an ImageNet-pretrained backbone on your images: features are
+/// extracted once and cached, so retraining with other settings takes seconds.
+#[derive(Debug, Parser)]
+#[command(name = "lastlayer", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Cache folder for features, downloaded data and pins [default: $LASTLAYER_CACHE,
+    /// $XDG_CACHE_HOME/lastlayer or ~/.cache/lastlayer]. Hub weights go to the Hugging Face cache
+    /// ($HF_HOME).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Use only what is cached; never touch the network.
+    #[arg(long, global = true)]
+    pub offline: bool,
+    /// Where the backbone runs.
+    #[arg(long, global = true, value_enum, default_value = "auto")]
+    pub device: DeviceArg,
+    /// Print one JSON object (or array) on stdout instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Less logging (-q: warnings only, -qq: errors only; no progress).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub quiet: u8,
+    /// More logging (-v: debug, -vv: trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Plain log lines instead of progress bars, even on a terminal.
+    #[arg(long, global = true)]
+    pub no_progress: bool,
+    /// Also append the log lines to this file.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+    /// A model registry to use instead of the built-in one (same format as pretrained/models.toml).
+    #[arg(long, global = true, value_name = "FILE", env = "LASTLAYER_REGISTRY")]
+    pub registry: Option<PathBuf>,
+}
+
+/// `--device`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DeviceArg {
+    Cpu,
+    Cuda,
+    Auto,
+}
+
+/// `--precision`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PrecisionArg {
+    Fp32,
+    Bf16,
+    /// bf16 on CUDA or on a CPU with AVX512-BF16/AMX, else fp32.
+    Auto,
+}
+
+/// `--optimizer`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OptimizerArg {
+    Adamw,
+    Adam,
+    Sgd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the registered backbones.
+    Models,
+    /// Download a model's weights from the Hugging Face Hub and verify them.
+    Fetch {
+        /// Registry name (see `lastlayer models`).
+        model: String,
+    },
+    /// Extract features into the cache (nothing is recomputed that is already there).
+    Extract(ExtractArgs),
+    /// Train a new last layer on cached features (extracting what is missing) and export it.
+    Train(TrainArgs),
+    /// Fetch, extract, train, evaluate and export in one go.
+    Run(RunArgs),
+    /// Evaluate a trained run on its test split.
+    Eval {
+        /// A run folder written by `train` or `run`.
+        run_dir: PathBuf,
+        /// Pictures per backbone batch, if features must be extracted.
+        #[arg(long, default_value_t = 32)]
+        extract_batch_size: usize,
+    },
+    /// Classify pictures (files or folders) with a trained run.
+    Predict {
+        /// A run folder written by `train` or `run`.
+        run_dir: PathBuf,
+        /// JPEG or PNG files, or folders of them.
+        #[arg(required = true, value_name = "IMAGE")]
+        images: Vec<PathBuf>,
+        /// How many classes to show per picture.
+        #[arg(long, short = 'k', default_value_t = 5)]
+        top_k: usize,
+        /// Pictures per backbone batch.
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+    },
+}
+
+/// Which model, which data, which sample.
+#[derive(Debug, Args)]
+pub struct DataArgs {
+    /// Backbone (see `lastlayer models`).
+    #[arg(long)]
+    pub model: String,
+    /// `cifar10`, or a folder with one subfolder of pictures per class.
+    #[arg(long)]
+    pub data: String,
+    /// An existing `cifar-10-batches-bin` folder (or its parent) instead of downloading.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// For a folder without train/ and test/ subfolders: share of pictures put in test.
+    #[arg(long, default_value_t = 0.2)]
+    pub test_fraction: f64,
+    /// Use this fraction of each class of each split (stratified, seeded), e.g. 0.05.
+    #[arg(long, conflicts_with = "limit")]
+    pub sample: Option<f64>,
+    /// Use at most N rows of each split (stratified, seeded).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Seed of --sample / --limit.
+    #[arg(long, default_value_t = 0)]
+    pub sample_seed: u64,
+    /// Backbone precision.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub precision: PrecisionArg,
+    /// A local safetensors file (registry key names) instead of the Hub weights.
+    #[arg(long, value_name = "FILE")]
+    pub weights: Option<PathBuf>,
+    /// Pictures per backbone batch.
+    #[arg(long, default_value_t = 32)]
+    pub extract_batch_size: usize,
+}
+
+/// Head training settings.
+#[derive(Debug, Args)]
+pub struct HeadArgs {
+    /// Most epochs (training stops earlier when validation accuracy stalls).
+    #[arg(long, default_value_t = 60)]
+    pub epochs: usize,
+    /// Learning rate.
+    #[arg(long, default_value_t = 1e-3, allow_negative_numbers = true)]
+    pub lr: f64,
+    /// Weight decay.
+    #[arg(long, default_value_t = 1e-4, allow_negative_numbers = true)]
+    pub weight_decay: f64,
+    /// Minibatch size.
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    /// Optimiser.
+    #[arg(long, value_enum, default_value = "adamw")]
+    pub optimizer: OptimizerArg,
+    /// Share of each class of train held out for validation (early stopping, model choice).
+    #[arg(long, default_value_t = 0.1)]
+    pub val_fraction: f64,
+    /// Seed of the validation split and the shuffles; the same seed gives the same head.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop after this many epochs without a better validation result.
+    #[arg(long, default_value_t = 10)]
+    pub patience: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ExtractArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Splits to extract, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "train,test")]
+    pub split: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub head: HeadArgs,
+    /// Run folder to write (head.safetensors, head.json, metrics.json).
+    #[arg(long, value_name = "RUN_DIR")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub head: HeadArgs,
+    /// Run folder to write [default: runs/<model>-<data>-<time>].
+    #[arg(long, value_name = "RUN_DIR")]
+    pub out: Option<PathBuf>,
+}

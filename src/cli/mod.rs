@@ -1,0 +1,232 @@
+//! The `lastlayer` command: parses flags, sets up logging, calls the library, prints results.
+
+pub mod args;
+mod output;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+
+use args::{Cli, Command, DataArgs, DeviceArg, HeadArgs, OptimizerArg, PrecisionArg};
+use lastlayer::backbone::{DeviceChoice, Precision, PrecisionChoice};
+use lastlayer::data::sample::Subset;
+use lastlayer::data::DataSpec;
+use lastlayer::head::{OptimizerKind, TrainConfig};
+use lastlayer::hub::{Pins, Registry};
+use lastlayer::pipeline::{self, FeatureRequest, Session};
+use lastlayer::progress::Progress;
+
+/// Sets up logging: stderr (no colours unless it is a terminal) and `--log-file`.
+pub fn init_logging(cli: &Cli) -> Result<()> {
+    use tracing_subscriber::prelude::*;
+    let level = match (cli.global.quiet, cli.global.verbose) {
+        (q, _) if q >= 2 => "error",
+        (1, _) => "warn",
+        (_, 0) => "info",
+        (_, 1) => "debug",
+        _ => "trace",
+    };
+    let filter = || tracing_subscriber::EnvFilter::new(format!("lastlayer={level},warn"));
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .with_filter(filter());
+    let file = match &cli.global.log_file {
+        Some(path) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("--log-file: cannot open {} for appending", path.display()))?;
+            Some(tracing_subscriber::fmt::layer().with_writer(std::sync::Mutex::new(f)).with_ansi(false).with_target(false).with_filter(filter()))
+        }
+        None => None,
+    };
+    tracing_subscriber::registry().with(stderr).with(file).init();
+    Ok(())
+}
+
+fn session(cli: &Cli) -> Result<Session> {
+    let g = &cli.global;
+    let registry = match &g.registry {
+        Some(path) => Registry::from_file(path)?,
+        None => Registry::builtin(),
+    };
+    Ok(Session {
+        cache_dir: g.cache_dir.clone().unwrap_or_else(lastlayer::fsutil::default_cache_dir),
+        offline: g.offline,
+        device: match g.device {
+            DeviceArg::Cpu => DeviceChoice::Cpu,
+            DeviceArg::Cuda => DeviceChoice::Cuda,
+            DeviceArg::Auto => DeviceChoice::Auto,
+        },
+        progress: Progress::for_stderr(g.quiet > 0, g.no_progress || g.log_file.is_some()),
+        registry,
+    })
+}
+
+fn feature_request(d: &DataArgs, splits: Vec<String>) -> Result<FeatureRequest> {
+    let subset = match (d.sample, d.limit) {
+        (Some(f), _) => Subset::Fraction(f),
+        (None, Some(n)) => Subset::Limit(n),
+        (None, None) => Subset::All,
+    };
+    Ok(FeatureRequest {
+        model: d.model.clone(),
+        data: DataSpec::parse(&d.data, d.data_dir.as_deref(), d.test_fraction)?,
+        splits,
+        subset,
+        sample_seed: d.sample_seed,
+        precision: match d.precision {
+            PrecisionArg::Fp32 => PrecisionChoice::Fixed(Precision::Fp32),
+            PrecisionArg::Bf16 => PrecisionChoice::Fixed(Precision::Bf16),
+            PrecisionArg::Auto => PrecisionChoice::Auto,
+        },
+        weights: d.weights.clone(),
+        batch_size: d.extract_batch_size,
+    })
+}
+
+fn train_config(h: &HeadArgs) -> TrainConfig {
+    TrainConfig {
+        epochs: h.epochs,
+        lr: h.lr,
+        weight_decay: h.weight_decay,
+        batch_size: h.batch_size,
+        optimizer: match h.optimizer {
+            OptimizerArg::Adamw => OptimizerKind::Adamw,
+            OptimizerArg::Adam => OptimizerKind::Adam,
+            OptimizerArg::Sgd => OptimizerKind::Sgd,
+        },
+        val_fraction: h.val_fraction,
+        seed: h.seed,
+        patience: h.patience,
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> Result<()> {
+    let s = session(&cli)?;
+    let json = cli.global.json;
+    match &cli.command {
+        Command::Models => {
+            let pins = Pins::load(&s.cache_dir)?;
+            let rows: Vec<_> = s
+                .registry
+                .models()
+                .iter()
+                .map(|m| {
+                    let pin = pins.get(&m.hub_repo, &m.file);
+                    json!({
+                        "entry": m,
+                        "revision": m.revision.clone().or_else(|| pin.map(|p| p.revision.clone())),
+                        "sha256": m.sha256.clone().or_else(|| pin.map(|p| p.sha256.clone())),
+                        "pinned": if m.sha256.is_some() { "registry" } else if pin.is_some() { "first use" } else { "not yet" },
+                    })
+                })
+                .collect();
+            if json {
+                return print_json(&rows);
+            }
+            println!("{:<13} {:<26} {:>5} {:>8} {:<9} sha256", "model", "hub repo", "input", "features", "interp");
+            for (m, r) in s.registry.models().iter().zip(&rows) {
+                let sha = r["sha256"].as_str().map(|s| s[..12].to_string() + "…").unwrap_or_else(|| "(pinned at first fetch)".into());
+                println!(
+                    "{:<13} {:<26} {:>5} {:>8} {:<9} {sha}",
+                    m.name,
+                    m.hub_repo,
+                    m.input_size,
+                    m.feature_width,
+                    format!("{:?}", m.interpolation).to_lowercase()
+                );
+            }
+        }
+        Command::Fetch { model } => {
+            let w = pipeline::fetch(&s, model)?;
+            if json {
+                return print_json(&w);
+            }
+            println!("{}\n  sha256 {} ({})", w.path.display(), w.sha256, if w.downloaded { "downloaded, verified" } else { "cached, verified" });
+        }
+        Command::Extract(a) => {
+            let req = feature_request(&a.data, a.split.clone())?;
+            let fs = pipeline::features(&s, &req)?;
+            if json {
+                return print_json(&fs);
+            }
+            print!("{}", output::features(&fs));
+        }
+        Command::Train(a) => {
+            let req = feature_request(&a.data, vec![])?;
+            let out = pipeline::train(&s, &req, &train_config(&a.head), &a.out)?;
+            report_training(&out, json)?;
+        }
+        Command::Run(a) => {
+            let req = feature_request(&a.data, vec![])?;
+            if a.data.weights.is_none() {
+                pipeline::fetch(&s, &a.data.model)?;
+            }
+            let run_dir = a.out.clone().unwrap_or_else(|| default_run_dir(&a.data));
+            let out = pipeline::train(&s, &req, &train_config(&a.head), &run_dir)?;
+            // Evaluate what was exported, read back from disk, as a user of the run would.
+            let check = pipeline::evaluate_run(&s, &out.run_dir, a.data.extract_batch_size)?;
+            anyhow::ensure!(
+                (check.test_accuracy - out.test_accuracy).abs() < 1e-9,
+                "the exported head scores {} on test, the trained one {}",
+                check.test_accuracy,
+                out.test_accuracy
+            );
+            report_training(&out, json)?;
+        }
+        Command::Eval { run_dir, extract_batch_size } => {
+            let out = pipeline::evaluate_run(&s, run_dir, *extract_batch_size)?;
+            if json {
+                return print_json(&out);
+            }
+            print!("{}", output::evaluation("test", &out.test));
+        }
+        Command::Predict { run_dir, images, top_k, batch_size } => {
+            let preds = pipeline::predict(&s, run_dir, images, *top_k, *batch_size)?;
+            if json {
+                return print_json(&preds);
+            }
+            print!("{}", output::predictions(&preds));
+        }
+    }
+    Ok(())
+}
+
+fn default_run_dir(d: &DataArgs) -> PathBuf {
+    let data = if d.data.eq_ignore_ascii_case("cifar10") {
+        "cifar10".to_string()
+    } else {
+        PathBuf::from(&d.data).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "data".into())
+    };
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace(':', "");
+    PathBuf::from("runs").join(format!("{}-{data}-{stamp}", d.model))
+}
+
+fn report_training(out: &pipeline::TrainOutcome, json: bool) -> Result<()> {
+    if json {
+        return print_json(out);
+    }
+    print!("{}", output::features(&out.features));
+    println!(
+        "\nhead: best epoch {} of {} run, validation accuracy {:.2}%, trained in {:.2}s",
+        out.report.best_epoch,
+        out.report.history.len(),
+        100.0 * out.val_accuracy,
+        out.report.seconds
+    );
+    print!("\n{}", output::evaluation("test", &out.test));
+    println!("\nrun folder: {} (head.safetensors, head.json, metrics.json)", out.run_dir.display());
+    Ok(())
+}
