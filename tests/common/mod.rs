@@ -1,0 +1,223 @@
+//! Test helpers: a fake Hugging Face Hub and CIFAR-10 mirror on 127.0.0.1, random backbone
+//! weights with the registry's key names, and runners for the `lastlayer` binary.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+
+use lastlayer::backbone::Backbone;
+use lastlayer::hub::Registry;
+use sha2::Digest;
+
+/// `../shared/data` from the project root.
+pub fn shared_data() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data")
+}
+
+/// The shared CIFAR-10 sample folder.
+pub fn cifar_sample_dir() -> PathBuf {
+    shared_data().join("cifar10-sample/cifar-10-batches-bin")
+}
+
+pub fn sha256(bytes: &[u8]) -> String {
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn md5(bytes: &[u8]) -> String {
+    md5::Md5::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Random weights of registry model `model`, as safetensors bytes.
+pub fn random_weights(model: &str, dir: &Path) -> (PathBuf, Vec<u8>) {
+    let entry = Registry::builtin().get(model).unwrap().clone();
+    let path = dir.join(format!("{model}-random.safetensors"));
+    Backbone::random(entry.architecture, tch::Device::Cpu).save(&path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    (path, bytes)
+}
+
+/// A file the fake server serves.
+#[derive(Clone)]
+pub struct Served {
+    pub bytes: Vec<u8>,
+    /// Sent as `etag` (quoted) when set.
+    pub etag: Option<String>,
+    /// Sent as `x-repo-commit` when set.
+    pub commit: Option<String>,
+}
+
+/// An HTTP server on 127.0.0.1 answering GETs from a path → file map, with `Range` support
+/// (206 and `Content-Range`), as the Hub's `resolve` endpoint does. Counts requests per path.
+pub struct FakeServer {
+    pub base: String,
+    files: Arc<Mutex<HashMap<String, Served>>>,
+    pub hits: Arc<Mutex<HashMap<String, usize>>>,
+    server: Arc<tiny_http::Server>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeServer {
+    pub fn start() -> Self {
+        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+        let base = format!("http://{}", server.server_addr().to_ip().unwrap());
+        let files: Arc<Mutex<HashMap<String, Served>>> = Arc::default();
+        let hits: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let (s, f, h) = (server.clone(), files.clone(), hits.clone());
+        let thread = std::thread::spawn(move || {
+            for req in s.incoming_requests() {
+                let path = req.url().split('?').next().unwrap_or("").to_string();
+                *h.lock().unwrap().entry(path.clone()).or_default() += 1;
+                let served = f.lock().unwrap().get(&path).cloned();
+                let Some(served) = served else {
+                    let _ = req.respond(tiny_http::Response::from_string("not found").with_status_code(404));
+                    continue;
+                };
+                let total = served.bytes.len();
+                let range = req
+                    .headers()
+                    .iter()
+                    .find(|h| h.field.equiv("Range"))
+                    .and_then(|h| h.value.as_str().strip_prefix("bytes=").map(str::to_string));
+                let mut headers = Vec::new();
+                if let Some(etag) = &served.etag {
+                    headers.push(tiny_http::Header::from_bytes("etag", format!("\"{etag}\"")).unwrap());
+                }
+                if let Some(commit) = &served.commit {
+                    headers.push(tiny_http::Header::from_bytes("x-repo-commit", commit.as_str()).unwrap());
+                }
+                let response = match range {
+                    Some(r) => {
+                        let (a, b) = r.split_once('-').unwrap_or((&r, ""));
+                        let start: usize = a.parse().unwrap_or(0).min(total);
+                        let end: usize = b.parse().map(|e: usize| e + 1).unwrap_or(total).min(total);
+                        headers.push(tiny_http::Header::from_bytes("Content-Range", format!("bytes {start}-{}/{total}", end.max(1) - 1)).unwrap());
+                        tiny_http::Response::from_data(served.bytes[start..end].to_vec()).with_status_code(206)
+                    }
+                    None => tiny_http::Response::from_data(served.bytes.clone()),
+                };
+                let mut response = response;
+                for hd in headers {
+                    response.add_header(hd);
+                }
+                let _ = req.respond(response);
+            }
+        });
+        FakeServer { base, files, hits, server, thread: Some(thread) }
+    }
+
+    pub fn serve(&self, path: &str, served: Served) {
+        self.files.lock().unwrap().insert(path.to_string(), served);
+    }
+
+    /// Serves `bytes` as a Hub repo's file at revision `main`, with its sha256 as etag.
+    pub fn serve_hub_file(&self, repo: &str, file: &str, bytes: Vec<u8>, commit: &str) {
+        let etag = sha256(&bytes);
+        self.serve_hub_file_with_etag(repo, file, bytes, commit, &etag);
+    }
+
+    pub fn serve_hub_file_with_etag(&self, repo: &str, file: &str, bytes: Vec<u8>, commit: &str, etag: &str) {
+        let served = Served { bytes, etag: Some(etag.to_string()), commit: Some(commit.to_string()) };
+        self.serve(&format!("/{repo}/resolve/main/{file}"), served.clone());
+        self.serve(&format!("/{repo}/resolve/{commit}/{file}"), served);
+    }
+
+    pub fn hits(&self, path: &str) -> usize {
+        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        self.server.unblock();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A small `cifar-10-binary.tar.gz` made from the shared sample: the first `train` records of
+/// `data_batch_1.bin` and `test` of `test_batch.bin`. Returns (tarball, train bytes, test bytes).
+pub fn cifar_tarball(train: usize, test: usize) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let dir = cifar_sample_dir();
+    let tr = std::fs::read(dir.join("data_batch_1.bin")).unwrap()[..train * 3073].to_vec();
+    let te = std::fs::read(dir.join("test_batch.bin")).unwrap()[..test * 3073].to_vec();
+    let meta = std::fs::read(dir.join("batches.meta.txt")).unwrap();
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    for (name, bytes) in [("data_batch_1.bin", &tr), ("test_batch.bin", &te), ("batches.meta.txt", &meta)] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append_data(&mut header, format!("cifar-10-batches-bin/{name}"), bytes.as_slice()).unwrap();
+    }
+    let mut gz = builder.into_inner().unwrap();
+    gz.flush().unwrap();
+    (gz.finish().unwrap(), tr, te)
+}
+
+/// A sandbox: its own cache, HF_HOME and environment for the binary.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+    pub env: Vec<(String, String)>,
+}
+
+impl Sandbox {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let env = vec![
+            ("HF_HOME".to_string(), dir.path().join("hf").display().to_string()),
+            ("LASTLAYER_CACHE".to_string(), dir.path().join("cache").display().to_string()),
+            // No endpoint by default: nothing may reach the real Hub.
+            ("HF_ENDPOINT".to_string(), "http://127.0.0.1:9".to_string()),
+            ("LASTLAYER_CIFAR10_URL".to_string(), "http://127.0.0.1:9/none".to_string()),
+            ("LASTLAYER_LOG_INTERVAL".to_string(), "0".to_string()),
+        ];
+        Sandbox { dir, env }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn set(&mut self, key: &str, value: impl Into<String>) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.into()));
+    }
+
+    /// Runs `lastlayer ARGS` and returns its output.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lastlayer"));
+        cmd.args(args).current_dir(self.path()).env_remove("RUST_BACKTRACE");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    }
+
+    /// Runs and expects success; returns stdout parsed as JSON.
+    pub fn run_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.run(args);
+        assert!(out.status.success(), "lastlayer {args:?} failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("stdout of {args:?} is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    }
+}
+
+/// stderr as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts a failure with `code`, one `error:` line mentioning each of `needles`, and no panic.
+pub fn assert_fails(out: &Output, code: i32, needles: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(code), "expected exit {code}, got {:?}; stderr:\n{err}", out.status);
+    assert!(!err.contains("panicked") && !err.contains("internal error") && !err.contains("stack backtrace"), "{err}");
+    let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error: line in\n{err}"));
+    for n in needles {
+        assert!(line.contains(n), "error line lacks '{n}': {line}");
+    }
+}
