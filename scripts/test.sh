@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Sets up a fresh machine (virtualenv with torch==2.13.0, build) and runs the whole test suite.
+# Needs no network beyond the package registries: tests serve their own Hub and CIFAR-10
+# mirror on 127.0.0.1 and read ../shared/data.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+cd "$LASTLAYER_ROOT"
+scripts/setup.sh --no-build
+# Pinned Python packages the tests read files with and compare against (safetensors, timm, ...).
+pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
+cargo build --all-targets
+cargo test --all-targets -- --test-threads=2
