@@ -3,6 +3,7 @@
 //! normalised picture batches into pooled penultimate features. The network is in inference
 //! mode, runs without gradients, and its weights never change.
 
+pub mod efficientnet_lite;
 pub mod inception_v3;
 pub mod layers;
 pub mod resnet;
@@ -15,6 +16,7 @@ use tch::{nn, Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::hub::Architecture;
+use efficientnet_lite::EfficientNetLite;
 use inception_v3::InceptionV3;
 use resnet::{ResNet, ResNetConfig};
 
@@ -87,6 +89,7 @@ impl DeviceChoice {
 enum Net {
     ResNet(ResNet),
     InceptionV3(InceptionV3),
+    EfficientNetLite(EfficientNetLite),
 }
 
 /// A frozen backbone with its weights.
@@ -116,6 +119,7 @@ impl Backbone {
             Architecture::Resnet101 => Net::ResNet(ResNet::new(&root, ResNetConfig::resnet101())),
             Architecture::Resnet152 => Net::ResNet(ResNet::new(&root, ResNetConfig::resnet152())),
             Architecture::InceptionV3 => Net::InceptionV3(InceptionV3::new(&root)),
+            Architecture::EfficientnetLite0 => Net::EfficientNetLite(EfficientNetLite::lite0(&root)),
         };
         let mut backbone = Backbone { vs, net, architecture, precision: Precision::Fp32 };
         backbone.vs.freeze();
@@ -209,6 +213,7 @@ impl Backbone {
             let ys = match &self.net {
                 Net::ResNet(n) => n.forward(&xs),
                 Net::InceptionV3(n) => n.forward(&xs),
+                Net::EfficientNetLite(n) => n.forward(&xs),
             };
             Ok(ys.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu)?)
         })?;
@@ -220,6 +225,7 @@ impl Backbone {
         match &self.net {
             Net::ResNet(n) => n.feature_width(),
             Net::InceptionV3(_) => InceptionV3::FEATURE_WIDTH,
+            Net::EfficientNetLite(_) => EfficientNetLite::FEATURE_WIDTH,
         }
     }
 

@@ -70,10 +70,7 @@ impl Preprocessing {
         let x = pixels.to_kind(Kind::Float);
         let x = match self.resize {
             Resize::Stretch => resize(&x, [self.input_size, self.input_size], self.interpolation, false),
-            Resize::ShorterSideCenterCrop { crop_pct } => {
-                let resized = self.shorter_side(&x, crop_pct).round().clamp(0.0, 255.0);
-                center_crop(&resized, self.input_size)
-            }
+            Resize::ShorterSideCenterCrop { crop_pct } => center_crop(&self.shorter_side(&x, crop_pct), self.input_size),
         };
         self.normalize(&x)
     }
@@ -82,11 +79,7 @@ impl Preprocessing {
         let (h, w) = (x.size()[2], x.size()[3]);
         let short = (self.input_size as f64 / crop_pct).floor() as i64;
         let (oh, ow) = if h <= w { (short, (short as f64 * w as f64 / h as f64) as i64) } else { ((short as f64 * h as f64 / w as f64) as i64, short) };
-        if (oh, ow) == (h, w) {
-            x.shallow_clone()
-        } else {
-            resize(x, [oh, ow], self.interpolation, true)
-        }
+        resize_8bit(x, [oh, ow], self.interpolation)
     }
 
     fn normalize(&self, x: &Tensor) -> Tensor {
@@ -108,15 +101,35 @@ pub fn resize(x: &Tensor, size: [i64; 2], interpolation: Interpolation, antialia
     }
 }
 
-/// The centre `size x size` square, offsets rounded as torchvision's `CenterCrop`.
+/// Resizes 0-255 pictures as PIL and torchvision do on 8-bit pictures: antialiased filters
+/// (PIL's cubic, a = -0.5), the horizontal pass first, each pass rounded and clamped to 0-255.
+pub fn resize_8bit(x: &Tensor, size: [i64; 2], interpolation: Interpolation) -> Tensor {
+    let (h, w) = (x.size()[2], x.size()[3]);
+    let pass = |x: &Tensor, size: [i64; 2]| {
+        let y = match interpolation {
+            Interpolation::Bilinear => x.internal_upsample_bilinear2d_aa(size, false, None, None),
+            Interpolation::Bicubic => x.internal_upsample_bicubic2d_aa(size, false, None, None),
+        };
+        y.round().clamp(0.0, 255.0)
+    };
+    let x = if size[1] != w { pass(x, [h, size[1]]) } else { x.shallow_clone() };
+    if size[0] != h {
+        pass(&x, size)
+    } else {
+        x
+    }
+}
+
+/// The centre `size x size` square, offsets rounded as torchvision's `CenterCrop` does.
 pub fn center_crop(x: &Tensor, size: i64) -> Tensor {
     let (h, w) = (x.size()[2], x.size()[3]);
     if h < size || w < size {
         // Only possible when crop_pct > 1; pad like torchvision would be overkill: stretch.
         return x.upsample_bilinear2d([size, size], false, None, None);
     }
-    let top = ((h - size) as f64 / 2.0).round() as i64;
-    let left = ((w - size) as f64 / 2.0).round() as i64;
+    // Python's round(): halves to even, so 106.5 -> 106 as in torchvision.
+    let top = ((h - size) as f64 / 2.0).round_ties_even() as i64;
+    let left = ((w - size) as f64 / 2.0).round_ties_even() as i64;
     x.narrow(2, top, size).narrow(3, left, size)
 }
 

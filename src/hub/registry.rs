@@ -26,6 +26,8 @@ pub enum Architecture {
     Resnet152,
     /// Inception-v3 (2048 features, 299x299 input).
     InceptionV3,
+    /// EfficientNet-Lite0 (1280 features; TF "same" padding, ReLU6, no squeeze-excitation).
+    EfficientnetLite0,
 }
 
 /// How a picture is resampled when resized.
@@ -161,6 +163,7 @@ mod tests {
             ("resnet101", 2048, 224),
             ("resnet152", 2048, 224),
             ("inception_v3", 2048, 299),
+            ("efficientnet_lite0", 1280, 224),
         ];
         for (name, width, size) in expect {
             let m = reg.get(name).unwrap();

@@ -1,0 +1,168 @@
+//! EfficientNet-Lite0 without the classifier: 224x224 input, 1280 pooled features.
+//!
+//! The "lite" EfficientNet for mobile: ReLU6 instead of swish, no squeeze-excitation, a fixed
+//! stem (32) and head (1280). The weights come from TensorFlow, so convolutions use TF's
+//! "same" padding: stride-1 convolutions pad symmetrically, stride-2 ones pad
+//! `max((ceil(i/s) - 1)·s + k - i, 0)` split with the extra pixel on the right and bottom, as
+//! timm's `Conv2dSame`. BatchNorm eps is 1e-3.
+//!
+//! Variable names are timm's `tf_efficientnet_lite0` (`conv_stem`, `bn1`,
+//! `blocks.1.0.conv_pw`, ..., `conv_head`, `bn2`).
+//!
+//! Tan and Le, "EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks", 2019.
+
+use tch::{nn, Tensor};
+
+const BN_EPS: f64 = 1e-3;
+
+/// One stage: block type, repeats, kernel, stride, expansion, output channels.
+#[derive(Debug, Clone, Copy)]
+struct Stage {
+    depthwise_separable: bool,
+    repeats: i64,
+    kernel: i64,
+    stride: i64,
+    expand: i64,
+    channels: i64,
+}
+
+const fn stage(depthwise_separable: bool, repeats: i64, kernel: i64, stride: i64, expand: i64, channels: i64) -> Stage {
+    Stage { depthwise_separable, repeats, kernel, stride, expand, channels }
+}
+
+/// EfficientNet-Lite0's stages (timm's `ds_r1_k3_s1_e1_c16`, `ir_r2_k3_s2_e6_c24`, ...).
+const LITE0: [Stage; 7] = [
+    stage(true, 1, 3, 1, 1, 16),
+    stage(false, 2, 3, 2, 6, 24),
+    stage(false, 2, 5, 2, 6, 40),
+    stage(false, 3, 3, 2, 6, 80),
+    stage(false, 3, 5, 1, 6, 112),
+    stage(false, 4, 5, 2, 6, 192),
+    stage(false, 1, 3, 1, 6, 320),
+];
+
+/// Convolution with TF "same" padding, then inference BatchNorm, then ReLU6 if `act`.
+#[derive(Debug)]
+struct ConvBnAct {
+    conv: nn::Conv2D,
+    bn: nn::BatchNorm,
+    kernel: i64,
+    stride: i64,
+    act: bool,
+}
+
+impl ConvBnAct {
+    #[allow(clippy::too_many_arguments)]
+    fn new(conv: nn::Path, bn: nn::Path, c_in: i64, c_out: i64, kernel: i64, stride: i64, groups: i64, act: bool) -> Self {
+        // Stride 1 with an odd kernel: static symmetric padding. Otherwise padded in forward.
+        let padding = if stride == 1 { (kernel - 1) / 2 } else { 0 };
+        let cfg = nn::ConvConfig { stride, padding, groups, bias: false, ..Default::default() };
+        ConvBnAct {
+            conv: nn::conv2d(conv, c_in, c_out, kernel, cfg),
+            bn: nn::batch_norm2d(bn, c_out, nn::BatchNormConfig { eps: BN_EPS, ..Default::default() }),
+            kernel,
+            stride,
+            act,
+        }
+    }
+
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        let xs = if self.stride > 1 { pad_same(xs, self.kernel, self.stride) } else { xs.shallow_clone() };
+        let ys = nn::ModuleT::forward_t(&self.bn, &xs.apply(&self.conv), false);
+        if self.act {
+            ys.clamp(0.0, 6.0)
+        } else {
+            ys
+        }
+    }
+}
+
+/// TF "same" padding for a strided convolution: the extra pixel goes right and bottom.
+fn pad_same(xs: &Tensor, kernel: i64, stride: i64) -> Tensor {
+    let size = xs.size();
+    let pad = |i: i64| ((i + stride - 1) / stride - 1) * stride + kernel - i;
+    let (ph, pw) = (pad(size[2]).max(0), pad(size[3]).max(0));
+    if ph == 0 && pw == 0 {
+        return xs.shallow_clone();
+    }
+    xs.constant_pad_nd([pw / 2, pw - pw / 2, ph / 2, ph - ph / 2])
+}
+
+#[derive(Debug)]
+enum Block {
+    /// Depthwise conv, pointwise projection.
+    DepthwiseSeparable { dw: ConvBnAct, pw: ConvBnAct, skip: bool },
+    /// Pointwise expansion, depthwise conv, pointwise projection.
+    InvertedResidual { pw: ConvBnAct, dw: ConvBnAct, pwl: ConvBnAct, skip: bool },
+}
+
+impl Block {
+    fn new(p: &nn::Path, s: &Stage, c_in: i64, stride: i64) -> Self {
+        let skip = stride == 1 && c_in == s.channels;
+        if s.depthwise_separable {
+            Block::DepthwiseSeparable {
+                dw: ConvBnAct::new(p / "conv_dw", p / "bn1", c_in, c_in, s.kernel, stride, c_in, true),
+                pw: ConvBnAct::new(p / "conv_pw", p / "bn2", c_in, s.channels, 1, 1, 1, false),
+                skip,
+            }
+        } else {
+            let mid = c_in * s.expand;
+            Block::InvertedResidual {
+                pw: ConvBnAct::new(p / "conv_pw", p / "bn1", c_in, mid, 1, 1, 1, true),
+                dw: ConvBnAct::new(p / "conv_dw", p / "bn2", mid, mid, s.kernel, stride, mid, true),
+                pwl: ConvBnAct::new(p / "conv_pwl", p / "bn3", mid, s.channels, 1, 1, 1, false),
+                skip,
+            }
+        }
+    }
+
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        let (ys, skip) = match self {
+            Block::DepthwiseSeparable { dw, pw, skip } => (pw.forward(&dw.forward(xs)), *skip),
+            Block::InvertedResidual { pw, dw, pwl, skip } => (pwl.forward(&dw.forward(&pw.forward(xs))), *skip),
+        };
+        if skip {
+            ys + xs
+        } else {
+            ys
+        }
+    }
+}
+
+/// A headless EfficientNet-Lite0.
+#[derive(Debug)]
+pub struct EfficientNetLite {
+    stem: ConvBnAct,
+    blocks: Vec<Block>,
+    head: ConvBnAct,
+}
+
+impl EfficientNetLite {
+    /// Width of the pooled features.
+    pub const FEATURE_WIDTH: i64 = 1280;
+
+    /// EfficientNet-Lite0, variables under `p` (random until weights are loaded).
+    pub fn lite0(p: &nn::Path) -> Self {
+        let stem = ConvBnAct::new(p / "conv_stem", p / "bn1", 3, 32, 3, 2, 1, true);
+        let mut blocks = Vec::new();
+        let mut c_in = 32;
+        for (i, s) in LITE0.iter().enumerate() {
+            for r in 0..s.repeats {
+                let bp = p / "blocks" / i / r;
+                blocks.push(Block::new(&bp, s, c_in, if r == 0 { s.stride } else { 1 }));
+                c_in = s.channels;
+            }
+        }
+        let head = ConvBnAct::new(p / "conv_head", p / "bn2", c_in, Self::FEATURE_WIDTH, 1, 1, 1, true);
+        EfficientNetLite { stem, blocks, head }
+    }
+
+    /// Pooled features, `[N, 1280]`, for a normalised `[N, 3, 224, 224]` batch.
+    pub fn forward(&self, xs: &Tensor) -> Tensor {
+        let mut ys = self.stem.forward(xs);
+        for b in &self.blocks {
+            ys = b.forward(&ys);
+        }
+        self.head.forward(&ys).adaptive_avg_pool2d([1, 1]).flatten(1, -1)
+    }
+}
