@@ -41,6 +41,12 @@ const LITE0: [Stage; 7] = [
     stage(false, 1, 3, 1, 6, 320),
 ];
 
+/// `(stage, index in stage, depthwise-separable)` of each of Lite0's blocks, in order: how a
+/// flat block numbering (`_blocks.7`) maps to timm's (`blocks.3.1`).
+pub fn lite0_blocks() -> Vec<(usize, usize, bool)> {
+    LITE0.iter().enumerate().flat_map(|(i, s)| (0..s.repeats as usize).map(move |r| (i, r, s.depthwise_separable))).collect()
+}
+
 /// Convolution with TF "same" padding, then inference BatchNorm, then ReLU6 if `act`.
 #[derive(Debug)]
 struct ConvBnAct {

@@ -192,6 +192,13 @@ impl Backbone {
         })
     }
 
+    /// Every tensor the network needs: name (the registry's key) and shape, sorted by name.
+    pub fn parameter_shapes(&self) -> Vec<(String, Vec<i64>)> {
+        let mut v: Vec<(String, Vec<i64>)> = self.vs.variables().into_iter().map(|(n, t)| (n, t.size())).collect();
+        v.sort();
+        v
+    }
+
     /// Writes the weights as safetensors with the registry's key names.
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut vars: Vec<(String, Tensor)> =

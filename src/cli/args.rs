@@ -83,6 +83,18 @@ pub enum Command {
         /// Registry name (see `lastlayer models`).
         model: String,
     },
+    /// Convert a state dict with another layout (.pth, .pt or .safetensors) into the
+    /// registry's safetensors layout, for `--weights`.
+    Import {
+        /// The state dict to convert.
+        file: PathBuf,
+        /// The backbone it holds (see `lastlayer models`).
+        #[arg(long)]
+        model: String,
+        /// The safetensors file to write (atomically; nothing is written on failure).
+        #[arg(long, value_name = "OUT.safetensors")]
+        out: PathBuf,
+    },
     /// Extract features into the cache (nothing is recomputed that is already there).
     Extract(ExtractArgs),
     /// Train a new last layer on cached features (extracting what is missing) and export it.

@@ -156,6 +156,21 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             println!("{}\n  sha256 {} ({})", w.path.display(), w.sha256, if w.downloaded { "downloaded, verified" } else { "cached, verified" });
         }
+        Command::Import { file, model, out } => {
+            let entry = s.registry.get(model)?;
+            let r = lastlayer::hub::import_weights(file, entry.architecture, out)?;
+            if json {
+                return print_json(&r);
+            }
+            println!(
+                "wrote {} ({} tensors, {} layout, sha256 {}); use it with --model {model} --weights {}",
+                r.out.display(),
+                r.tensors,
+                r.layout,
+                r.sha256,
+                r.out.display()
+            );
+        }
         Command::Extract(a) => {
             let req = feature_request(&a.data, a.split.clone())?;
             let fs = pipeline::features(&s, &req)?;

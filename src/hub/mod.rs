@@ -2,9 +2,11 @@
 //! commits and checksums pinned on first use, and verified downloads from the Hugging Face Hub.
 
 mod fetch;
+mod import;
 mod pins;
 mod registry;
 
 pub use fetch::{fetch_weights, resolve_weights, FetchOptions, ResolvedWeights, WeightsOrigin};
+pub use import::{import_weights, read_state_dict, ImportReport};
 pub use pins::{Pin, Pins};
 pub use registry::{Architecture, Interpolation, ModelEntry, Registry};

