@@ -8,6 +8,5 @@ cd "$LASTLAYER_ROOT"
 scripts/setup.sh --no-build
 # Pinned Python packages the tests read files with and compare against (safetensors, timm, ...).
 pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
-cargo build --release                 # the binary the README's demo runs
 cargo build --examples                # examples must keep compiling
 cargo test --lib --tests -- --test-threads=2

@@ -184,9 +184,21 @@ pub struct HeadArgs {
     /// Seed of the validation split and the shuffles; the same seed gives the same head.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Stop after this many epochs without a better validation result.
+    /// Stop after this many epochs without a lower validation loss.
     #[arg(long, default_value_t = 10)]
     pub patience: usize,
+    /// Learning-rate schedule.
+    #[arg(long, value_enum, default_value = "cosine")]
+    pub schedule: ScheduleArg,
+}
+
+/// `--schedule`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ScheduleArg {
+    /// Cosine decay to 0 over --epochs.
+    Cosine,
+    /// --lr throughout.
+    Constant,
 }
 
 #[derive(Debug, Args)]

@@ -9,11 +9,11 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use args::{Cli, Command, DataArgs, DeviceArg, HeadArgs, OptimizerArg, PrecisionArg};
+use args::{Cli, Command, DataArgs, DeviceArg, HeadArgs, OptimizerArg, PrecisionArg, ScheduleArg};
 use lastlayer::backbone::{DeviceChoice, Precision, PrecisionChoice};
 use lastlayer::data::sample::Subset;
 use lastlayer::data::DataSpec;
-use lastlayer::head::{OptimizerKind, TrainConfig};
+use lastlayer::head::{OptimizerKind, Schedule, TrainConfig};
 use lastlayer::hub::{Pins, Registry};
 use lastlayer::pipeline::{self, FeatureRequest, Session};
 use lastlayer::progress::Progress;
@@ -104,6 +104,10 @@ fn train_config(h: &HeadArgs) -> TrainConfig {
         val_fraction: h.val_fraction,
         seed: h.seed,
         patience: h.patience,
+        schedule: match h.schedule {
+            ScheduleArg::Cosine => Schedule::Cosine,
+            ScheduleArg::Constant => Schedule::Constant,
+        },
     }
 }
 

@@ -5,7 +5,7 @@ mod metrics;
 mod train;
 
 pub use metrics::{evaluate, ClassAccuracy, Evaluation};
-pub use train::{train_head, EpochRecord, OptimizerKind, TrainConfig, TrainReport};
+pub use train::{train_head, EpochRecord, OptimizerKind, Schedule, TrainConfig, TrainReport};
 
 use std::path::Path;
 

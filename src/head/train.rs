@@ -1,6 +1,7 @@
 //! Training the head: softmax regression on standardised features, minibatch AdamW (or Adam,
-//! SGD), with a stratified validation split held out of train for early stopping and for
-//! choosing the epoch whose weights are kept. Zero initialisation and seeded shuffles make the
+//! SGD) with a cosine learning-rate schedule, and a stratified validation split held out of
+//! train for early stopping and for choosing the epoch whose weights are kept (the lowest
+//! validation loss). Zero initialisation and seeded shuffles make the
 //! same seed give the same head.
 
 use std::time::Instant;
@@ -29,6 +30,16 @@ pub enum OptimizerKind {
     Sgd,
 }
 
+/// Learning-rate schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    /// Cosine decay from `lr` to 0 over `epochs`.
+    Cosine,
+    /// `lr` throughout.
+    Constant,
+}
+
 /// Head training settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -46,8 +57,10 @@ pub struct TrainConfig {
     pub val_fraction: f64,
     /// Seed of the validation split and of the shuffles.
     pub seed: u64,
-    /// Stop after this many epochs without a better validation result.
+    /// Stop after this many epochs without a lower validation loss.
     pub patience: usize,
+    /// Learning-rate schedule.
+    pub schedule: Schedule,
 }
 
 impl Default for TrainConfig {
@@ -61,6 +74,7 @@ impl Default for TrainConfig {
             val_fraction: 0.1,
             seed: 0,
             patience: 10,
+            schedule: Schedule::Cosine,
         }
     }
 }
@@ -111,7 +125,7 @@ pub struct EpochRecord {
 pub struct TrainReport {
     /// Every epoch run.
     pub history: Vec<EpochRecord>,
-    /// The epoch whose weights were kept.
+    /// The epoch whose weights were kept (lowest validation loss).
     pub best_epoch: usize,
     /// Its validation accuracy (training accuracy when there is no validation split).
     pub best_val_accuracy: f64,
@@ -164,6 +178,8 @@ pub fn train_head(features: &Tensor, labels: &Tensor, classes: usize, cfg: &Trai
     }?;
 
     let n = train_rows.len();
+    let steps_per_epoch = n.div_ceil(cfg.batch_size);
+    let total_steps = (cfg.epochs * steps_per_epoch) as f64;
     let mut order: Vec<i64> = (0..n as i64).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut history = Vec::new();
@@ -180,6 +196,10 @@ pub fn train_head(features: &Tensor, labels: &Tensor, classes: usize, cfg: &Trai
             let (xb, yb) = (xt.index_select(0, &idx), yt.index_select(0, &idx));
             let logits = xb.matmul(&w.tr()) + &b;
             let loss = logits.cross_entropy_for_logits(&yb);
+            if cfg.schedule == Schedule::Cosine {
+                let step = ((epoch - 1) * steps_per_epoch + start / cfg.batch_size) as f64;
+                opt.set_lr(cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * step / total_steps).cos()));
+            }
             opt.backward_step(&loss);
             loss_sum += loss.double_value(&[]) * len as f64;
             correct += logits.argmax(-1, false).eq_tensor(&yb).sum(Kind::Int64).int64_value(&[]);
@@ -196,7 +216,9 @@ pub fn train_head(features: &Tensor, labels: &Tensor, classes: usize, cfg: &Trai
         };
         history.push(EpochRecord { epoch, train_loss, train_accuracy, val_loss, val_accuracy });
         let (score, tie) = (val_accuracy.unwrap_or(train_accuracy), val_loss.unwrap_or(train_loss));
-        let better = best.as_ref().is_none_or(|(a, l, ..)| score > *a || (score == *a && tie < *l));
+        // The epoch with the lowest validation loss is kept: a smoother criterion than accuracy
+        // on a small validation split, so near-identical features give near-identical heads.
+        let better = best.as_ref().is_none_or(|(_, l, ..)| tie < *l);
         if better {
             best = Some((score, tie, epoch, w.detach().copy(), b.detach().copy()));
         }
