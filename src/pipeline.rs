@@ -2,6 +2,7 @@
 //! the cache or extract them (running the backbone only for what is missing), train and
 //! evaluate a head, write the run folder, and predict with a finished run.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Instant;
@@ -10,7 +11,7 @@ use serde::Serialize;
 use tch::Tensor;
 
 use crate::backbone::{Backbone, DeviceChoice, Precision, PrecisionChoice};
-use crate::cache::{CachedFeatures, FeatureCache, FeatureKey, FORMAT_VERSION};
+use crate::cache::{CachedFeatures, EntryLock, FeatureCache, FeatureKey, Partial, PartialPlan, FORMAT_VERSION};
 use crate::data::preprocess::Preprocessing;
 use crate::data::sample::{stratified_subset, Subset};
 use crate::data::{load_picture, DataSpec, Dataset, OpenOptions, PictureKind, Split};
@@ -18,7 +19,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::export::{read_run, write_run, BackboneCard, DataCard, HeadCard, Metrics, RunFiles, HEAD_FORMAT, HEAD_FORMAT_VERSION};
 use crate::head::{evaluate, train_head, Evaluation, LinearHead, TrainConfig, TrainReport};
 use crate::hub::{fetch_weights, resolve_weights, FetchOptions, ModelEntry, Pins, Registry, ResolvedWeights, WeightsOrigin};
-use crate::progress::{Progress, Unit};
+use crate::progress::{Progress, Task, Unit};
 
 /// Settings shared by every command (the CLI's global flags).
 #[derive(Debug, Clone)]
@@ -41,6 +42,9 @@ impl Session {
     }
 }
 
+/// Default rows per saved extraction chunk.
+pub const DEFAULT_CHUNK_ROWS: usize = 512;
+
 /// Which features to get.
 #[derive(Debug, Clone)]
 pub struct FeatureRequest {
@@ -60,6 +64,9 @@ pub struct FeatureRequest {
     pub weights: Option<PathBuf>,
     /// Pictures per backbone batch.
     pub batch_size: usize,
+    /// Rows per saved chunk during extraction (rounded up to whole batches): how much a
+    /// killed run can lose.
+    pub chunk_rows: usize,
 }
 
 impl FeatureRequest {
@@ -74,6 +81,9 @@ impl FeatureRequest {
         }
         if self.batch_size == 0 {
             return Err(Error::usage("--extract-batch-size", "must be at least 1"));
+        }
+        if self.chunk_rows == 0 {
+            return Err(Error::usage("--chunk-rows", "must be at least 1"));
         }
         if self.splits.is_empty() {
             return Err(Error::usage("--split", "name at least one split (train, test)"));
@@ -223,15 +233,29 @@ pub fn features(session: &Session, req: &FeatureRequest) -> Result<FeatureSet> {
                     *slot = Some(split_features(&split.name, "cache", 0.0, hit));
                     continue;
                 }
-                let start = Instant::now();
-                let (features, labels) = extract_split(&backbone, split, &preprocessing, req.batch_size, &session.progress)?;
-                let secs = start.elapsed().as_secs_f64();
-                let stored = cache.store(&key, &features, &labels, &dataset.classes, secs)?;
+                let _lock = EntryLock::acquire(&cache.lock_path(&key))?;
+                if let Some(hit) = cache.lookup(&key)? {
+                    tracing::info!("{} features: finished by another process meanwhile", split.name);
+                    *slot = Some(split_features(&split.name, "cache", 0.0, hit));
+                    continue;
+                }
+                let (stored, resumed, secs) = extract_resumable(
+                    &backbone,
+                    split,
+                    &preprocessing,
+                    req.batch_size,
+                    req.chunk_rows,
+                    &cache,
+                    &key,
+                    &dataset.classes,
+                    &session.progress,
+                )?;
+                let fresh = split.len() - resumed;
                 tracing::info!(
-                    "{} features: {} rows extracted in {secs:.1}s ({:.1} images/s), cached in {}",
+                    "{} features: {fresh} rows extracted in {secs:.1}s ({:.1} images/s){}, cached in {}",
                     split.name,
-                    split.len(),
-                    split.len() as f64 / secs.max(1e-9),
+                    fresh as f64 / secs.max(1e-9),
+                    if resumed > 0 { format!(", {resumed} resumed") } else { String::new() },
                     stored.dir.display()
                 );
                 backbone_runs += 1;
@@ -276,37 +300,98 @@ fn load_backbone(entry: &ModelEntry, weights: &ResolvedWeights, device: tch::Dev
     Ok(backbone)
 }
 
-/// Runs the backbone over every row of `split`, preparing the next batch (decoding, resizing)
-/// on another thread while the current one is computed. Returns `(features, labels)`.
-pub fn extract_split(backbone: &Backbone, split: &Split, pre: &Preprocessing, batch_size: usize, progress: &Progress) -> Result<(Tensor, Tensor)> {
-    let n = split.len();
-    let mut task = progress.task(&format!("extract {}", split.name), n as u64, Unit::Images);
-    let mut chunks = Vec::with_capacity(n.div_ceil(batch_size));
+/// Runs the backbone over `chunks` (row ranges of `split`, each a whole number of batches),
+/// preparing the next batch (decoding, resizing) on another thread while the current one is
+/// computed, and hands each chunk's features to `on_chunk` as soon as it is complete.
+fn run_backbone(
+    backbone: &Backbone,
+    split: &Split,
+    pre: &Preprocessing,
+    batch_size: usize,
+    chunks: &[(usize, Range<usize>)],
+    task: &mut Task,
+    mut on_chunk: impl FnMut(usize, Tensor) -> Result<()>,
+) -> Result<()> {
     std::thread::scope(|scope| -> Result<()> {
-        let (tx, rx) = mpsc::sync_channel::<Result<Tensor>>(2);
+        let (tx, rx) = mpsc::sync_channel::<(usize, bool, Result<Tensor>)>(2);
         scope.spawn(move || {
-            for start in (0..n).step_by(batch_size) {
-                let batch = split.batch(start..(start + batch_size).min(n), pre);
-                let failed = batch.is_err();
-                if tx.send(batch).is_err() || failed {
-                    return;
+            for (chunk, rows) in chunks {
+                for start in rows.clone().step_by(batch_size) {
+                    let end = (start + batch_size).min(rows.end);
+                    let batch = split.batch(start..end, pre);
+                    let failed = batch.is_err();
+                    if tx.send((*chunk, end == rows.end, batch)).is_err() || failed {
+                        return;
+                    }
                 }
             }
         });
-        for batch in rx {
+        let mut parts = Vec::new();
+        for (chunk, last, batch) in rx {
             let batch = batch?;
             let rows = batch.size()[0] as u64;
-            chunks.push(backbone.features(&batch)?);
+            parts.push(backbone.features(&batch)?);
             task.inc(rows);
+            if last {
+                on_chunk(chunk, Tensor::cat(&std::mem::take(&mut parts), 0))?;
+            }
         }
+        Ok(())
+    })
+}
+
+/// Runs the backbone over every row of `split` (no cache involved). Returns
+/// `(features [N, D], labels [N])`.
+pub fn extract_split(backbone: &Backbone, split: &Split, pre: &Preprocessing, batch_size: usize, progress: &Progress) -> Result<(Tensor, Tensor)> {
+    let n = split.len();
+    let mut task = progress.task(&format!("extract {}", split.name), n as u64, Unit::Images);
+    let mut features = None;
+    run_backbone(backbone, split, pre, batch_size.max(1), &[(0, 0..n)], &mut task, |_, f| {
+        features = Some(f);
         Ok(())
     })?;
     task.finish();
-    let features = Tensor::cat(&chunks, 0);
-    if features.size()[0] as usize != n {
-        return Err(Error::bad_input(Path::new(&split.name), "the backbone returned fewer rows than pictures"));
-    }
+    let features = features.ok_or_else(|| Error::usage("--data", format!("the {} split has no rows", split.name)))?;
     Ok((features, Tensor::from_slice(&split.labels)))
+}
+
+/// Extracts `split` into the cache entry of `key`, chunk by chunk, resuming from the chunks a
+/// killed run left. Returns the stored entry and how many rows were already done.
+#[allow(clippy::too_many_arguments)]
+fn extract_resumable(
+    backbone: &Backbone,
+    split: &Split,
+    pre: &Preprocessing,
+    batch_size: usize,
+    chunk_rows: usize,
+    cache: &FeatureCache,
+    key: &FeatureKey,
+    classes: &[String],
+    progress: &Progress,
+) -> Result<(CachedFeatures, usize, f64)> {
+    let n = split.len();
+    let chunk_rows = chunk_rows.div_ceil(batch_size).max(1) * batch_size;
+    let plan = PartialPlan { digest: key.digest(), rows: n, chunk_rows, batch_size };
+    let partial = Partial::open(&cache.partial_dir(key), plan)?;
+    let todo: Vec<(usize, Range<usize>)> =
+        (0..partial.plan().chunks()).filter(|&i| !partial.has_chunk(i)).map(|i| (i, partial.plan().chunk_range(i))).collect();
+    let done = n - todo.iter().map(|(_, r)| r.len()).sum::<usize>();
+    if done > 0 {
+        tracing::info!("{}: resuming, {done} of {n} rows were extracted by an earlier run", split.name);
+    }
+    let mut task = progress.task(&format!("extract {}", split.name), n as u64, Unit::Images);
+    task.set_position(done as u64);
+    let start = Instant::now();
+    run_backbone(backbone, split, pre, batch_size, &todo, &mut task, |chunk, features| {
+        let rows = partial.plan().chunk_range(chunk);
+        partial.write_chunk(chunk, &features, &Tensor::from_slice(&split.labels[rows]))
+    })?;
+    task.finish();
+    let secs = start.elapsed().as_secs_f64();
+    let (features, labels) = partial.join()?;
+    let stored = cache.store(key, &features, &labels, classes, secs)?;
+    partial.remove()?;
+    Ok((stored, done, secs))
 }
 
 /// What [`train`] did.
@@ -420,6 +505,7 @@ pub fn evaluate_run(session: &Session, run_dir: &Path, batch_size: usize) -> Res
         precision: PrecisionChoice::Fixed(card.backbone.precision),
         weights: weights_file_of(&card),
         batch_size,
+        chunk_rows: DEFAULT_CHUNK_ROWS,
     };
     let fs = features(session, &req)?;
     if fs.weights_sha256 != card.backbone.weights_sha256 {

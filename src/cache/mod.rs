@@ -6,6 +6,15 @@
 //! - `manifest.json`: the full key, the shape, and the file's size and blake3, written last,
 //!   atomically. An entry without a valid manifest does not exist; one whose file does not match
 //!   its manifest is reported and recomputed, never used.
+//!
+//! Beside an entry, while it is being extracted: `<entry>.partial/` (chunks, see [`Partial`])
+//! and `<entry>.lock` (see [`EntryLock`]).
+
+mod lock;
+mod partial;
+
+pub use lock::EntryLock;
+pub use partial::{Partial, PartialPlan};
 
 use std::path::{Path, PathBuf};
 
@@ -137,6 +146,61 @@ impl FeatureCache {
         self.root.join(&key.model).join(format!("{}-{}", key.split, key.digest()))
     }
 
+    /// The folder of `key`'s unfinished extraction.
+    pub fn partial_dir(&self, key: &FeatureKey) -> PathBuf {
+        with_suffix(&self.entry_dir(key), ".partial")
+    }
+
+    /// The lock file of `key`'s entry.
+    pub fn lock_path(&self, key: &FeatureKey) -> PathBuf {
+        with_suffix(&self.entry_dir(key), ".lock")
+    }
+
+    /// Every entry folder (with a manifest or not), partial folder and lock, by model.
+    pub fn list(&self) -> Result<Vec<Listed>> {
+        let mut out = Vec::new();
+        let models = match std::fs::read_dir(&self.root) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e).at(&self.root),
+        };
+        for m in models {
+            let m = m.at(&self.root)?.path();
+            if !m.is_dir() {
+                continue;
+            }
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(&m).at(&m)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            entries.sort();
+            for dir in entries {
+                let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                if name.ends_with(".lock") || !dir.is_dir() {
+                    continue;
+                }
+                if let Some(base) = name.strip_suffix(".partial") {
+                    let plan: Option<PartialPlan> =
+                        std::fs::read(dir.join("progress.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+                    let chunks_done = std::fs::read_dir(&dir).map(|d| d.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with("chunk-")).count()).unwrap_or(0);
+                    let lock = m.join(format!("{base}.lock"));
+                    out.push(Listed::Partial { bytes: dir_bytes(&dir), holder: EntryLock::holder(&lock), dir, plan, chunks_done });
+                    continue;
+                }
+                let manifest: Option<Manifest> =
+                    std::fs::read(dir.join(MANIFEST_FILE)).ok().and_then(|b| serde_json::from_slice(&b).ok());
+                out.push(Listed::Entry { bytes: dir_bytes(&dir), dir, manifest });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Verifies the entry in `dir` against its own manifest (size and blake3).
+    pub fn verify_dir(dir: &Path) -> Result<CachedFeatures> {
+        let manifest_path = dir.join(MANIFEST_FILE);
+        let text = std::fs::read(&manifest_path).at(&manifest_path)?;
+        let manifest: Manifest =
+            serde_json::from_slice(&text).map_err(|e| Error::bad_input(&manifest_path, format!("not a valid manifest ({e})")))?;
+        verify(dir, &manifest.key)
+    }
+
     /// The verified entry for `key`, or `None` when absent. An entry that fails verification
     /// is reported (warning) and treated as absent, so that it is recomputed.
     pub fn lookup(&self, key: &FeatureKey) -> Result<Option<CachedFeatures>> {
@@ -187,6 +251,44 @@ impl FeatureCache {
         write_json_atomic(&manifest_path, &manifest)?;
         Ok(CachedFeatures { dir, features_path, manifest_path, manifest })
     }
+}
+
+/// What `cache ls` shows.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Listed {
+    /// A cache entry (manifest `None` when missing or unreadable: not usable).
+    Entry {
+        /// Its folder.
+        dir: PathBuf,
+        /// Its manifest.
+        manifest: Option<Manifest>,
+        /// Bytes on disk.
+        bytes: u64,
+    },
+    /// An unfinished extraction.
+    Partial {
+        /// Its folder.
+        dir: PathBuf,
+        /// Its plan.
+        plan: Option<PartialPlan>,
+        /// Chunks on disk.
+        chunks_done: usize,
+        /// Bytes on disk.
+        bytes: u64,
+        /// pid of the process extracting it now, if any.
+        holder: Option<u32>,
+    },
+}
+
+fn with_suffix(dir: &Path, suffix: &str) -> PathBuf {
+    let mut s = dir.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map(|d| d.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum()).unwrap_or(0)
 }
 
 fn verify(dir: &Path, key: &FeatureKey) -> Result<CachedFeatures> {

@@ -158,6 +158,9 @@ pub struct DataArgs {
     /// Pictures per backbone batch.
     #[arg(long, default_value_t = 32)]
     pub extract_batch_size: usize,
+    /// Extraction saves its progress every this many rows; a killed run resumes from there.
+    #[arg(long, default_value_t = lastlayer::pipeline::DEFAULT_CHUNK_ROWS)]
+    pub chunk_rows: usize,
 }
 
 /// Head training settings.

@@ -87,6 +87,7 @@ fn feature_request(d: &DataArgs, splits: Vec<String>) -> Result<FeatureRequest> 
         },
         weights: d.weights.clone(),
         batch_size: d.extract_batch_size,
+        chunk_rows: d.chunk_rows,
     })
 }
 
