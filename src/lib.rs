@@ -16,5 +16,6 @@ pub mod head;
 pub mod hub;
 pub mod pipeline;
 pub mod progress;
+pub mod status;
 
 pub use error::{Error, Result};

@@ -38,7 +38,7 @@ pub struct Session {
 
 impl Session {
     fn fetch_options(&self) -> FetchOptions {
-        FetchOptions { cache_dir: self.cache_dir.clone(), offline: self.offline, progress: self.progress }
+        FetchOptions { cache_dir: self.cache_dir.clone(), offline: self.offline, progress: self.progress.clone() }
     }
 }
 
@@ -170,7 +170,7 @@ pub fn features(session: &Session, req: &FeatureRequest) -> Result<FeatureSet> {
     let device = session.device.resolve()?;
     let precision = req.precision.resolve(device);
     let mut known = known_weights(&entry, req.weights.as_deref(), session)?;
-    let open = OpenOptions { data_root: session.cache_dir.join("data"), offline: session.offline, progress: session.progress };
+    let open = OpenOptions { data_root: session.cache_dir.join("data"), offline: session.offline, progress: session.progress.clone() };
     let dataset = Dataset::open(&req.data, &open)?;
     let preprocessing = match dataset.picture_kind {
         PictureKind::Cifar => Preprocessing::stretch(&entry),

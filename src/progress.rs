@@ -3,6 +3,7 @@
 //! nothing with `--quiet`.
 
 use std::io::IsTerminal;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -39,11 +40,12 @@ impl Unit {
     }
 }
 
-/// Makes [`Task`]s in one [`Mode`].
-#[derive(Debug, Clone, Copy)]
+/// Makes [`Task`]s in one [`Mode`], optionally also recording them in a run's `status.json`.
+#[derive(Debug, Clone)]
 pub struct Progress {
     mode: Mode,
     interval: Duration,
+    status: Option<Arc<crate::status::StatusFile>>,
 }
 
 impl Default for Progress {
@@ -70,12 +72,17 @@ impl Progress {
         } else {
             Mode::Lines
         };
-        Progress { mode, interval }
+        Progress { mode, interval, status: None }
+    }
+
+    /// The same, also recording progress in `status`.
+    pub fn with_status(&self, status: Arc<crate::status::StatusFile>) -> Self {
+        Progress { status: Some(status), ..self.clone() }
     }
 
     /// Shows nothing.
     pub fn hidden() -> Self {
-        Progress { mode: Mode::Hidden, interval: Duration::from_secs(10) }
+        Progress { mode: Mode::Hidden, interval: Duration::from_secs(10), status: None }
     }
 
     /// The mode in use.
@@ -108,6 +115,7 @@ impl Progress {
             last_line: Instant::now(),
             interval: self.interval,
             message: String::new(),
+            status: self.status.clone(),
         }
     }
 }
@@ -125,6 +133,7 @@ pub struct Task {
     last_line: Instant,
     interval: Duration,
     message: String,
+    status: Option<Arc<crate::status::StatusFile>>,
 }
 
 impl Task {
@@ -141,6 +150,9 @@ impl Task {
         }
         if self.lines && self.last_line.elapsed() >= self.interval {
             self.log_line();
+        }
+        if let Some(status) = &self.status {
+            status.progress(&self.what, pos, self.total, pos as f64 / self.start.elapsed().as_secs_f64().max(1e-9));
         }
     }
 

@@ -109,6 +109,14 @@ pub enum Command {
         #[arg(long, default_value_t = 32)]
         extract_batch_size: usize,
     },
+    /// Is a run (in the background, say) running, finished or dead, and how far did it get?
+    Status {
+        /// A run folder given to `train --out` or `run --out`.
+        run_dir: PathBuf,
+    },
+    /// See, check and delete cached features.
+    #[command(subcommand)]
+    Cache(CacheCommand),
     /// Classify pictures (files or folders) with a trained run.
     Predict {
         /// A run folder written by `train` or `run`.
@@ -122,6 +130,28 @@ pub enum Command {
         /// Pictures per backbone batch.
         #[arg(long, default_value_t = 32)]
         batch_size: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// List cached features and unfinished extractions, with their sizes.
+    Ls,
+    /// Check every cached file against its manifest (size and blake3); exit 5 if any is damaged.
+    Verify,
+    /// Delete cache entries: those given (folders or digests), or all of a model, or all.
+    Rm {
+        /// Entry folders or digests (as `cache ls` shows them).
+        entries: Vec<String>,
+        /// Every entry of this model.
+        #[arg(long)]
+        model: Option<String>,
+        /// Unfinished extractions that no process is working on.
+        #[arg(long)]
+        partial: bool,
+        /// Everything.
+        #[arg(long)]
+        all: bool,
     },
 }
 

@@ -185,17 +185,23 @@ pub fn run(cli: Cli) -> Result<()> {
             print!("{}", output::features(&fs));
         }
         Command::Train(a) => {
-            let req = feature_request(&a.data, vec![])?;
-            let out = pipeline::train(&s, &req, &train_config(&a.head), &a.out)?;
+            let req = feature_request(&a.data, vec!["train".into(), "test".into()])?;
+            let cfg = train_config(&a.head);
+            validate(&s, &req, &cfg)?;
+            let out = with_status(&s, &a.out, |s| pipeline::train(s, &req, &cfg, &a.out))?;
             report_training(&out, json)?;
         }
         Command::Run(a) => {
-            let req = feature_request(&a.data, vec![])?;
-            if a.data.weights.is_none() {
-                pipeline::fetch(&s, &a.data.model)?;
-            }
+            let req = feature_request(&a.data, vec!["train".into(), "test".into()])?;
+            let cfg = train_config(&a.head);
+            validate(&s, &req, &cfg)?;
             let run_dir = a.out.clone().unwrap_or_else(|| default_run_dir(&a.data));
-            let out = pipeline::train(&s, &req, &train_config(&a.head), &run_dir)?;
+            let out = with_status(&s, &run_dir, |s| {
+                if a.data.weights.is_none() {
+                    pipeline::fetch(s, &a.data.model)?;
+                }
+                pipeline::train(s, &req, &cfg, &run_dir)
+            })?;
             // Evaluate what was exported, read back from disk, as a user of the run would.
             let check = pipeline::evaluate_run(&s, &out.run_dir, a.data.extract_batch_size)?;
             anyhow::ensure!(
@@ -206,6 +212,19 @@ pub fn run(cli: Cli) -> Result<()> {
             );
             report_training(&out, json)?;
         }
+        Command::Status { run_dir } => {
+            let st = lastlayer::status::read_status(run_dir)?;
+            if json {
+                return print_json(&st);
+            }
+            print!("{}", output::status(run_dir, &st));
+            if st.state == lastlayer::status::State::Finished {
+                if let Ok((card, _)) = lastlayer::export::read_run(run_dir) {
+                    print!("\n{}", output::evaluation("test", &card.metrics.test));
+                }
+            }
+        }
+        Command::Cache(c) => return cache_command(&s, c, json),
         Command::Eval { run_dir, extract_batch_size } => {
             let out = pipeline::evaluate_run(&s, run_dir, *extract_batch_size)?;
             if json {
@@ -219,6 +238,115 @@ pub fn run(cli: Cli) -> Result<()> {
                 return print_json(&preds);
             }
             print!("{}", output::predictions(&preds));
+        }
+    }
+    Ok(())
+}
+
+/// Checks flags before anything is written.
+fn validate(s: &Session, req: &FeatureRequest, cfg: &TrainConfig) -> lastlayer::Result<()> {
+    s.registry.get(&req.model)?;
+    req.validate()?;
+    cfg.validate()
+}
+
+/// Runs `work` with progress recorded in `RUN_DIR/status.json`, marking the run finished or
+/// failed at the end.
+fn with_status(
+    s: &Session,
+    run_dir: &std::path::Path,
+    work: impl FnOnce(&Session) -> lastlayer::Result<pipeline::TrainOutcome>,
+) -> Result<pipeline::TrainOutcome> {
+    if run_dir.is_file() {
+        return Err(lastlayer::Error::usage("--out", format!("{} is a file; give a folder for the run", run_dir.display())).into());
+    }
+    let status = std::sync::Arc::new(lastlayer::status::StatusFile::start(run_dir)?);
+    let session = Session { progress: s.progress.with_status(status.clone()), ..s.clone() };
+    match work(&session) {
+        Ok(out) => {
+            status.finish(out.test_accuracy)?;
+            Ok(out)
+        }
+        Err(e) => {
+            let _ = status.fail(&e.to_string());
+            Err(e.into())
+        }
+    }
+}
+
+fn cache_command(s: &Session, c: &args::CacheCommand, json: bool) -> Result<()> {
+    use lastlayer::cache::{FeatureCache, Listed};
+    let cache = FeatureCache::new(&s.cache_dir);
+    let listed = cache.list()?;
+    match c {
+        args::CacheCommand::Ls => {
+            if json {
+                return print_json(&listed);
+            }
+            print!("{}", output::cache_listing(&listed));
+        }
+        args::CacheCommand::Verify => {
+            let mut report = Vec::new();
+            for l in &listed {
+                if let Listed::Entry { dir, .. } = l {
+                    let result = FeatureCache::verify_dir(dir);
+                    report.push(json!({"dir": dir, "ok": result.is_ok(), "error": result.err().map(|e| e.to_string())}));
+                }
+            }
+            let bad = report.iter().filter(|r| r["ok"] == false).count();
+            if json {
+                print_json(&report)?;
+            } else {
+                for r in &report {
+                    let verdict = if r["ok"] == true { "ok".to_string() } else { format!("DAMAGED: {}", r["error"].as_str().unwrap_or("")) };
+                    println!("{}  {verdict}", r["dir"].as_str().unwrap_or(""));
+                }
+                println!("{} entries checked, {bad} damaged", report.len());
+            }
+            if bad > 0 {
+                return Err(lastlayer::Error::Checksum {
+                    path: s.cache_dir.join("features"),
+                    algorithm: "blake3",
+                    expected: "the manifests' values".into(),
+                    actual: format!("{bad} damaged entries"),
+                    action: "they will be recomputed when next needed; `lastlayer cache rm` deletes them now".into(),
+                }
+                .into());
+            }
+        }
+        args::CacheCommand::Rm { entries, model, partial, all } => {
+            if entries.is_empty() && model.is_none() && !partial && !all {
+                return Err(lastlayer::Error::usage("cache rm", "name entries (folders or digests), --model M, --partial or --all").into());
+            }
+            let mut removed = Vec::new();
+            for l in &listed {
+                let (dir, is_partial, busy) = match l {
+                    Listed::Entry { dir, .. } => (dir, false, None),
+                    Listed::Partial { dir, holder, .. } => (dir, true, *holder),
+                };
+                let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let model_name = dir.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
+                let chosen = *all
+                    || (*partial && is_partial)
+                    || model.as_deref().is_some_and(|m| model_name.as_deref() == Some(m))
+                    || entries.iter().any(|e| std::path::Path::new(e) == dir.as_path() || name.contains(e.as_str()));
+                if !chosen {
+                    continue;
+                }
+                if let Some(pid) = busy {
+                    tracing::warn!("skipping {}: process {pid} is extracting it", dir.display());
+                    continue;
+                }
+                std::fs::remove_dir_all(dir).with_context(|| format!("cannot delete {}", dir.display()))?;
+                removed.push(dir.clone());
+            }
+            if json {
+                return print_json(&json!({ "removed": removed }));
+            }
+            for d in &removed {
+                println!("removed {}", d.display());
+            }
+            println!("{} removed", removed.len());
         }
     }
     Ok(())

@@ -1,6 +1,10 @@
 //! Human-readable tables for stdout (results only; logs and progress go to stderr).
 
+use std::path::Path;
+
+use lastlayer::cache::Listed;
 use lastlayer::head::Evaluation;
+use lastlayer::status::{RunStatus, State};
 use lastlayer::pipeline::{FeatureSet, Prediction};
 
 /// Accuracy, per-class accuracy and the confusion matrix.
@@ -49,5 +53,74 @@ pub fn predictions(preds: &[Prediction]) -> String {
             s += &format!("  {:>6.2}%  {} ({})\n", 100.0 * c.probability, c.class, c.index);
         }
     }
+    s
+}
+
+/// `lastlayer status`.
+pub fn status(run_dir: &Path, st: &RunStatus) -> String {
+    let state = match st.state {
+        State::Running => format!("running (pid {})", st.pid),
+        State::Finished => "finished".to_string(),
+        State::Failed => "failed".to_string(),
+        State::Died => format!("died: process {} is gone; run the same command again to resume", st.pid),
+    };
+    let mut s = format!("{}: {state}\n  started {}, last update {}\n", run_dir.display(), st.started_at, st.updated_at);
+    if let Some(stage) = &st.stage {
+        let pct = if st.total > 0 { 100.0 * st.done as f64 / st.total as f64 } else { 0.0 };
+        s += &format!("  {stage}: {}/{} ({pct:.1}%)", st.done, st.total);
+        if let Some(rate) = st.rate {
+            s += &format!(", {rate:.1}/s");
+        }
+        if let (Some(eta), State::Running) = (st.eta_seconds, st.state) {
+            s += &format!(", ETA {eta:.0}s");
+        }
+        s.push('\n');
+    }
+    if let Some(e) = &st.error {
+        s += &format!("  error: {e}\n");
+    }
+    if let Some(acc) = st.test_accuracy {
+        s += &format!("  test accuracy {:.2}%\n", 100.0 * acc);
+    }
+    s
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / 1048576.0)
+}
+
+/// `lastlayer cache ls`.
+pub fn cache_listing(listed: &[Listed]) -> String {
+    let mut s = String::new();
+    let mut total = 0;
+    for l in listed {
+        match l {
+            Listed::Entry { dir, manifest: Some(m), bytes } => {
+                total += bytes;
+                s += &format!(
+                    "{:<12} {:<5} {:>6} x {:<5} {:<4} {:<10} {:>10}  {}\n",
+                    m.key.model,
+                    m.key.split,
+                    m.rows,
+                    m.feature_width,
+                    format!("{:?}", m.key.precision).to_lowercase(),
+                    m.key.dataset,
+                    mib(*bytes),
+                    dir.display()
+                );
+            }
+            Listed::Entry { dir, manifest: None, bytes } => {
+                total += bytes;
+                s += &format!("(no manifest: unusable, `cache rm` it) {:>10}  {}\n", mib(*bytes), dir.display());
+            }
+            Listed::Partial { dir, plan, chunks_done, bytes, holder } => {
+                total += bytes;
+                let of = plan.as_ref().map_or("?".to_string(), |p| p.chunks().to_string());
+                let who = holder.map_or("resumes when run again".to_string(), |p| format!("being extracted by pid {p}"));
+                s += &format!("unfinished: {chunks_done}/{of} chunks, {who} {:>10}  {}\n", mib(*bytes), dir.display());
+            }
+        }
+    }
+    s += &format!("{} items, {} in all\n", listed.len(), mib(total));
     s
 }
