@@ -49,7 +49,7 @@ pub enum Error {
         message: String,
     },
     /// An I/O error on a named file.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {source}{}", path.display(), disk_hint(source))]
     Io {
         /// The file or folder being read or written.
         path: PathBuf,
@@ -113,6 +113,17 @@ impl Error {
     /// A [`Error::BadInput`] for `path`.
     pub fn bad_input(path: impl AsRef<Path>, message: impl Into<String>) -> Self {
         Error::BadInput { path: path.as_ref().to_path_buf(), message: message.into() }
+    }
+}
+
+/// What to do when the disk (or the file-size limit) is full.
+fn disk_hint(e: &std::io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(28) | Some(27) | Some(122) => {
+            "; the disk is full or a size limit was hit: free space or give --cache-dir on another disk, then run \
+             the same command again (finished work is kept)"
+        }
+        _ => "",
     }
 }
 

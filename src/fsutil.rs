@@ -44,6 +44,57 @@ fn parent_dir(path: &Path) -> PathBuf {
     }
 }
 
+/// Writes tensors as a safetensors file, atomically, streaming each tensor's bytes from
+/// memory (no second copy) so that a full disk surfaces as the operating system's error.
+pub fn write_safetensors(path: &Path, tensors: &[(&str, &tch::Tensor)]) -> Result<()> {
+    use std::io::Write;
+    let tensors: Vec<(&str, tch::Tensor)> =
+        tensors.iter().map(|(n, t)| (*n, t.to_device(tch::Device::Cpu).contiguous())).collect();
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    for (name, t) in &tensors {
+        let dtype = match t.kind() {
+            tch::Kind::Float => "F32",
+            tch::Kind::Double => "F64",
+            tch::Kind::Half => "F16",
+            tch::Kind::BFloat16 => "BF16",
+            tch::Kind::Int64 => "I64",
+            tch::Kind::Int => "I32",
+            tch::Kind::Int16 => "I16",
+            tch::Kind::Int8 => "I8",
+            tch::Kind::Uint8 => "U8",
+            tch::Kind::Bool => "BOOL",
+            k => return Err(crate::Error::bad_input(path, format!("tensor '{name}': cannot store dtype {k:?}"))),
+        };
+        let bytes = t.numel() * t.kind().elt_size_in_bytes();
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": dtype, "shape": t.size(), "data_offsets": [offset, offset + bytes]}),
+        );
+        offset += bytes;
+    }
+    let mut json = serde_json::to_vec(&header).expect("a header always serialises");
+    while json.len() % 8 != 0 {
+        json.push(b' ');
+    }
+    write_atomic_with(path, |tmp| {
+        let file = std::fs::File::create(tmp).at(tmp)?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+        w.write_all(&(json.len() as u64).to_le_bytes()).at(tmp)?;
+        w.write_all(&json).at(tmp)?;
+        for (_, t) in &tensors {
+            let len = t.numel() * t.kind().elt_size_in_bytes();
+            if len > 0 {
+                // SAFETY: `t` is a contiguous CPU tensor that outlives the slice; `len` is its
+                // size in bytes.
+                let data = unsafe { std::slice::from_raw_parts(t.data_ptr() as *const u8, len) };
+                w.write_all(data).at(tmp)?;
+            }
+        }
+        w.into_inner().map_err(|e| e.into_error()).at(tmp)?.sync_all().at(tmp)
+    })
+}
+
 /// sha256 of a file, as lowercase hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
     let mut hasher = sha2::Sha256::new();
@@ -115,6 +166,20 @@ mod tests {
         assert!(r.is_err());
         assert_eq!(std::fs::read(&p).unwrap(), b"old");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn safetensors_written_here_read_back_with_the_reference_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.safetensors");
+        let a = tch::Tensor::arange(12, (tch::Kind::Float, tch::Device::Cpu)).view([3, 4]);
+        let b = tch::Tensor::from_slice(&[7i64, -1, 3]);
+        let c = a.tr(); // not contiguous: written in row-major order of its shape
+        write_safetensors(&p, &[("a", &a), ("labels", &b), ("c", &c)]).unwrap();
+        let back = tch::Tensor::read_safetensors(&p).unwrap();
+        let get = |n: &str| back.iter().find(|(k, _)| k == n).unwrap().1.shallow_clone();
+        assert!(get("a").equal(&a) && get("labels").equal(&b) && get("c").equal(&c));
+        assert_eq!(get("labels").kind(), tch::Kind::Int64);
     }
 
     #[test]

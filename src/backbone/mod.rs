@@ -204,8 +204,8 @@ impl Backbone {
         let mut vars: Vec<(String, Tensor)> =
             self.vs.variables().into_iter().map(|(n, t)| (n, t.to_kind(Kind::Float).to_device(Device::Cpu))).collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
-        Tensor::write_safetensors(&vars, path)?;
-        Ok(())
+        let named: Vec<(&str, &Tensor)> = vars.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        crate::fsutil::write_safetensors(path, &named)
     }
 
     /// Pooled features, `[N, D]` f32 on the CPU, for a normalised f32 `[N, 3, S, S]` batch.

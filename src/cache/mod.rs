@@ -25,7 +25,7 @@ use crate::backbone::Precision;
 use crate::data::preprocess::Preprocessing;
 use crate::data::sample::Subset;
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::{blake3_file, write_atomic_with, write_json_atomic};
+use crate::fsutil::{blake3_file, write_json_atomic, write_safetensors};
 use crate::hub::Architecture;
 
 /// Version of the cache layout; part of every key.
@@ -231,10 +231,7 @@ impl FeatureCache {
         }
         let features = features.to_kind(Kind::Float).contiguous();
         let labels = labels.to_kind(Kind::Int64).contiguous();
-        write_atomic_with(&features_path, |tmp| {
-            Tensor::write_safetensors(&[("features", &features), ("labels", &labels)], tmp)
-                .map_err(|e| Error::Io { path: tmp.to_path_buf(), source: std::io::Error::other(e.to_string()) })
-        })?;
+        write_safetensors(&features_path, &[("features", &features), ("labels", &labels)])?;
         let manifest = Manifest {
             key: key.clone(),
             digest: key.digest(),

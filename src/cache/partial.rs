@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::{write_atomic_with, write_json_atomic};
+use crate::fsutil::{write_json_atomic, write_safetensors};
 
 /// `progress.json` of a partial entry: what the chunks were made with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,10 +77,7 @@ impl Partial {
     pub fn write_chunk(&self, i: usize, features: &Tensor, labels: &Tensor) -> Result<()> {
         let path = self.dir.join(chunk_name(i));
         let (f, l) = (features.to_kind(Kind::Float).contiguous(), labels.to_kind(Kind::Int64).contiguous());
-        write_atomic_with(&path, |tmp| {
-            Tensor::write_safetensors(&[("features", &f), ("labels", &l)], tmp)
-                .map_err(|e| Error::Io { path: tmp.to_path_buf(), source: std::io::Error::other(e.to_string()) })
-        })
+        write_safetensors(&path, &[("features", &f), ("labels", &l)])
     }
 
     /// Reads chunk `i`, checking its row count.

@@ -170,6 +170,9 @@ pub struct DataArgs {
     /// For a folder without train/ and test/ subfolders: share of pictures put in test.
     #[arg(long, default_value_t = 0.2)]
     pub test_fraction: f64,
+    /// For a folder: stop at an unreadable picture instead of skipping it with a warning.
+    #[arg(long)]
+    pub strict: bool,
     /// Use this fraction of each class of each split (stratified, seeded), e.g. 0.05.
     #[arg(long, conflicts_with = "limit")]
     pub sample: Option<f64>,

@@ -76,7 +76,7 @@ fn feature_request(d: &DataArgs, splits: Vec<String>) -> Result<FeatureRequest> 
     };
     Ok(FeatureRequest {
         model: d.model.clone(),
-        data: DataSpec::parse(&d.data, d.data_dir.as_deref(), d.test_fraction)?,
+        data: DataSpec::parse(&d.data, d.data_dir.as_deref(), d.test_fraction, d.strict)?,
         splits,
         subset,
         sample_seed: d.sample_seed,

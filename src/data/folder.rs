@@ -9,6 +9,8 @@
 
 use std::path::{Path, PathBuf};
 
+use rayon::prelude::*;
+
 use crate::error::{Error, IoContext, Result};
 
 /// File extensions read as pictures (case-insensitive).
@@ -34,10 +36,61 @@ pub struct FolderData {
     pub train: Vec<Entry>,
     /// Test pictures.
     pub test: Vec<Entry>,
+    /// Picture files skipped because they could not be read.
+    pub skipped: Vec<PathBuf>,
 }
 
-/// Lists `root` (see the module docs for the layouts).
-pub fn scan(root: &Path, test_fraction: f64) -> Result<FolderData> {
+/// Lists `root` (see the module docs for the layouts). Every picture's header is read: one
+/// that cannot be read as a JPEG or PNG is skipped with a warning (and counted in
+/// [`FolderData::skipped`]), or is an error when `strict`.
+pub fn scan(root: &Path, test_fraction: f64, strict: bool) -> Result<FolderData> {
+    let mut data = scan_names(root, test_fraction)?;
+    for split in [&mut data.train, &mut data.test] {
+        let bad: Vec<(usize, String)> = split
+            .par_iter()
+            .enumerate()
+            .filter_map(|(i, e)| probe(&e.path).err().map(|why| (i, why)))
+            .collect();
+        if let (true, Some((i, why))) = (strict, bad.first()) {
+            return Err(Error::bad_input(
+                &split[*i].path,
+                format!("not a readable picture ({why}); remove it, or drop --strict to skip such files with a warning"),
+            ));
+        }
+        for (i, why) in bad.iter().rev() {
+            let e = split.remove(*i);
+            tracing::warn!("skipping {}: not a readable picture ({why})", e.path.display());
+            data.skipped.push(e.path);
+        }
+    }
+    if !data.skipped.is_empty() {
+        tracing::warn!("{} unreadable picture file(s) skipped (--strict makes this an error)", data.skipped.len());
+    }
+    for class in 0..data.classes.len() as i64 {
+        if !data.train.iter().any(|e| e.label == class) {
+            return Err(Error::bad_input(
+                root,
+                format!("class '{}' has no readable training pictures; add some or remove its folder", data.classes[class as usize]),
+            ));
+        }
+    }
+    Ok(data)
+}
+
+/// Reads a picture's header (format and size) without decoding it.
+fn probe(path: &Path) -> std::result::Result<(), String> {
+    let reader = image::ImageReader::open(path).map_err(|e| e.to_string())?.with_guessed_format().map_err(|e| e.to_string())?;
+    if reader.format().is_none() {
+        return Err("unknown format".into());
+    }
+    let (w, h) = reader.into_dimensions().map_err(|e| e.to_string())?;
+    if w == 0 || h == 0 {
+        return Err("empty picture".into());
+    }
+    Ok(())
+}
+
+fn scan_names(root: &Path, test_fraction: f64) -> Result<FolderData> {
     if !root.is_dir() {
         return Err(Error::bad_input(root, "--data: not a folder (give `cifar10` or a folder with one subfolder per class)"));
     }
@@ -50,13 +103,18 @@ pub fn scan(root: &Path, test_fraction: f64) -> Result<FolderData> {
             if test_classes.iter().any(|c| !classes.contains(c)) {
                 return Err(Error::bad_input(&test_dir, format!("has class folders that {} lacks; both need the same classes", train_dir.display())));
             }
-            Ok(FolderData { train: entries(&train_dir, &classes, true)?, test: entries(&test_dir, &classes, false)?, classes })
+            Ok(FolderData {
+                train: entries(&train_dir, &classes, true)?,
+                test: entries(&test_dir, &classes, false)?,
+                classes,
+                skipped: Vec::new(),
+            })
         }
         _ => {
             let classes = class_dirs(root)?;
             let all = entries(root, &classes, true)?;
             let (test, train) = all.into_iter().partition(|e| hash_fraction(&e.key) < test_fraction);
-            Ok(FolderData { classes, train, test })
+            Ok(FolderData { classes, train, test, skipped: Vec::new() })
         }
     }
 }
@@ -144,11 +202,11 @@ mod tests {
             }
         }
         touch(&a.path().join("cats/notes.txt"));
-        let d1 = scan(a.path(), 0.25).unwrap();
+        let d1 = scan_names(a.path(), 0.25).unwrap();
         let b = tempfile::tempdir().unwrap();
         let moved = b.path().join("moved");
         std::fs::rename(a.path(), &moved).unwrap();
-        let d2 = scan(&moved, 0.25).unwrap();
+        let d2 = scan_names(&moved, 0.25).unwrap();
         let keys = |v: &[Entry]| v.iter().map(|e| e.key.clone()).collect::<Vec<_>>();
         assert_eq!(keys(&d1.test), keys(&d2.test));
         assert_eq!(d1.train.len() + d1.test.len(), 80);
@@ -160,17 +218,37 @@ mod tests {
     fn empty_class_and_single_class_are_errors_naming_the_folder() {
         let a = tempfile::tempdir().unwrap();
         touch(&a.path().join("cats/1.jpg"));
-        let err = scan(a.path(), 0.2).unwrap_err().to_string();
+        let err = scan(a.path(), 0.2, false).unwrap_err().to_string();
         assert!(err.contains("at least two"), "{err}");
         std::fs::create_dir_all(a.path().join("dogs")).unwrap();
-        let err = scan(a.path(), 0.2).unwrap_err().to_string();
+        let err = scan(a.path(), 0.2, false).unwrap_err().to_string();
         assert!(err.contains("dogs") && err.contains("no pictures"), "{err}");
+    }
+
+    #[test]
+    fn unreadable_pictures_are_skipped_and_counted_or_refused_with_strict() {
+        let a = tempfile::tempdir().unwrap();
+        let png = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/imagenet-check/chelsea.png");
+        for c in ["cats", "dogs"] {
+            std::fs::create_dir_all(a.path().join("train").join(c)).unwrap();
+            std::fs::create_dir_all(a.path().join("test").join(c)).unwrap();
+            std::fs::copy(&png, a.path().join("train").join(c).join("ok.png")).unwrap();
+            std::fs::copy(&png, a.path().join("test").join(c).join("ok.png")).unwrap();
+        }
+        std::fs::write(a.path().join("train/cats/broken.jpg"), b"not a jpeg at all").unwrap();
+        std::fs::write(a.path().join("train/dogs/notes.txt"), b"ignored: not a picture name").unwrap();
+        let d = scan(a.path(), 0.2, false).unwrap();
+        assert_eq!(d.train.len(), 2);
+        assert_eq!(d.skipped.len(), 1);
+        assert!(d.skipped[0].ends_with("train/cats/broken.jpg"));
+        let err = scan(a.path(), 0.2, true).unwrap_err().to_string();
+        assert!(err.contains("broken.jpg") && err.contains("--strict"), "{err}");
     }
 
     #[test]
     fn shared_imagefolder_uses_its_train_and_val_folders() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/imagefolder-sample");
-        let d = scan(&root, 0.2).unwrap();
+        let d = scan(&root, 0.2, true).unwrap();
         assert_eq!(d.classes.len(), 10);
         assert_eq!((d.train.len(), d.test.len()), (300, 100));
     }

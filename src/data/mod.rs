@@ -35,12 +35,15 @@ pub enum DataSpec {
         root: PathBuf,
         /// Share of pictures hashed into test when the folder has no train/test subfolders.
         test_fraction: f64,
+        /// Unreadable pictures are an error instead of being skipped.
+        #[serde(default)]
+        strict: bool,
     },
 }
 
 impl DataSpec {
     /// Interprets `--data VALUE` with `--data-dir` and `--test-fraction`.
-    pub fn parse(value: &str, data_dir: Option<&Path>, test_fraction: f64) -> Result<Self> {
+    pub fn parse(value: &str, data_dir: Option<&Path>, test_fraction: f64, strict: bool) -> Result<Self> {
         if !(0.0..1.0).contains(&test_fraction) {
             return Err(Error::usage("--test-fraction", format!("{test_fraction} is not in [0, 1)")));
         }
@@ -58,7 +61,7 @@ impl DataSpec {
                 format!("'{value}' is neither `cifar10` nor a folder (one subfolder per class, JPEG or PNG files)"),
             ));
         }
-        Ok(DataSpec::Folder { root: std::path::absolute(root).at(root)?, test_fraction })
+        Ok(DataSpec::Folder { root: std::path::absolute(root).at(root)?, test_fraction, strict })
     }
 }
 
@@ -229,8 +232,8 @@ impl Dataset {
                     source: Source::Cifar(dir),
                 })
             }
-            DataSpec::Folder { root, test_fraction } => {
-                let data = folder::scan(root, *test_fraction)?;
+            DataSpec::Folder { root, test_fraction, strict } => {
+                let data = folder::scan(root, *test_fraction, *strict)?;
                 Ok(Dataset {
                     spec: spec.clone(),
                     name: root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "folder".into()),

@@ -45,10 +45,7 @@ impl LinearHead {
 
     /// Writes `weight` and `bias` (f32) as safetensors, atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        crate::fsutil::write_atomic_with(path, |tmp| {
-            Tensor::write_safetensors(&[("weight", &self.weight), ("bias", &self.bias)], tmp)?;
-            Ok(())
-        })
+        crate::fsutil::write_safetensors(path, &[("weight", &self.weight), ("bias", &self.bias)])
     }
 
     /// Reads a head written by [`LinearHead::save`], checking names, shapes and dtypes.

@@ -19,7 +19,7 @@ use super::registry::Architecture;
 use crate::backbone::efficientnet_lite::lite0_blocks;
 use crate::backbone::Backbone;
 use crate::error::{Error, Result};
-use crate::fsutil::{sha256_file, write_atomic_with};
+use crate::fsutil::{sha256_file, write_safetensors};
 
 /// What [`import_weights`] did.
 #[derive(Debug, Clone, Serialize)]
@@ -180,11 +180,8 @@ pub fn import_weights(input: &Path, architecture: Architecture, out: &Path) -> R
             ),
         ));
     }
-    let named: Vec<(String, Tensor)> = found.into_iter().map(|(k, t)| (k, t.contiguous())).collect();
-    write_atomic_with(out, |tmp| {
-        Tensor::write_safetensors(&named, tmp)?;
-        Ok(())
-    })?;
+    let named: Vec<(&str, &Tensor)> = found.iter().map(|(k, t)| (k.as_str(), t)).collect();
+    write_safetensors(out, &named)?;
     dropped.sort();
     Ok(ImportReport { out: out.to_path_buf(), sha256: sha256_file(out)?, layout, tensors: named.len(), dropped })
 }
