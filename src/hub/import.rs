@@ -77,8 +77,9 @@ pub fn read_state_dict(path: &Path) -> Result<(BTreeMap<String, Tensor>, Vec<Str
     Ok((floats, others))
 }
 
-/// `efficientnet_pytorch` (and the lite packages derived from it) → timm names, for Lite0.
-fn efficientnet_pytorch_name(key: &str) -> Option<String> {
+/// `efficientnet_pytorch` (and the lite packages derived from it) → timm names, for Lite0;
+/// `None` for a key that layout does not have.
+pub fn efficientnet_pytorch_name(key: &str) -> Option<String> {
     let top = |k: &str| match k {
         "_conv_stem" => Some("conv_stem"),
         "_bn0" => Some("bn1"),
