@@ -13,6 +13,8 @@
 
 use tch::{nn, Tensor};
 
+use super::layers::{ConvBn, ConvSpec};
+
 const BN_EPS: f64 = 1e-3;
 
 /// One stage: block type, repeats, kernel, stride, expansion, output channels.
@@ -50,8 +52,7 @@ pub fn lite0_blocks() -> Vec<(usize, usize, bool)> {
 /// Convolution with TF "same" padding, then inference BatchNorm, then ReLU6 if `act`.
 #[derive(Debug)]
 struct ConvBnAct {
-    conv: nn::Conv2D,
-    bn: nn::BatchNorm,
+    conv_bn: ConvBn,
     kernel: i64,
     stride: i64,
     act: bool,
@@ -62,19 +63,13 @@ impl ConvBnAct {
     fn new(conv: nn::Path, bn: nn::Path, c_in: i64, c_out: i64, kernel: i64, stride: i64, groups: i64, act: bool) -> Self {
         // Stride 1 with an odd kernel: static symmetric padding. Otherwise padded in forward.
         let padding = if stride == 1 { (kernel - 1) / 2 } else { 0 };
-        let cfg = nn::ConvConfig { stride, padding, groups, bias: false, ..Default::default() };
-        ConvBnAct {
-            conv: nn::conv2d(conv, c_in, c_out, kernel, cfg),
-            bn: nn::batch_norm2d(bn, c_out, nn::BatchNormConfig { eps: BN_EPS, ..Default::default() }),
-            kernel,
-            stride,
-            act,
-        }
+        let spec = ConvSpec::square(kernel, stride, padding);
+        ConvBnAct { conv_bn: ConvBn::grouped(conv, bn, c_in, c_out, spec, groups, BN_EPS), kernel, stride, act }
     }
 
     fn forward(&self, xs: &Tensor) -> Tensor {
         let xs = if self.stride > 1 { pad_same(xs, self.kernel, self.stride) } else { xs.shallow_clone() };
-        let ys = nn::ModuleT::forward_t(&self.bn, &xs.apply(&self.conv), false);
+        let ys = self.conv_bn.forward(&xs);
         if self.act {
             ys.clamp(0.0, 6.0)
         } else {

@@ -1,7 +1,11 @@
 //! The building block shared by the backbones: a bias-free convolution followed by an
-//! inference-mode BatchNorm.
+//! inference-mode BatchNorm, which is folded into the convolution (weights scaled, a bias
+//! added) the first time it runs: one operation instead of two, the same result up to float
+//! rounding.
 
-use tch::{nn, Tensor};
+use std::cell::OnceCell;
+
+use tch::{nn, Kind, Tensor};
 
 /// Convolution geometry.
 #[derive(Debug, Clone, Copy)]
@@ -27,29 +31,59 @@ impl ConvSpec {
 }
 
 /// `conv` (no bias) then `bn`, with its own variable names for each.
+///
+/// The folded weights are computed from the variables' values at the first forward pass, so
+/// weights must be loaded (and the precision set) before the layer is run.
 #[derive(Debug)]
 pub struct ConvBn {
-    conv: nn::Conv<[i64; 2]>,
+    conv: nn::Conv2D,
     bn: nn::BatchNorm,
+    spec: ConvSpec,
+    groups: i64,
+    eps: f64,
+    folded: OnceCell<(Tensor, Tensor)>,
 }
 
 impl ConvBn {
     /// Creates the pair; `conv` and `bn` are the variable paths of the two layers.
     pub fn new(conv: nn::Path, bn: nn::Path, c_in: i64, c_out: i64, spec: ConvSpec, bn_eps: f64) -> Self {
+        Self::grouped(conv, bn, c_in, c_out, spec, 1, bn_eps)
+    }
+
+    /// The same with `groups` convolution groups (`groups == c_in` for depthwise).
+    pub fn grouped(conv: nn::Path, bn: nn::Path, c_in: i64, c_out: i64, spec: ConvSpec, groups: i64, bn_eps: f64) -> Self {
         let cfg = nn::ConvConfigND::<[i64; 2]> {
             stride: spec.stride,
             padding: spec.padding,
+            groups,
             bias: false,
             ..Default::default()
         };
         let conv = nn::conv(conv, c_in, c_out, spec.kernel, cfg);
         let bn = nn::batch_norm2d(bn, c_out, nn::BatchNormConfig { eps: bn_eps, ..Default::default() });
-        ConvBn { conv, bn }
+        ConvBn { conv, bn, spec, groups, eps: bn_eps, folded: OnceCell::new() }
+    }
+
+    /// `(weight, bias)` with the BatchNorm folded in, computed in f32 and stored in the
+    /// weights' dtype and memory layout.
+    fn folded(&self) -> &(Tensor, Tensor) {
+        self.folded.get_or_init(|| {
+            tch::no_grad(|| {
+                let kind = self.conv.ws.kind();
+                let f = |t: &Tensor| t.to_kind(Kind::Float);
+                let gamma = self.bn.ws.as_ref().map(f).unwrap_or_else(|| f(&self.bn.running_var).ones_like());
+                let beta = self.bn.bs.as_ref().map(f).unwrap_or_else(|| f(&self.bn.running_mean).zeros_like());
+                let scale = gamma / (f(&self.bn.running_var) + self.eps).sqrt();
+                let weight = f(&self.conv.ws) * scale.view([-1, 1, 1, 1]);
+                let bias = beta - f(&self.bn.running_mean) * &scale;
+                (weight.to_kind(kind), bias.to_kind(kind))
+            })
+        })
     }
 
     /// Convolution and BatchNorm with its running statistics (inference mode), no activation.
     pub fn forward(&self, xs: &Tensor) -> Tensor {
-        let ys = xs.apply(&self.conv);
-        nn::ModuleT::forward_t(&self.bn, &ys, false)
+        let (w, b) = self.folded();
+        xs.conv2d(w, Some(b), self.spec.stride, self.spec.padding, [1, 1], self.groups)
     }
 }
