@@ -168,7 +168,7 @@ pub fn features(session: &Session, req: &FeatureRequest) -> Result<FeatureSet> {
     req.validate()?;
     let entry = session.registry.get(&req.model)?.clone();
     let device = session.device.resolve()?;
-    let precision = req.precision.resolve(device);
+    let precision = req.precision.resolve(device, entry.architecture);
     let mut known = known_weights(&entry, req.weights.as_deref(), session)?;
     let open = OpenOptions { data_root: session.cache_dir.join("data"), offline: session.offline, progress: session.progress.clone() };
     let dataset = Dataset::open(&req.data, &open)?;

@@ -35,28 +35,51 @@ pub enum Precision {
 pub enum PrecisionChoice {
     /// Use this precision.
     Fixed(Precision),
-    /// bf16 where the hardware computes it natively (CUDA, or a CPU with AVX512-BF16 or AMX),
-    /// else fp32.
+    /// bf16 where it is faster: on CUDA, on a CPU with AMX (bf16 matrix units), and, on a CPU
+    /// with AVX512-BF16 but no AMX, for EfficientNet-Lite0 only (measured there: 1.5x faster in
+    /// bf16, while ResNets and Inception-v3 were 5-25% slower; see docs/performance.md).
     Auto,
 }
 
 impl PrecisionChoice {
-    /// The precision to use on `device`.
-    pub fn resolve(self, device: Device) -> Precision {
+    /// The precision to use for `architecture` on `device`.
+    pub fn resolve(self, device: Device, architecture: Architecture) -> Precision {
         match self {
             PrecisionChoice::Fixed(p) => p,
             PrecisionChoice::Auto if device.is_cuda() => Precision::Bf16,
-            PrecisionChoice::Auto if cpu_has_native_bf16() => Precision::Bf16,
-            PrecisionChoice::Auto => Precision::Fp32,
+            PrecisionChoice::Auto => match cpu_bf16() {
+                CpuBf16::Amx => Precision::Bf16,
+                CpuBf16::Avx512 if architecture == Architecture::EfficientnetLite0 => Precision::Bf16,
+                _ => Precision::Fp32,
+            },
         }
     }
 }
 
-/// True when `/proc/cpuinfo` lists AVX512-BF16 or AMX-BF16.
-pub fn cpu_has_native_bf16() -> bool {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .map(|s| s.lines().filter(|l| l.starts_with("flags")).take(1).any(|l| l.contains(" avx512_bf16") || l.contains(" amx_bf16")))
-        .unwrap_or(false)
+/// What the CPU offers for bf16.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuBf16 {
+    /// AMX tiles (bf16 matrix units).
+    Amx,
+    /// AVX512-BF16 dot products only.
+    Avx512,
+    /// Nothing native.
+    None,
+}
+
+/// Reads `/proc/cpuinfo`'s flags.
+pub fn cpu_bf16() -> CpuBf16 {
+    let flags = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("flags")).map(|l| format!("{l} ")))
+        .unwrap_or_default();
+    if flags.contains(" amx_bf16 ") {
+        CpuBf16::Amx
+    } else if flags.contains(" avx512_bf16 ") {
+        CpuBf16::Avx512
+    } else {
+        CpuBf16::None
+    }
 }
 
 /// `--device`: a device, or `auto` (CUDA when available).

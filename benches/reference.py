@@ -1,0 +1,48 @@
+"""The plain PyTorch reference for benches/extract.sh: the same model and weights (timm), the
+same pictures and preprocessing (CIFAR-10 records, bilinear F.interpolate to the input size,
+mean/std), eval mode, torch.inference_mode(), features written as safetensors.
+
+usage: reference.py TIMM_NAME WEIGHTS RECORDS.bin INPUT_SIZE MEAN STD MODE OUT [BATCH]
+MODE: fp32-nchw | fp32-cl | bf16-nchw | bf16-cl  (bf16: model and input cast to bfloat16)
+Prints one line: "<images> images in <seconds>s" (seconds of this process's own work, for
+information; the driver times the whole process).
+"""
+import sys
+import time
+
+t0 = time.time()
+import numpy as np  # noqa: E402
+import timm  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+name, weights, records, size, mean, std, mode, out = sys.argv[1:9]
+batch = int(sys.argv[9]) if len(sys.argv) > 9 else 32
+size = int(size)
+mean_t = torch.tensor([float(m) for m in mean.split(",")]).view(1, 3, 1, 1)
+std_t = torch.tensor([float(s) for s in std.split(",")]).view(1, 3, 1, 1)
+dtype = torch.bfloat16 if mode.startswith("bf16") else torch.float32
+channels_last = mode.endswith("-cl")
+
+model = timm.create_model(name, pretrained=False, num_classes=0)
+model.load_state_dict(load_file(weights), strict=False)
+model = model.eval().to(dtype)
+if channels_last:
+    model = model.to(memory_format=torch.channels_last)
+
+raw = np.fromfile(records, dtype=np.uint8).reshape(-1, 3073)
+labels = torch.from_numpy(raw[:, 0].astype(np.int64))
+pixels = torch.from_numpy(raw[:, 1:].reshape(-1, 3, 32, 32).copy())
+
+feats = []
+with torch.inference_mode():
+    for i in range(0, len(pixels), batch):
+        x = pixels[i:i + batch].float() / 255.0
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        x = ((x - mean_t) / std_t).to(dtype)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        feats.append(model(x).float())
+save_file({"features": torch.cat(feats).contiguous(), "labels": labels}, out)
+print(f"{len(pixels)} images in {time.time() - t0:.1f}s")
