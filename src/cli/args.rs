@@ -101,6 +101,9 @@ pub enum Command {
     Train(TrainArgs),
     /// Fetch, extract, train, evaluate and export in one go.
     Run(RunArgs),
+    /// Try a grid of learning rates and weight decays on cached features (the backbone runs
+    /// at most once), print them sorted by validation accuracy, and export the best head.
+    Sweep(SweepArgs),
     /// Evaluate a trained run on its test split.
     Eval {
         /// A run folder written by `train` or `run`.
@@ -199,15 +202,9 @@ pub struct DataArgs {
 /// Head training settings.
 #[derive(Debug, Args)]
 pub struct HeadArgs {
-    /// Most epochs (training stops earlier when validation accuracy stalls).
+    /// Most epochs (training stops earlier when the validation loss stops improving).
     #[arg(long, default_value_t = 60)]
     pub epochs: usize,
-    /// Learning rate.
-    #[arg(long, default_value_t = 1e-3, allow_negative_numbers = true)]
-    pub lr: f64,
-    /// Weight decay.
-    #[arg(long, default_value_t = 1e-4, allow_negative_numbers = true)]
-    pub weight_decay: f64,
     /// Minibatch size.
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
@@ -246,10 +243,23 @@ pub struct ExtractArgs {
     pub split: Vec<String>,
 }
 
+/// Learning rate and weight decay of one head.
+#[derive(Debug, Args)]
+pub struct RateArgs {
+    /// Learning rate.
+    #[arg(long, default_value_t = 1e-3, allow_negative_numbers = true)]
+    pub lr: f64,
+    /// Weight decay.
+    #[arg(long, default_value_t = 1e-4, allow_negative_numbers = true)]
+    pub weight_decay: f64,
+}
+
 #[derive(Debug, Args)]
 pub struct TrainArgs {
     #[command(flatten)]
     pub data: DataArgs,
+    #[command(flatten)]
+    pub rates: RateArgs,
     #[command(flatten)]
     pub head: HeadArgs,
     /// Run folder to write (head.safetensors, head.json, metrics.json).
@@ -258,9 +268,28 @@ pub struct TrainArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct SweepArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Learning rates to try, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1e-4,3e-4,1e-3,3e-3,1e-2", allow_negative_numbers = true)]
+    pub lr: Vec<f64>,
+    /// Weight decays to try, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "0,1e-4,1e-3,1e-2", allow_negative_numbers = true)]
+    pub weight_decay: Vec<f64>,
+    #[command(flatten)]
+    pub head: HeadArgs,
+    /// Run folder for the best head (with sweep.json, every result).
+    #[arg(long, value_name = "RUN_DIR")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
     pub data: DataArgs,
+    #[command(flatten)]
+    pub rates: RateArgs,
     #[command(flatten)]
     pub head: HeadArgs,
     /// Run folder to write [default: runs/<model>-<data>-<time>].

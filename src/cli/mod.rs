@@ -91,11 +91,11 @@ fn feature_request(d: &DataArgs, splits: Vec<String>) -> Result<FeatureRequest> 
     })
 }
 
-fn train_config(h: &HeadArgs) -> TrainConfig {
+fn train_config(h: &HeadArgs, lr: f64, weight_decay: f64) -> TrainConfig {
     TrainConfig {
         epochs: h.epochs,
-        lr: h.lr,
-        weight_decay: h.weight_decay,
+        lr,
+        weight_decay,
         batch_size: h.batch_size,
         optimizer: match h.optimizer {
             OptimizerArg::Adamw => OptimizerKind::Adamw,
@@ -186,14 +186,33 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Train(a) => {
             let req = feature_request(&a.data, vec!["train".into(), "test".into()])?;
-            let cfg = train_config(&a.head);
+            let cfg = train_config(&a.head, a.rates.lr, a.rates.weight_decay);
             validate(&s, &req, &cfg)?;
             let out = with_status(&s, &a.out, |s| pipeline::train(s, &req, &cfg, &a.out))?;
             report_training(&out, json)?;
         }
+        Command::Sweep(a) => {
+            let req = feature_request(&a.data, vec!["train".into(), "test".into()])?;
+            let base = train_config(&a.head, a.lr.first().copied().unwrap_or(1e-3), a.weight_decay.first().copied().unwrap_or(0.0));
+            validate(&s, &req, &base)?;
+            let mut grid = Vec::new();
+            for &lr in &a.lr {
+                for &wd in &a.weight_decay {
+                    let cfg = TrainConfig { lr, weight_decay: wd, ..base.clone() };
+                    cfg.validate()?;
+                    grid.push(cfg);
+                }
+            }
+            let out = with_status(&s, &a.out, |s| pipeline::sweep(s, &req, &grid, &a.out))?;
+            if json {
+                return print_json(&out);
+            }
+            print!("{}", output::sweep(&out.trials));
+            report_training(&out.best, false)?;
+        }
         Command::Run(a) => {
             let req = feature_request(&a.data, vec!["train".into(), "test".into()])?;
-            let cfg = train_config(&a.head);
+            let cfg = train_config(&a.head, a.rates.lr, a.rates.weight_decay);
             validate(&s, &req, &cfg)?;
             let run_dir = a.out.clone().unwrap_or_else(|| default_run_dir(&a.data));
             let out = with_status(&s, &run_dir, |s| {
@@ -252,11 +271,11 @@ fn validate(s: &Session, req: &FeatureRequest, cfg: &TrainConfig) -> lastlayer::
 
 /// Runs `work` with progress recorded in `RUN_DIR/status.json`, marking the run finished or
 /// failed at the end.
-fn with_status(
+fn with_status<T: pipeline::Finished>(
     s: &Session,
     run_dir: &std::path::Path,
-    work: impl FnOnce(&Session) -> lastlayer::Result<pipeline::TrainOutcome>,
-) -> Result<pipeline::TrainOutcome> {
+    work: impl FnOnce(&Session) -> lastlayer::Result<T>,
+) -> Result<T> {
     if run_dir.is_file() {
         return Err(lastlayer::Error::usage("--out", format!("{} is a file; give a folder for the run", run_dir.display())).into());
     }
@@ -264,7 +283,7 @@ fn with_status(
     let session = Session { progress: s.progress.with_status(status.clone()), ..s.clone() };
     match work(&session) {
         Ok(out) => {
-            status.finish(out.test_accuracy)?;
+            status.finish(out.test_accuracy())?;
             Ok(out)
         }
         Err(e) => {

@@ -5,7 +5,7 @@ use std::path::Path;
 use lastlayer::cache::Listed;
 use lastlayer::head::Evaluation;
 use lastlayer::status::{RunStatus, State};
-use lastlayer::pipeline::{FeatureSet, Prediction};
+use lastlayer::pipeline::{FeatureSet, Prediction, Trial};
 
 /// Accuracy, per-class accuracy and the confusion matrix.
 pub fn evaluation(title: &str, e: &Evaluation) -> String {
@@ -123,4 +123,21 @@ pub fn cache_listing(listed: &[Listed]) -> String {
     }
     s += &format!("{} items, {} in all\n", listed.len(), mib(total));
     s
+}
+
+/// `lastlayer sweep`: every setting, best validation accuracy first.
+pub fn sweep(trials: &[Trial]) -> String {
+    let mut s = format!("{:>10} {:>12} {:>9} {:>9} {:>6} {:>8}\n", "lr", "weight_decay", "val_acc", "val_loss", "epoch", "seconds");
+    for t in trials {
+        s += &format!(
+            "{:>10.1e} {:>12.1e} {:>8.2}% {:>9.4} {:>6} {:>8.2}\n",
+            t.lr,
+            t.weight_decay,
+            100.0 * t.val_accuracy,
+            t.val_loss.unwrap_or(f64::NAN),
+            t.best_epoch,
+            t.seconds
+        );
+    }
+    s + "\n"
 }
