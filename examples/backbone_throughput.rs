@@ -26,10 +26,10 @@ fn main() -> anyhow::Result<()> {
     Backbone::random(entry.architecture, Device::Cpu).save(&weights)?;
     let backbone = Backbone::load(entry.architecture, &weights, Device::Cpu, precision)?;
     let x = Tensor::randn([batch, 3, entry.input_size, entry.input_size], (Kind::Float, Device::Cpu));
-    backbone.features(&x)?; // warm-up
+    let _ = backbone.features(&x)?; // warm-up
     let start = Instant::now();
     for _ in 0..batches {
-        backbone.features(&x)?;
+        let _ = backbone.features(&x)?;
     }
     let secs = start.elapsed().as_secs_f64();
     println!("{model} {precision:?} batch {batch}: {:.1} images/s", (batch as usize * batches) as f64 / secs);

@@ -17,7 +17,7 @@ use crate::data::sample::{stratified_subset, Subset};
 use crate::data::{load_picture, DataSpec, Dataset, OpenOptions, PictureKind, Split};
 use crate::error::{Error, IoContext, Result};
 use crate::export::{read_run, write_run, BackboneCard, DataCard, HeadCard, Metrics, RunFiles, HEAD_FORMAT, HEAD_FORMAT_VERSION};
-use crate::head::{evaluate, train_head, Evaluation, LinearHead, TrainConfig, TrainReport};
+use crate::head::{evaluate, train_head, Evaluation, TrainConfig, TrainReport};
 use crate::hub::{fetch_weights, resolve_weights, FetchOptions, ModelEntry, Pins, Registry, ResolvedWeights, WeightsOrigin};
 use crate::progress::{Progress, Task, Unit};
 
@@ -699,9 +699,4 @@ pub fn predict(session: &Session, run_dir: &Path, paths: &[PathBuf], top_k: usiz
 pub fn fetch(session: &Session, model: &str) -> Result<ResolvedWeights> {
     let entry = session.registry.get(model)?;
     fetch_weights(entry, &session.fetch_options())
-}
-
-/// Applies a head to features (for library users).
-pub fn classify(head: &LinearHead, features: &Tensor) -> Tensor {
-    head.probabilities(features)
 }

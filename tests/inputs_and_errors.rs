@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::*;
 use serde_json::Value;
@@ -13,20 +13,7 @@ fn weights(sb: &Sandbox, model: &str) -> String {
     random_weights(model, sb.path()).0.display().to_string()
 }
 
-fn cifar_copy(sb: &Sandbox) -> PathBuf {
-    let dir = sb.path().join("cifar-10-batches-bin");
-    std::fs::create_dir_all(&dir).unwrap();
-    for f in ["data_batch_1.bin", "test_batch.bin", "batches.meta.txt"] {
-        std::fs::copy(cifar_sample_dir().join(f), dir.join(f)).unwrap();
-    }
-    dir
-}
 
-fn python() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(p.is_file(), "{} is missing: run scripts/test.sh, which installs it", p.display());
-    p
-}
 
 #[test]
 fn own_folders_train_predict_and_python_reads_the_cache() {

@@ -41,11 +41,6 @@ fn randomise_batchnorm(path: &Path) {
     Tensor::write_safetensors(&out, path).unwrap();
 }
 
-fn python() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(p.is_file(), "{} is missing: run scripts/test.sh, which installs it", p.display());
-    p
-}
 
 fn parity(model: &str) -> Value {
     let dir = tempfile::tempdir().unwrap();

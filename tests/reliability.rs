@@ -7,20 +7,16 @@ mod common;
 
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
 
-fn cifar_copy(sb: &Sandbox) -> PathBuf {
-    let dir = sb.path().join("cifar-10-batches-bin");
-    std::fs::create_dir_all(&dir).unwrap();
-    for f in ["data_batch_1.bin", "test_batch.bin", "batches.meta.txt"] {
-        std::fs::copy(cifar_sample_dir().join(f), dir.join(f)).unwrap();
-    }
-    dir
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
 }
 
 fn features_of(path: &str) -> tch::Tensor {
@@ -57,19 +53,16 @@ fn killed_run_resumes_from_its_chunks_and_gives_identical_features() {
             .map(String::from)
             .to_vec()
     };
-    let refs = |v: &[String]| v.iter().map(String::as_str).collect::<Vec<_>>().join("\u{0}");
-    let as_args = |v: &Vec<String>| v.clone();
 
     // An uninterrupted run, in its own cache.
     sb.set("LASTLAYER_CACHE", sb.path().join("cache-ref").display().to_string());
-    let reference = sb.run_json(&as_args(&args("ref")).iter().map(String::as_str).collect::<Vec<_>>());
-    let _ = refs;
+    let reference = sb.run_json(&strs(&args("ref")));
 
     // The same run, killed (SIGKILL) once a few chunks are saved.
     let cache = sb.path().join("cache");
     sb.set("LASTLAYER_CACHE", cache.display().to_string());
     let a = args("run");
-    let mut child = spawn(&sb, &a.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut child = spawn(&sb, &strs(&a));
     let start = Instant::now();
     while find_chunks(&cache) < 3 {
         assert!(start.elapsed() < Duration::from_secs(120), "no chunks appeared");
@@ -92,7 +85,7 @@ fn killed_run_resumes_from_its_chunks_and_gives_identical_features() {
     assert!(ls.contains("unfinished:") && ls.contains("resumes when run again"), "{ls}");
 
     // Run again: it resumes from the saved chunks and ends with the reference's features.
-    let out = sb.run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = sb.run(&strs(&a));
     assert!(out.status.success(), "{}", stderr(&out));
     let log = stderr(&out);
     let resumed: usize = log

@@ -132,14 +132,6 @@ impl Split {
         Ok(h.finalize().to_hex().to_string())
     }
 
-    /// Where row `i` comes from, for messages (`data_batch_1.bin#17`, a file path).
-    pub fn describe_row(&self, i: usize) -> String {
-        match &self.pictures {
-            Pictures::Cifar(rec, idx) => format!("CIFAR-10 record {} of {}", idx[i], rec.files.len()),
-            Pictures::Files(entries) => entries[i].path.display().to_string(),
-        }
-    }
-
     /// Normalised input `[len, 3, S, S]` for `rows`.
     pub fn batch(&self, rows: Range<usize>, pre: &Preprocessing) -> Result<Tensor> {
         match &self.pictures {

@@ -158,6 +158,23 @@ pub fn cifar_tarball(train: usize, test: usize) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     (gz.finish().unwrap(), tr, te)
 }
 
+/// The project's virtualenv Python (scripts/test.sh installs the test requirements into it).
+pub fn python() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(p.is_file(), "{} is missing: run scripts/test.sh, which installs it", p.display());
+    p
+}
+
+/// A copy of the shared CIFAR-10 sample folder inside the sandbox, safe to damage.
+pub fn cifar_copy(sb: &Sandbox) -> PathBuf {
+    let dir = sb.path().join("cifar-10-batches-bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["data_batch_1.bin", "test_batch.bin", "batches.meta.txt"] {
+        std::fs::copy(cifar_sample_dir().join(f), dir.join(f)).unwrap();
+    }
+    dir
+}
+
 /// A sandbox: its own cache, HF_HOME and environment for the binary.
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
