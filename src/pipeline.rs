@@ -660,21 +660,7 @@ pub fn predict(session: &Session, run_dir: &Path, paths: &[PathBuf], top_k: usiz
     }
     let (card, head) = read_run(run_dir)?;
     let pictures = collect_pictures(paths)?;
-    let entry = session.registry.get(&card.backbone.model)?;
-    let weights = match weights_file_of(&card) {
-        Some(path) => resolve_weights(entry, Some(&path), &session.fetch_options())?,
-        None => fetch_weights(entry, &session.fetch_options())?,
-    };
-    if weights.sha256 != card.backbone.weights_sha256 {
-        return Err(Error::Checksum {
-            path: weights.path.clone(),
-            algorithm: "sha256",
-            expected: card.backbone.weights_sha256.clone(),
-            actual: weights.sha256.clone(),
-            action: "these are not the weights the head was trained with".into(),
-        });
-    }
-    let backbone = load_backbone(entry, &weights, session.device.resolve()?, card.backbone.precision)?;
+    let backbone = run_backbone_of(session, &card, card.backbone.precision)?;
     let k = top_k.min(card.classes.len());
     let mut out = Vec::with_capacity(pictures.len());
     for chunk in pictures.chunks(batch_size.max(1)) {
@@ -693,6 +679,37 @@ pub fn predict(session: &Session, run_dir: &Path, paths: &[PathBuf], top_k: usiz
         }
     }
     Ok(out)
+}
+
+/// The backbone a run was trained with (weights checked against `head.json`'s sha256).
+fn run_backbone_of(session: &Session, card: &HeadCard, precision: Precision) -> Result<Backbone> {
+    let entry = session.registry.get(&card.backbone.model)?;
+    let weights = match weights_file_of(card) {
+        Some(path) => resolve_weights(entry, Some(&path), &session.fetch_options())?,
+        None => fetch_weights(entry, &session.fetch_options())?,
+    };
+    if weights.sha256 != card.backbone.weights_sha256 {
+        return Err(Error::Checksum {
+            path: weights.path.clone(),
+            algorithm: "sha256",
+            expected: card.backbone.weights_sha256.clone(),
+            actual: weights.sha256.clone(),
+            action: "these are not the weights the head was trained with".into(),
+        });
+    }
+    load_backbone(entry, &weights, session.device.resolve()?, precision)
+}
+
+/// Writes a run's whole classifier (backbone + head) as TorchScript to `out`, in fp32 on the
+/// CPU (see [`crate::export::export_torchscript`] for its input and output).
+pub fn export(session: &Session, run_dir: &Path, format: crate::export::ExportFormat, out: &Path) -> Result<PathBuf> {
+    let (card, head) = read_run(run_dir)?;
+    let session = Session { device: DeviceChoice::Cpu, ..session.clone() };
+    let backbone = run_backbone_of(&session, &card, Precision::Fp32)?;
+    match format {
+        crate::export::ExportFormat::Torchscript => crate::export::export_torchscript(&backbone, &head, &card, out)?,
+    }
+    Ok(out.to_path_buf())
 }
 
 /// Downloads (or finds) and verifies a model's weights.

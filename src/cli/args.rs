@@ -66,6 +66,12 @@ pub enum PrecisionArg {
     Auto,
 }
 
+/// `--format`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum FormatArg {
+    Torchscript,
+}
+
 /// `--optimizer`.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum OptimizerArg {
@@ -120,6 +126,17 @@ pub enum Command {
     /// See, check and delete cached features.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Export a run's whole classifier (backbone + head) for other runtimes.
+    Export {
+        /// A run folder written by `train`, `run` or `sweep`.
+        run_dir: PathBuf,
+        /// Format: TorchScript (torch.jit.load in Python, torch::jit::load in C++).
+        #[arg(long, value_enum, default_value = "torchscript")]
+        format: FormatArg,
+        /// File to write [default: RUN_DIR/model.pt].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Classify pictures (files or folders) with a trained run.
     Predict {
         /// A run folder written by `train` or `run`.

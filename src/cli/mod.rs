@@ -244,6 +244,20 @@ pub fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Cache(c) => return cache_command(&s, c, json),
+        Command::Export { run_dir, format, out } => {
+            let format = match format {
+                args::FormatArg::Torchscript => lastlayer::export::ExportFormat::Torchscript,
+            };
+            let out = out.clone().unwrap_or_else(|| run_dir.join("model.pt"));
+            let path = pipeline::export(&s, run_dir, format, &out)?;
+            if json {
+                return print_json(&json!({ "format": format, "path": path }));
+            }
+            println!(
+                "wrote {} (input: float32 [N, 3, S, S] RGB 0-255 resized as head.json's preprocessing says; output: [N, classes] probabilities)",
+                path.display()
+            );
+        }
         Command::Eval { run_dir, extract_batch_size } => {
             let out = pipeline::evaluate_run(&s, run_dir, *extract_batch_size)?;
             if json {

@@ -67,12 +67,17 @@ impl Preprocessing {
 
     /// Normalised `[N, 3, S, S]` f32 input for a `[N, 3, h, w]` uint8 batch of equal-sized pictures.
     pub fn batch(&self, pixels: &Tensor) -> Tensor {
+        self.normalize(&self.resized(pixels))
+    }
+
+    /// The resize (and crop) step alone: `[N, 3, S, S]` f32 RGB values in 0-255, what an
+    /// exported model (`lastlayer export`) takes as input.
+    pub fn resized(&self, pixels: &Tensor) -> Tensor {
         let x = pixels.to_kind(Kind::Float);
-        let x = match self.resize {
+        match self.resize {
             Resize::Stretch => resize(&x, [self.input_size, self.input_size], self.interpolation, false),
             Resize::ShorterSideCenterCrop { crop_pct } => center_crop(&self.shorter_side(&x, crop_pct), self.input_size),
-        };
-        self.normalize(&x)
+        }
     }
 
     fn shorter_side(&self, x: &Tensor, crop_pct: f64) -> Tensor {
@@ -82,10 +87,19 @@ impl Preprocessing {
         resize_8bit(x, [oh, ow], self.interpolation)
     }
 
-    fn normalize(&self, x: &Tensor) -> Tensor {
+    /// `(x / 255 - mean) / std` for 0-255 RGB values.
+    pub fn normalize(&self, x: &Tensor) -> Tensor {
+        let (mean, scale) = self.normalization();
+        (x - mean) * scale
+    }
+
+    /// `(mean · 255, 1 / (std · 255))`, each `[1, 3, 1, 1]`: `normalize(x) = (x - a) · b`.
+    /// (Made outside a TorchScript trace: tensors created from Rust data inside one are
+    /// recorded without their values.)
+    pub fn normalization(&self) -> (Tensor, Tensor) {
         let mean = Tensor::from_slice(&self.mean.map(|m| (m * 255.0) as f32)).view([1, 3, 1, 1]);
         let scale = Tensor::from_slice(&self.std.map(|s| (1.0 / (s * 255.0)) as f32)).view([1, 3, 1, 1]);
-        (x - mean) * scale
+        (mean, scale)
     }
 }
 

@@ -151,3 +151,44 @@ pub fn read_run(run_dir: &Path) -> Result<(HeadCard, LinearHead)> {
     let head = LinearHead::load(&files.head, card.classes.len() as i64, card.feature_width)?;
     Ok((card, head))
 }
+
+/// `lastlayer export --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportFormat {
+    /// TorchScript, for `torch.jit.load` (Python) and `torch::jit::load` (C++).
+    Torchscript,
+}
+
+/// The whole classifier as one TorchScript module: input `[N, 3, S, S]` float32 RGB values in
+/// 0-255, already resized (and cropped) as `head.json`'s `preprocessing` says; output `[N,
+/// classes]` probabilities. Normalisation, the backbone (fp32, BatchNorm folded) and the head
+/// are inside. Written atomically.
+pub fn export_torchscript(backbone: &crate::backbone::Backbone, head: &LinearHead, card: &HeadCard, out: &Path) -> Result<()> {
+    let size = card.preprocessing.input_size;
+    let example = tch::Tensor::full([2, 3, size, size], 128.0, (tch::Kind::Float, tch::Device::Cpu));
+    // Every constant is made before tracing: tensors created from Rust data inside a trace are
+    // recorded without their values. One run outside the trace computes the folded BatchNorm
+    // weights, which then enter the trace as constants too.
+    let (mean, scale) = card.preprocessing.normalization();
+    backbone.features(&card.preprocessing.normalize(&example))?;
+    let mut failure = None;
+    let mut forward = |inputs: &[tch::Tensor]| -> Vec<tch::Tensor> {
+        let x = (&inputs[0] - &mean) * &scale;
+        match backbone.features(&x) {
+            Ok(f) => vec![head.probabilities(&f)],
+            Err(e) => {
+                failure = Some(e);
+                vec![inputs[0].shallow_clone()]
+            }
+        }
+    };
+    let module = tch::CModule::create_by_tracing("lastlayer_classifier", "forward", &[example], &mut forward)?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    crate::fsutil::write_atomic_with(out, |tmp| {
+        module.save(tmp)?;
+        Ok(())
+    })
+}
