@@ -146,13 +146,9 @@ impl FeatureSet {
     }
 }
 
-/// The weights' sha256 and origin when known without reading the Hub file: `--weights`, the
-/// registry's sha256, or a pin.
-fn known_weights(entry: &ModelEntry, weights: Option<&Path>, session: &Session) -> Result<Option<(String, WeightsOrigin)>> {
-    if let Some(path) = weights {
-        let r = resolve_weights(entry, Some(path), &session.fetch_options())?;
-        return Ok(Some((r.sha256, r.origin)));
-    }
+/// The Hub weights' sha256 and origin when known without reading the file: the registry's
+/// sha256, or a pin.
+fn pinned_weights(entry: &ModelEntry, session: &Session) -> Result<Option<(String, WeightsOrigin)>> {
     let pins = Pins::load(&session.cache_dir)?;
     let pin = pins.get(&entry.hub_repo, &entry.file);
     let sha = entry.sha256.clone().or_else(|| pin.map(|p| p.sha256.clone()));
@@ -169,7 +165,13 @@ pub fn features(session: &Session, req: &FeatureRequest) -> Result<FeatureSet> {
     let entry = session.registry.get(&req.model)?.clone();
     let device = session.device.resolve()?;
     let precision = req.precision.resolve(device, entry.architecture);
-    let mut known = known_weights(&entry, req.weights.as_deref(), session)?;
+    // `--weights FILE` is hashed once, here; Hub weights are read only if something must be
+    // extracted (their sha256 is known from the registry or a pin otherwise).
+    let mut local = req.weights.as_deref().map(|p| resolve_weights(&entry, Some(p), &session.fetch_options())).transpose()?;
+    let mut known = match &local {
+        Some(w) => Some((w.sha256.clone(), w.origin.clone())),
+        None => pinned_weights(&entry, session)?,
+    };
     let open = OpenOptions { data_root: session.cache_dir.join("data"), offline: session.offline, progress: session.progress.clone() };
     let dataset = Dataset::open(&req.data, &open)?;
     let preprocessing = match dataset.picture_kind {
@@ -213,7 +215,10 @@ pub fn features(session: &Session, req: &FeatureRequest) -> Result<FeatureSet> {
     }
     let mut backbone_runs = 0;
     if found.iter().any(Option::is_none) {
-        let weights = resolve_weights(&entry, req.weights.as_deref(), &session.fetch_options())?;
+        let weights = match local.take() {
+            Some(w) => w,
+            None => fetch_weights(&entry, &session.fetch_options())?,
+        };
         if let Some((sha, _)) = &known {
             if sha != &weights.sha256 {
                 return Err(Error::Checksum {

@@ -171,7 +171,7 @@ pub fn export_torchscript(backbone: &crate::backbone::Backbone, head: &LinearHea
     // recorded without their values. One run outside the trace computes the folded BatchNorm
     // weights, which then enter the trace as constants too.
     let (mean, scale) = card.preprocessing.normalization();
-    backbone.features(&card.preprocessing.normalize(&example))?;
+    let _ = backbone.features(&card.preprocessing.normalize(&example))?;
     let mut failure = None;
     let mut forward = |inputs: &[tch::Tensor]| -> Vec<tch::Tensor> {
         let x = (&inputs[0] - &mean) * &scale;
