@@ -23,11 +23,19 @@ pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -
     let tmp_path = tmp.path().to_path_buf();
     write(&tmp_path)?;
     std::fs::File::open(&tmp_path).and_then(|f| f.sync_all()).at(&tmp_path)?;
+    readable_by_all(&tmp_path)?;
     tmp.persist(path).map_err(|e| e.error).at(path)?;
     if let Ok(d) = std::fs::File::open(&dir) {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// Gives a file mode 0644: temporary files are created 0600, and the files they become
+/// (cache entries, run folders) are meant to be read by other users and tools.
+pub fn readable_by_all(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).at(path)
 }
 
 /// Serialises `value` as pretty JSON and writes it atomically.
@@ -154,6 +162,8 @@ mod tests {
         write_atomic(&p, b"old").unwrap();
         write_atomic(&p, b"new content").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"new content");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o644);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 

@@ -5,7 +5,10 @@
 //! - `head.json` ([`HeadCard`]): class names, feature width, the backbone (name, Hub repo,
 //!   revision, weights' sha256, precision), the exact preprocessing, the data and training
 //!   settings, and the metrics;
-//! - `metrics.json`: the metrics and the per-epoch history alone, for scripts.
+//! - `metrics.json`: the metrics and the per-epoch history alone, for scripts;
+//! - `curves.png` and `confusion.png` (see [`plots`]).
+
+pub mod plots;
 
 use std::path::{Path, PathBuf};
 
@@ -130,8 +133,21 @@ pub fn write_run(run_dir: &Path, head: &LinearHead, card: &HeadCard) -> Result<R
         "history": card.report.history,
     });
     write_json_atomic(&files.metrics, &metrics)?;
+    write_png(&run_dir.join("curves.png"), |p| plots::training_curves(&card.report, p))?;
+    write_png(&run_dir.join("confusion.png"), |p| plots::confusion_matrix(&card.metrics.test, p))?;
     write_json_atomic(&files.card, card)?;
     Ok(files)
+}
+
+/// Draws a PNG atomically: plotters picks the encoder by extension, so it draws into a
+/// `.png`-named temporary file in the same folder, which is then renamed into place.
+fn write_png(path: &Path, draw: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new().prefix(".plot.").suffix(".png").tempfile_in(dir).at(dir)?;
+    draw(tmp.path())?;
+    crate::fsutil::readable_by_all(tmp.path())?;
+    tmp.persist(path).map_err(|e| e.error).at(path)?;
+    Ok(())
 }
 
 /// Reads a run folder's `head.json` and `head.safetensors`, checking they agree.
