@@ -87,6 +87,12 @@ pub enum Error {
         /// What lastlayer did and what the user can do.
         action: String,
     },
+    /// A model could not be exported.
+    #[error("export: {message}")]
+    Export {
+        /// What failed.
+        message: String,
+    },
     /// A libtorch operation failed.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
@@ -99,7 +105,7 @@ impl Error {
             Error::Usage { .. } | Error::UnknownModel { .. } => Category::Usage,
             Error::BadInput { .. } => Category::Input,
             Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Category::Input,
-            Error::Io { .. } | Error::Torch(_) => Category::Internal,
+            Error::Io { .. } | Error::Torch(_) | Error::Export { .. } => Category::Internal,
             Error::Download { .. } | Error::Offline { .. } => Category::Network,
             Error::Checksum { .. } => Category::Integrity,
         }

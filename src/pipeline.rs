@@ -713,6 +713,7 @@ pub fn export(session: &Session, run_dir: &Path, format: crate::export::ExportFo
     let backbone = run_backbone_of(&session, &card, Precision::Fp32)?;
     match format {
         crate::export::ExportFormat::Torchscript => crate::export::export_torchscript(&backbone, &head, &card, out)?,
+        crate::export::ExportFormat::Onnx => crate::export::onnx::export_onnx(&backbone, &head, &card, out)?,
     }
     Ok(out.to_path_buf())
 }

@@ -1,74 +1,153 @@
-//! `lastlayer export --format torchscript`: the whole classifier (normalisation, backbone, head)
-//! as TorchScript, loaded with `torch.jit.load` in Python and with libtorch's C++ loader (through
-//! tch), must give `lastlayer predict`'s probabilities on the same pictures.
+//! `lastlayer export`: the whole classifier (normalisation, backbone, head) as TorchScript
+//! (loaded with `torch.jit.load` in Python and with libtorch's C++ loader, through tch) and as
+//! ONNX (checked with `onnx.checker` and run with onnxruntime) must give `lastlayer predict`'s
+//! probabilities on the same pictures: max difference 1e-4, the same top-1 class.
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::*;
 use lastlayer::data::load_picture;
 use serde_json::Value;
 
-#[test]
-fn torchscript_export_matches_predict_in_python_and_cpp() {
-    let sb = Sandbox::new();
-    let w = random_weights("resnet18", sb.path()).0.display().to_string();
-    let data = cifar_sample_dir();
-    sb.run_json(&["--json", "train", "--model", "resnet18", "--weights", &w, "--data", "cifar10", "--data-dir", data.to_str().unwrap(),
-        "--limit", "40", "--precision", "fp32", "--out", "run"]);
-    let exported = sb.run_json(&["--json", "export", "run", "--format", "torchscript"]);
-    let model = sb.path().join("run/model.pt");
-    assert_eq!(exported["path"].as_str().map(Path::new), Some(Path::new("run/model.pt")));
-    assert!(model.is_file());
+/// A run folder trained on the CIFAR sample with random `model` weights, predict's
+/// probabilities for the two check photos, and those photos as the exports take them.
+struct Fixture {
+    sb: Sandbox,
+    /// The photos resized as head.json says, 0-255, `[2, 3, S, S]`.
+    x: tch::Tensor,
+    /// The same, as `x.safetensors` for Python.
+    x_file: PathBuf,
+    /// `lastlayer predict`'s probabilities, every class.
+    expected: Vec<Vec<f64>>,
+    classes: Vec<String>,
+}
 
-    // The pictures as the exported model takes them: resized as head.json says, 0-255.
+fn fixture(model: &str) -> Fixture {
+    let sb = Sandbox::new();
+    let w = random_weights(model, sb.path()).0.display().to_string();
+    let data = cifar_sample_dir();
+    sb.run_json(&["--json", "train", "--model", model, "--weights", &w, "--data", "cifar10", "--data-dir", data.to_str().unwrap(),
+        "--limit", "30", "--precision", "fp32", "--out", "run"]);
+
     let pictures: Vec<_> = ["chelsea.png", "coffee.png"].iter().map(|f| shared_data().join("imagenet-check").join(f)).collect();
     let (card, _) = lastlayer::export::read_run(&sb.path().join("run")).unwrap();
     let x = tch::Tensor::cat(&pictures.iter().map(|p| card.preprocessing.resized(&load_picture(p).unwrap())).collect::<Vec<_>>(), 0);
-    let input = sb.path().join("x.safetensors");
-    lastlayer::fsutil::write_safetensors(&input, &[("x", &x)]).unwrap();
+    let x_file = sb.path().join("x.safetensors");
+    lastlayer::fsutil::write_safetensors(&x_file, &[("x", &x)]).unwrap();
+    sharpen_head(&sb.path().join("run"), model, Path::new(&w), &card, &x);
 
-    // lastlayer predict, every class.
-    let args: Vec<&str> = ["--json", "predict", "run"].into_iter().chain(pictures.iter().map(|p| p.to_str().unwrap())).chain(["-k", "10"]).collect();
+    let classes = card.classes.len();
+    let k = classes.to_string();
+    let args: Vec<&str> = ["--json", "predict", "run"].into_iter().chain(pictures.iter().map(|p| p.to_str().unwrap())).chain(["-k", &k]).collect();
     let preds = sb.run_json(&args);
-    let expected: Vec<Vec<f64>> = preds
+    let expected = preds
         .as_array()
         .unwrap()
         .iter()
         .map(|p| {
-            let mut probs = vec![0.0; 10];
+            let mut probs = vec![f64::NAN; classes];
             for c in p["top"].as_array().unwrap() {
                 probs[c["index"].as_u64().unwrap() as usize] = c["probability"].as_f64().unwrap();
             }
             probs
         })
         .collect();
-    let check = |got: &[Vec<f64>], who: &str| {
-        for (g, e) in got.iter().zip(&expected) {
+    Fixture { sb, x, x_file, expected, classes: card.classes }
+}
+
+/// A head trained for seconds on random-weight features is nearly uniform, which would hide a
+/// wrong backbone graph. Replace it with a random head scaled so that the logits of the
+/// pictures have a standard deviation of 3: probabilities then hang on every feature.
+fn sharpen_head(run: &Path, model: &str, weights: &Path, card: &lastlayer::export::HeadCard, x: &tch::Tensor) {
+    let entry = lastlayer::hub::Registry::builtin().get(model).unwrap().clone();
+    let backbone = lastlayer::backbone::Backbone::load(entry.architecture, weights, tch::Device::Cpu, lastlayer::backbone::Precision::Fp32).unwrap();
+    let features = backbone.features(&card.preprocessing.normalize(x)).unwrap();
+    tch::manual_seed(7);
+    let w = tch::Tensor::randn([card.classes.len() as i64, backbone.feature_width()], (tch::Kind::Float, tch::Device::Cpu));
+    let logits = features.matmul(&w.tr());
+    let w = w * (3.0 / logits.std(true).double_value(&[]));
+    let b = tch::Tensor::zeros([card.classes.len() as i64], (tch::Kind::Float, tch::Device::Cpu));
+    lastlayer::fsutil::write_safetensors(&run.join("head.safetensors"), &[("weight", &w), ("bias", &b)]).unwrap();
+}
+
+impl Fixture {
+    /// Asserts `got` matches predict (max |difference| <= 1e-4, same top-1) and returns the
+    /// max difference.
+    fn check(&self, got: &[Vec<f64>], who: &str) -> f64 {
+        assert_eq!(got.len(), self.expected.len(), "{who}: one row per picture");
+        let argmax = |v: &[f64]| (0..v.len()).max_by(|&i, &j| v[i].total_cmp(&v[j])).unwrap();
+        let mut worst = 0.0f64;
+        for (g, e) in got.iter().zip(&self.expected) {
+            assert_eq!(g.len(), e.len(), "{who}: one probability per class");
             let diff = g.iter().zip(e).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-            let argmax = |v: &[f64]| (0..v.len()).max_by(|&i, &j| v[i].total_cmp(&v[j])).unwrap();
-            println!("{who}: max |difference| {diff:.2e}");
             assert!(diff <= 1e-4, "{who}: probabilities differ from predict by {diff}");
             assert_eq!(argmax(g), argmax(e), "{who}: another top-1 class");
+            worst = worst.max(diff);
         }
-    };
+        let spread = self.expected.iter().flatten().fold(0.0f64, |m, &p| m.max(p)) - self.expected.iter().flatten().fold(1.0f64, |m, &p| m.min(p));
+        println!("{who}: max |difference| from predict {worst:.2e}, same top-1 on both pictures (probabilities spread {spread:.3})");
+        worst
+    }
+
+    fn python(&self, script: &str, model: &Path) -> Value {
+        let out = std::process::Command::new(python())
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(script))
+            .arg(model)
+            .arg(&self.x_file)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+#[test]
+fn torchscript_export_matches_predict_in_python_and_cpp() {
+    let f = fixture("resnet18");
+    let exported = f.sb.run_json(&["--json", "export", "run", "--format", "torchscript"]);
+    let model = f.sb.path().join("run/model.pt");
+    assert_eq!(exported["path"].as_str().map(Path::new), Some(Path::new("run/model.pt")));
+    assert!(model.is_file());
 
     // Python: torch.jit.load.
-    let out = std::process::Command::new(python())
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/run_torchscript.py"))
-        .arg(&model)
-        .arg(&input)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let py: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let py: Vec<Vec<f64>> = serde_json::from_value(py).unwrap();
-    check(&py, "python torch.jit.load");
+    let py: Vec<Vec<f64>> = serde_json::from_value(f.python("run_torchscript.py", &model)).unwrap();
+    f.check(&py, "python torch.jit.load");
 
     // C++: libtorch's loader (tch::CModule).
     let module = tch::CModule::load(&model).unwrap();
-    let probs = module.forward_ts(&[x]).unwrap().to_kind(tch::Kind::Double);
+    let probs = module.forward_ts(&[f.x.shallow_clone()]).unwrap().to_kind(tch::Kind::Double);
     let cpp: Vec<Vec<f64>> = (0..2).map(|i| Vec::<f64>::try_from(probs.get(i)).unwrap()).collect();
-    check(&cpp, "libtorch C++ loader");
+    f.check(&cpp, "libtorch C++ loader");
+}
+
+/// Every architecture family: ResNet (residual adds, max pool), Inception-v3 (concatenations,
+/// average pools counting padding, 1x7 kernels) and EfficientNet-Lite0 (TF "same" padding,
+/// depthwise convolutions, ReLU6).
+#[test]
+fn onnx_export_matches_predict_in_onnxruntime() {
+    for model in ["resnet18", "inception_v3", "efficientnet_lite0"] {
+        let f = fixture(model);
+        let exported = f.sb.run_json(&["--json", "export", "run", "--format", "onnx"]);
+        assert_eq!(exported["format"], "onnx");
+        let path = f.sb.path().join("run/model.onnx");
+        assert_eq!(exported["path"].as_str().map(Path::new), Some(Path::new("run/model.onnx")));
+
+        let ort = f.python("run_onnx.py", &path);
+        assert_eq!(ort["opset"], 17);
+        assert_eq!(ort["output_dims"], serde_json::json!(["N", f.classes.len()]), "{model}: onnx shape inference");
+        assert_eq!(ort["classes"], serde_json::json!(f.classes), "{model}: class names in the metadata");
+        let probs: Vec<Vec<f64>> = serde_json::from_value(ort["probabilities"].clone()).unwrap();
+        f.check(&probs, &format!("{model} onnxruntime"));
+    }
+}
+
+#[test]
+fn export_of_a_folder_that_is_not_a_run_fails_clearly() {
+    let sb = Sandbox::new();
+    std::fs::create_dir(sb.path().join("empty")).unwrap();
+    let out = sb.run(&["export", "empty", "--format", "onnx"]);
+    assert_fails(&out, 3, &["empty", "head.json", "not a lastlayer run folder"]);
+    assert!(!sb.path().join("empty/model.onnx").exists());
 }

@@ -11,9 +11,10 @@
 //!
 //! Tan and Le, "EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks", 2019.
 
-use tch::{nn, Tensor};
+use tch::nn;
 
 use super::layers::{ConvBn, ConvSpec};
+use super::ops::Ops;
 
 const BN_EPS: f64 = 1e-3;
 
@@ -67,26 +68,32 @@ impl ConvBnAct {
         ConvBnAct { conv_bn: ConvBn::grouped(conv, bn, c_in, c_out, spec, groups, BN_EPS), kernel, stride, act }
     }
 
-    fn forward(&self, xs: &Tensor) -> Tensor {
-        let xs = if self.stride > 1 { pad_same(xs, self.kernel, self.stride) } else { xs.shallow_clone() };
-        let ys = self.conv_bn.forward(&xs);
+    fn forward<O: Ops>(&self, ops: &mut O, xs: &O::Value) -> O::Value {
+        let ys = match self.same_padding(ops.spatial_size(xs)) {
+            Some(pads) => {
+                let padded = ops.pad(xs, pads);
+                ops.conv_bn(&self.conv_bn, &padded)
+            }
+            None => ops.conv_bn(&self.conv_bn, xs),
+        };
         if self.act {
-            ys.clamp(0.0, 6.0)
+            ops.relu6(&ys)
         } else {
             ys
         }
     }
-}
 
-/// TF "same" padding for a strided convolution: the extra pixel goes right and bottom.
-fn pad_same(xs: &Tensor, kernel: i64, stride: i64) -> Tensor {
-    let size = xs.size();
-    let pad = |i: i64| ((i + stride - 1) / stride - 1) * stride + kernel - i;
-    let (ph, pw) = (pad(size[2]).max(0), pad(size[3]).max(0));
-    if ph == 0 && pw == 0 {
-        return xs.shallow_clone();
+    /// TF "same" padding `[top, bottom, left, right]` of a strided convolution for an `[H, W]`
+    /// input, the extra pixel right and bottom; `None` where none is needed (stride 1 is padded
+    /// by the convolution itself).
+    fn same_padding(&self, [h, w]: [i64; 2]) -> Option<[i64; 4]> {
+        if self.stride == 1 {
+            return None;
+        }
+        let pad = |i: i64| (((i + self.stride - 1) / self.stride - 1) * self.stride + self.kernel - i).max(0);
+        let (ph, pw) = (pad(h), pad(w));
+        (ph > 0 || pw > 0).then_some([ph / 2, ph - ph / 2, pw / 2, pw - pw / 2])
     }
-    xs.constant_pad_nd([pw / 2, pw - pw / 2, ph / 2, ph - ph / 2])
 }
 
 #[derive(Debug)]
@@ -117,13 +124,20 @@ impl Block {
         }
     }
 
-    fn forward(&self, xs: &Tensor) -> Tensor {
+    fn forward<O: Ops>(&self, ops: &mut O, xs: &O::Value) -> O::Value {
         let (ys, skip) = match self {
-            Block::DepthwiseSeparable { dw, pw, skip } => (pw.forward(&dw.forward(xs)), *skip),
-            Block::InvertedResidual { pw, dw, pwl, skip } => (pwl.forward(&dw.forward(&pw.forward(xs))), *skip),
+            Block::DepthwiseSeparable { dw, pw, skip } => {
+                let y = dw.forward(ops, xs);
+                (pw.forward(ops, &y), *skip)
+            }
+            Block::InvertedResidual { pw, dw, pwl, skip } => {
+                let y = pw.forward(ops, xs);
+                let y = dw.forward(ops, &y);
+                (pwl.forward(ops, &y), *skip)
+            }
         };
         if skip {
-            ys + xs
+            ops.add(&ys, xs)
         } else {
             ys
         }
@@ -159,11 +173,12 @@ impl EfficientNetLite {
     }
 
     /// Pooled features, `[N, 1280]`, for a normalised `[N, 3, 224, 224]` batch.
-    pub fn forward(&self, xs: &Tensor) -> Tensor {
-        let mut ys = self.stem.forward(xs);
+    pub fn forward<O: Ops>(&self, ops: &mut O, xs: &O::Value) -> O::Value {
+        let mut ys = self.stem.forward(ops, xs);
         for b in &self.blocks {
-            ys = b.forward(&ys);
+            ys = b.forward(ops, &ys);
         }
-        self.head.forward(&ys).adaptive_avg_pool2d([1, 1]).flatten(1, -1)
+        let ys = self.head.forward(ops, &ys);
+        ops.global_avg_pool(&ys)
     }
 }

@@ -7,9 +7,10 @@
 //!
 //! Szegedy et al., "Rethinking the Inception Architecture for Computer Vision", 2015.
 
-use tch::{nn, Tensor};
+use tch::nn;
 
 use super::layers::{ConvBn, ConvSpec};
+use super::ops::Ops;
 
 const BN_EPS: f64 = 1e-3;
 
@@ -24,22 +25,28 @@ impl BasicConv2d {
     fn sq(p: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, padding: i64) -> Self {
         Self::new(p, c_in, c_out, ConvSpec::square(k, stride, padding))
     }
-    fn forward(&self, xs: &Tensor) -> Tensor {
-        self.0.forward(xs).relu()
+    fn forward<O: Ops>(&self, ops: &mut O, xs: &O::Value) -> O::Value {
+        ops.conv_bn_relu(&self.0, xs)
     }
 }
 
-fn chain(convs: &[BasicConv2d], xs: &Tensor) -> Tensor {
-    convs.iter().fold(xs.shallow_clone(), |ys, c| c.forward(&ys))
+/// The convolutions one after the other (`convs` is never empty).
+fn chain<O: Ops>(ops: &mut O, convs: &[BasicConv2d], xs: &O::Value) -> O::Value {
+    let mut ys = convs[0].forward(ops, xs);
+    for c in &convs[1..] {
+        ys = c.forward(ops, &ys);
+    }
+    ys
 }
 
-fn max_pool_3x3_s2(xs: &Tensor) -> Tensor {
-    xs.max_pool2d([3, 3], [2, 2], [0, 0], [1, 1], false)
+fn max_pool_3x3_s2<O: Ops>(ops: &mut O, xs: &O::Value) -> O::Value {
+    ops.max_pool(xs, 3, 2, 0)
 }
 
-/// 3x3 average pooling, stride 1, padding 1, padding counted (PyTorch's default).
-fn avg_pool_3x3_s1(xs: &Tensor) -> Tensor {
-    xs.avg_pool2d([3, 3], [1, 1], [1, 1], false, true, None::<i64>)
+/// 3x3 average pooling, stride 1, padding 1, padding counted (PyTorch's default), then `conv`.
+fn pool_branch<O: Ops>(ops: &mut O, conv: &BasicConv2d, xs: &O::Value) -> O::Value {
+    let pooled = ops.avg_pool(xs, 3, 1, 1);
+    conv.forward(ops, &pooled)
 }
 
 const H1X7: [i64; 2] = [1, 7];
@@ -68,11 +75,9 @@ impl InceptionA {
             pool: BasicConv2d::sq(&p / "branch_pool", c_in, pool_features, 1, 1, 0),
         }
     }
-    fn forward(&self, xs: &Tensor) -> Tensor {
-        Tensor::cat(
-            &[self.b1x1.forward(xs), chain(&self.b5x5, xs), chain(&self.b3x3dbl, xs), self.pool.forward(&avg_pool_3x3_s1(xs))],
-            1,
-        )
+    fn forward<O: Ops>(&self, ops: &mut O, xs: &O::Value) -> O::Value {
+        let branches = [self.b1x1.forward(ops, xs), chain(ops, &self.b5x5, xs), chain(ops, &self.b3x3dbl, xs), pool_branch(ops, &self.pool, xs)];
+        ops.concat_channels(&branches)
     }
 }
 
@@ -93,8 +98,9 @@ impl InceptionB {
             ],
         }
     }
-    fn forward(&self, xs: &Tensor) -> Tensor {
-        Tensor::cat(&[self.b3x3.forward(xs), chain(&self.b3x3dbl, xs), max_pool_3x3_s2(xs)], 1)
+    fn forward<O: Ops>(&self, ops: &mut O, xs: &O::Value) -> O::Value {
+        let branches = [self.b3x3.forward(ops, xs), chain(ops, &self.b3x3dbl, xs), max_pool_3x3_s2(ops, xs)];
+        ops.concat_channels(&branches)
     }
 }
 
@@ -126,11 +132,9 @@ impl InceptionC {
             pool: BasicConv2d::sq(&p / "branch_pool", c_in, 192, 1, 1, 0),
         }
     }
-    fn forward(&self, xs: &Tensor) -> Tensor {
-        Tensor::cat(
-            &[self.b1x1.forward(xs), chain(&self.b7x7, xs), chain(&self.b7x7dbl, xs), self.pool.forward(&avg_pool_3x3_s1(xs))],
-            1,
-        )
+    fn forward<O: Ops>(&self, ops: &mut O, xs: &O::Value) -> O::Value {
+        let branches = [self.b1x1.forward(ops, xs), chain(ops, &self.b7x7, xs), chain(ops, &self.b7x7dbl, xs), pool_branch(ops, &self.pool, xs)];
+        ops.concat_channels(&branches)
     }
 }
 
@@ -152,8 +156,9 @@ impl InceptionD {
             ],
         }
     }
-    fn forward(&self, xs: &Tensor) -> Tensor {
-        Tensor::cat(&[chain(&self.b3x3, xs), chain(&self.b7x7x3, xs), max_pool_3x3_s2(xs)], 1)
+    fn forward<O: Ops>(&self, ops: &mut O, xs: &O::Value) -> O::Value {
+        let branches = [chain(ops, &self.b3x3, xs), chain(ops, &self.b7x7x3, xs), max_pool_3x3_s2(ops, xs)];
+        ops.concat_channels(&branches)
     }
 }
 
@@ -186,12 +191,16 @@ impl InceptionE {
             pool: BasicConv2d::sq(&p / "branch_pool", c_in, 192, 1, 1, 0),
         }
     }
-    fn forward(&self, xs: &Tensor) -> Tensor {
-        let b3 = self.b3x3_1.forward(xs);
-        let b3 = Tensor::cat(&[self.b3x3_2a.forward(&b3), self.b3x3_2b.forward(&b3)], 1);
-        let bd = self.b3x3dbl_2.forward(&self.b3x3dbl_1.forward(xs));
-        let bd = Tensor::cat(&[self.b3x3dbl_3a.forward(&bd), self.b3x3dbl_3b.forward(&bd)], 1);
-        Tensor::cat(&[self.b1x1.forward(xs), b3, bd, self.pool.forward(&avg_pool_3x3_s1(xs))], 1)
+    fn forward<O: Ops>(&self, ops: &mut O, xs: &O::Value) -> O::Value {
+        let b3 = self.b3x3_1.forward(ops, xs);
+        let b3 = [self.b3x3_2a.forward(ops, &b3), self.b3x3_2b.forward(ops, &b3)];
+        let b3 = ops.concat_channels(&b3);
+        let bd = self.b3x3dbl_1.forward(ops, xs);
+        let bd = self.b3x3dbl_2.forward(ops, &bd);
+        let bd = [self.b3x3dbl_3a.forward(ops, &bd), self.b3x3dbl_3b.forward(ops, &bd)];
+        let bd = ops.concat_channels(&bd);
+        let branches = [self.b1x1.forward(ops, xs), b3, bd, pool_branch(ops, &self.pool, xs)];
+        ops.concat_channels(&branches)
     }
 }
 
@@ -234,20 +243,22 @@ impl InceptionV3 {
     }
 
     /// Pooled features, `[N, 2048]`, for a normalised `[N, 3, 299, 299]` batch.
-    pub fn forward(&self, xs: &Tensor) -> Tensor {
-        let mut ys = max_pool_3x3_s2(&chain(&self.stem, xs));
-        ys = max_pool_3x3_s2(&chain(&self.stem2, &ys));
+    pub fn forward<O: Ops>(&self, ops: &mut O, xs: &O::Value) -> O::Value {
+        let ys = chain(ops, &self.stem, xs);
+        let ys = max_pool_3x3_s2(ops, &ys);
+        let ys = chain(ops, &self.stem2, &ys);
+        let mut ys = max_pool_3x3_s2(ops, &ys);
         for m in &self.mixed5 {
-            ys = m.forward(&ys);
+            ys = m.forward(ops, &ys);
         }
-        ys = self.mixed6a.forward(&ys);
+        ys = self.mixed6a.forward(ops, &ys);
         for m in &self.mixed6 {
-            ys = m.forward(&ys);
+            ys = m.forward(ops, &ys);
         }
-        ys = self.mixed7a.forward(&ys);
+        ys = self.mixed7a.forward(ops, &ys);
         for m in &self.mixed7 {
-            ys = m.forward(&ys);
+            ys = m.forward(ops, &ys);
         }
-        ys.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
+        ops.global_avg_pool(&ys)
     }
 }

@@ -66,7 +66,7 @@ impl ConvBn {
 
     /// `(weight, bias)` with the BatchNorm folded in, computed in f32 and stored in the
     /// weights' dtype and memory layout.
-    fn folded(&self) -> &(Tensor, Tensor) {
+    pub fn folded(&self) -> &(Tensor, Tensor) {
         self.folded.get_or_init(|| {
             tch::no_grad(|| {
                 let kind = self.conv.ws.kind();
@@ -79,6 +79,16 @@ impl ConvBn {
                 (weight.to_kind(kind), bias.to_kind(kind))
             })
         })
+    }
+
+    /// The convolution's geometry.
+    pub fn spec(&self) -> ConvSpec {
+        self.spec
+    }
+
+    /// Its number of groups.
+    pub fn groups(&self) -> i64 {
+        self.groups
     }
 
     /// Convolution and BatchNorm with its running statistics (inference mode), no activation.

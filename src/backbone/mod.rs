@@ -6,6 +6,7 @@
 pub mod efficientnet_lite;
 pub mod inception_v3;
 pub mod layers;
+pub mod ops;
 pub mod resnet;
 
 use std::collections::HashMap;
@@ -19,6 +20,8 @@ use crate::hub::Architecture;
 use efficientnet_lite::EfficientNetLite;
 use inception_v3::InceptionV3;
 use resnet::{ResNet, ResNetConfig};
+
+pub use ops::{Eager, Ops};
 
 /// Numeric precision of the backbone's computation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -240,14 +243,21 @@ impl Backbone {
         let out = tch::no_grad(|| -> Result<Tensor> {
             let xs = batch.f_to_device(self.vs.device())?.f_to_kind(kind)?;
             let xs = channels_last(&xs);
-            let ys = match &self.net {
-                Net::ResNet(n) => n.forward(&xs),
-                Net::InceptionV3(n) => n.forward(&xs),
-                Net::EfficientNetLite(n) => n.forward(&xs),
-            };
+            let ys = self.forward(&mut Eager, &xs);
             Ok(ys.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu)?)
         })?;
         Ok(out)
+    }
+
+    /// The network on a normalised `[N, 3, S, S]` input, through `ops`: [`Eager`] computes
+    /// pooled features `[N, D]` in the backbone's precision and layout; other [`Ops`] record
+    /// the graph (the ONNX export).
+    pub fn forward<O: Ops>(&self, ops: &mut O, xs: &O::Value) -> O::Value {
+        match &self.net {
+            Net::ResNet(n) => n.forward(ops, xs),
+            Net::InceptionV3(n) => n.forward(ops, xs),
+            Net::EfficientNetLite(n) => n.forward(ops, xs),
+        }
     }
 
     /// Width of the features.

@@ -6,9 +6,10 @@
 //!
 //! He et al., "Deep Residual Learning for Image Recognition", 2015.
 
-use tch::{nn, Tensor};
+use tch::nn;
 
 use super::layers::{ConvBn, ConvSpec};
+use super::ops::Ops;
 
 const BN_EPS: f64 = 1e-5;
 
@@ -94,18 +95,26 @@ impl Block {
         }
     }
 
-    fn forward(&self, xs: &Tensor) -> Tensor {
+    fn forward<O: Ops>(&self, ops: &mut O, xs: &O::Value) -> O::Value {
         let (ys, downsample) = match self {
-            Block::Basic { c1, c2, downsample } => (c2.forward(&c1.forward(xs).relu()), downsample),
+            Block::Basic { c1, c2, downsample } => {
+                let y = ops.conv_bn_relu(c1, xs);
+                (ops.conv_bn(c2, &y), downsample)
+            }
             Block::Bottleneck { c1, c2, c3, downsample } => {
-                (c3.forward(&c2.forward(&c1.forward(xs).relu()).relu()), downsample)
+                let y = ops.conv_bn_relu(c1, xs);
+                let y = ops.conv_bn_relu(c2, &y);
+                (ops.conv_bn(c3, &y), downsample)
             }
         };
-        let shortcut = match downsample {
-            Some(d) => d.forward(xs),
-            None => xs.shallow_clone(),
+        let sum = match downsample {
+            Some(d) => {
+                let shortcut = ops.conv_bn(d, xs);
+                ops.add(&ys, &shortcut)
+            }
+            None => ops.add(&ys, xs),
         };
-        (ys + shortcut).relu()
+        ops.relu(&sum)
     }
 }
 
@@ -137,14 +146,15 @@ impl ResNet {
     }
 
     /// Pooled features, `[N, feature_width]`, for a normalised `[N, 3, H, W]` batch.
-    pub fn forward(&self, xs: &Tensor) -> Tensor {
-        let mut ys = self.stem.forward(xs).relu().max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+    pub fn forward<O: Ops>(&self, ops: &mut O, xs: &O::Value) -> O::Value {
+        let stem = ops.conv_bn_relu(&self.stem, xs);
+        let mut ys = ops.max_pool(&stem, 3, 2, 1);
         for stage in &self.stages {
             for block in stage {
-                ys = block.forward(&ys);
+                ys = block.forward(ops, &ys);
             }
         }
-        ys.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
+        ops.global_avg_pool(&ys)
     }
 
     /// Width of the features [`ResNet::forward`] returns.

@@ -69,7 +69,10 @@ pub enum PrecisionArg {
 /// `--format`.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum FormatArg {
+    /// TorchScript: torch.jit.load in Python, torch::jit::load in C++.
     Torchscript,
+    /// ONNX (opset 17): onnxruntime and other ONNX runtimes.
+    Onnx,
 }
 
 /// `--optimizer`.
@@ -130,10 +133,11 @@ pub enum Command {
     Export {
         /// A run folder written by `train`, `run` or `sweep`.
         run_dir: PathBuf,
-        /// Format: TorchScript (torch.jit.load in Python, torch::jit::load in C++).
+        /// Format: TorchScript (torch.jit.load in Python, torch::jit::load in C++) or ONNX
+        /// (onnxruntime and other ONNX runtimes).
         #[arg(long, value_enum, default_value = "torchscript")]
         format: FormatArg,
-        /// File to write [default: RUN_DIR/model.pt].
+        /// File to write [default: RUN_DIR/model.pt, or RUN_DIR/model.onnx].
         #[arg(long)]
         out: Option<PathBuf>,
     },

@@ -247,8 +247,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Export { run_dir, format, out } => {
             let format = match format {
                 args::FormatArg::Torchscript => lastlayer::export::ExportFormat::Torchscript,
+                args::FormatArg::Onnx => lastlayer::export::ExportFormat::Onnx,
             };
-            let out = out.clone().unwrap_or_else(|| run_dir.join("model.pt"));
+            let out = out.clone().unwrap_or_else(|| run_dir.join(format.default_file_name()));
             let path = pipeline::export(&s, run_dir, format, &out)?;
             if json {
                 return print_json(&json!({ "format": format, "path": path }));

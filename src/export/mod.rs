@@ -8,6 +8,7 @@
 //! - `metrics.json`: the metrics and the per-epoch history alone, for scripts;
 //! - `curves.png` and `confusion.png` (see [`plots`]).
 
+pub mod onnx;
 pub mod plots;
 
 use std::path::{Path, PathBuf};
@@ -174,6 +175,18 @@ pub fn read_run(run_dir: &Path) -> Result<(HeadCard, LinearHead)> {
 pub enum ExportFormat {
     /// TorchScript, for `torch.jit.load` (Python) and `torch::jit::load` (C++).
     Torchscript,
+    /// ONNX (opset 17), for onnxruntime and the other ONNX runtimes.
+    Onnx,
+}
+
+impl ExportFormat {
+    /// The file name an export is written to in the run folder by default.
+    pub fn default_file_name(self) -> &'static str {
+        match self {
+            ExportFormat::Torchscript => "model.pt",
+            ExportFormat::Onnx => "model.onnx",
+        }
+    }
 }
 
 /// The whole classifier as one TorchScript module: input `[N, 3, S, S]` float32 RGB values in

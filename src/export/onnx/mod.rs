@@ -1,0 +1,312 @@
+//! `lastlayer export --format onnx`: the whole classifier as an ONNX model.
+//!
+//! The backbone's own `forward` is replayed through [`OnnxGraph`], an [`Ops`] that records
+//! each operation as an ONNX node instead of computing it (see [`crate::backbone::ops`]), so
+//! the graph is the network the features came from. Convolutions carry their BatchNorm folded
+//! in (exact up to float rounding, as in extraction). Around the backbone: the normalisation
+//! (`Sub`, `Mul`) in front, the head (`Gemm`) and `Softmax` behind.
+//!
+//! Input `image`: float32 `[N, 3, S, S]`, RGB values 0-255, resized (and cropped) as
+//! `head.json`'s `preprocessing` says, `N` free. Output `probabilities`: float32
+//! `[N, classes]`. The class names and the preprocessing are in the model's metadata
+//! (`lastlayer.classes`, `lastlayer.preprocessing`, JSON).
+//!
+//! Opset 17, IR version 8: what onnxruntime 1.13 and later run.
+
+pub mod proto;
+
+use std::path::Path;
+
+use prost::Message;
+use tch::{Kind, Tensor};
+
+use crate::backbone::layers::ConvBn;
+use crate::backbone::{Backbone, Ops, Precision};
+use crate::error::{Error, IoContext, Result};
+use crate::export::HeadCard;
+use crate::head::LinearHead;
+use proto::{
+    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, tensor_shape_proto::dimension, type_proto, AttributeProto, GraphProto,
+    ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+};
+
+/// The default-domain opset the graph uses.
+pub const OPSET: i64 = 17;
+/// The IR version written (the first to carry opset 17).
+pub const IR_VERSION: i64 = 8;
+/// Name of the graph's input.
+pub const INPUT: &str = "image";
+/// Name of the graph's output.
+pub const OUTPUT: &str = "probabilities";
+
+/// A value in the graph being recorded: its name and its shape without the batch axis
+/// (`[C, H, W]`, or `[C]` after pooling).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Symbol {
+    /// The ONNX value name.
+    pub name: String,
+    /// Shape without the leading batch axis.
+    pub shape: Vec<i64>,
+}
+
+/// Records [`Ops`] calls as ONNX nodes and initializers.
+#[derive(Debug, Default)]
+pub struct OnnxGraph {
+    nodes: Vec<NodeProto>,
+    initializers: Vec<TensorProto>,
+    counter: usize,
+    failure: Option<Error>,
+}
+
+fn int_attr(name: &str, i: i64) -> AttributeProto {
+    AttributeProto { name: Some(name.into()), r#type: Some(AttributeType::Int as i32), i: Some(i), ..Default::default() }
+}
+
+fn ints_attr(name: &str, ints: &[i64]) -> AttributeProto {
+    AttributeProto { name: Some(name.into()), r#type: Some(AttributeType::Ints as i32), ints: ints.to_vec(), ..Default::default() }
+}
+
+/// A float32 initializer from a tensor (any layout), in row-major order.
+fn float_tensor(name: &str, t: &Tensor) -> Result<TensorProto> {
+    let t = t.f_to_kind(Kind::Float)?.f_contiguous()?;
+    let dims = t.size();
+    let values = Vec::<f32>::try_from(t.f_flatten(0, -1)?)?;
+    Ok(TensorProto {
+        name: Some(name.into()),
+        dims,
+        data_type: Some(DataType::Float as i32),
+        raw_data: Some(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        ..Default::default()
+    })
+}
+
+/// A float32 value's type, `[N, rest...]` with `N` named.
+fn float_value_info(name: &str, rest: &[i64]) -> ValueInfoProto {
+    let mut dim = vec![tensor_shape_proto::Dimension { value: Some(dimension::Value::DimParam("N".into())), ..Default::default() }];
+    dim.extend(rest.iter().map(|&d| tensor_shape_proto::Dimension { value: Some(dimension::Value::DimValue(d)), ..Default::default() }));
+    ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(DataType::Float as i32),
+                shape: Some(TensorShapeProto { dim }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+impl OnnxGraph {
+    /// An empty graph.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn fresh(&mut self, prefix: &str) -> String {
+        self.counter += 1;
+        format!("{prefix}_{}", self.counter)
+    }
+
+    /// Adds an initializer; a failure to read the tensor is kept and reported by
+    /// [`OnnxGraph::finish`] (the [`Ops`] methods cannot fail).
+    fn initializer(&mut self, prefix: &str, t: &Tensor) -> String {
+        let name = self.fresh(prefix);
+        match float_tensor(&name, t) {
+            Ok(p) => self.initializers.push(p),
+            Err(e) => {
+                self.failure.get_or_insert(e);
+            }
+        }
+        name
+    }
+
+    /// Adds a node with one output of shape `shape` and returns that output.
+    fn node(&mut self, op: &str, inputs: Vec<String>, attributes: Vec<AttributeProto>, shape: Vec<i64>) -> Symbol {
+        let output = self.fresh(&op.to_ascii_lowercase());
+        self.nodes.push(NodeProto {
+            name: Some(output.clone()),
+            op_type: Some(op.into()),
+            input: inputs,
+            output: vec![output.clone()],
+            attribute: attributes,
+            ..Default::default()
+        });
+        Symbol { name: output, shape }
+    }
+
+    /// Renames the last node's output (the graph's output gets a fixed name).
+    fn rename_last_output(&mut self, name: &str) -> Result<()> {
+        let node = self.nodes.last_mut().ok_or_else(|| Error::Export { message: "the ONNX graph has no nodes".into() })?;
+        node.output = vec![name.into()];
+        Ok(())
+    }
+
+    /// The recorded graph, or the first failure met while recording.
+    fn finish(self, name: &str, input: ValueInfoProto, output: ValueInfoProto) -> Result<GraphProto> {
+        if let Some(e) = self.failure {
+            return Err(e);
+        }
+        Ok(GraphProto {
+            name: Some(name.into()),
+            node: self.nodes,
+            initializer: self.initializers,
+            input: vec![input],
+            output: vec![output],
+            ..Default::default()
+        })
+    }
+}
+
+/// Output size of a window over `size` pixels with floor rounding.
+fn window_out(size: i64, kernel: i64, stride: i64, pad_total: i64) -> i64 {
+    (size + pad_total - kernel) / stride + 1
+}
+
+impl Ops for OnnxGraph {
+    type Value = Symbol;
+
+    fn conv_bn(&mut self, layer: &ConvBn, x: &Symbol) -> Symbol {
+        let (w, b) = layer.folded();
+        let (w, b) = (w.shallow_clone(), b.shallow_clone());
+        let spec = layer.spec();
+        let weight = self.initializer("conv_weight", &w);
+        let bias = self.initializer("conv_bias", &b);
+        let [ph, pw] = spec.padding;
+        let out = [
+            w.size()[0],
+            window_out(x.shape[1], spec.kernel[0], spec.stride[0], 2 * ph),
+            window_out(x.shape[2], spec.kernel[1], spec.stride[1], 2 * pw),
+        ];
+        let attributes = vec![
+            ints_attr("kernel_shape", &spec.kernel),
+            ints_attr("strides", &spec.stride),
+            ints_attr("pads", &[ph, pw, ph, pw]),
+            ints_attr("dilations", &[1, 1]),
+            int_attr("group", layer.groups()),
+        ];
+        self.node("Conv", vec![x.name.clone(), weight, bias], attributes, out.to_vec())
+    }
+
+    fn relu(&mut self, x: &Symbol) -> Symbol {
+        self.node("Relu", vec![x.name.clone()], vec![], x.shape.clone())
+    }
+
+    fn relu6(&mut self, x: &Symbol) -> Symbol {
+        let lo = self.initializer("zero", &Tensor::from(0f32));
+        let hi = self.initializer("six", &Tensor::from(6f32));
+        self.node("Clip", vec![x.name.clone(), lo, hi], vec![], x.shape.clone())
+    }
+
+    fn add(&mut self, a: &Symbol, b: &Symbol) -> Symbol {
+        self.node("Add", vec![a.name.clone(), b.name.clone()], vec![], a.shape.clone())
+    }
+
+    fn concat_channels(&mut self, xs: &[Symbol]) -> Symbol {
+        let mut shape = xs[0].shape.clone();
+        shape[0] = xs.iter().map(|x| x.shape[0]).sum();
+        self.node("Concat", xs.iter().map(|x| x.name.clone()).collect(), vec![int_attr("axis", 1)], shape)
+    }
+
+    fn max_pool(&mut self, x: &Symbol, kernel: i64, stride: i64, padding: i64) -> Symbol {
+        let shape = vec![x.shape[0], window_out(x.shape[1], kernel, stride, 2 * padding), window_out(x.shape[2], kernel, stride, 2 * padding)];
+        let attributes = vec![ints_attr("kernel_shape", &[kernel, kernel]), ints_attr("strides", &[stride, stride]), ints_attr("pads", &[padding; 4])];
+        self.node("MaxPool", vec![x.name.clone()], attributes, shape)
+    }
+
+    fn avg_pool(&mut self, x: &Symbol, kernel: i64, stride: i64, padding: i64) -> Symbol {
+        let shape = vec![x.shape[0], window_out(x.shape[1], kernel, stride, 2 * padding), window_out(x.shape[2], kernel, stride, 2 * padding)];
+        let attributes = vec![
+            ints_attr("kernel_shape", &[kernel, kernel]),
+            ints_attr("strides", &[stride, stride]),
+            ints_attr("pads", &[padding; 4]),
+            int_attr("count_include_pad", 1),
+        ];
+        self.node("AveragePool", vec![x.name.clone()], attributes, shape)
+    }
+
+    fn pad(&mut self, x: &Symbol, [top, bottom, left, right]: [i64; 4]) -> Symbol {
+        // ONNX pads: every axis's start, then every axis's end (N, C, H, W).
+        let pads = self.fresh("pads");
+        self.initializers.push(TensorProto {
+            name: Some(pads.clone()),
+            dims: vec![8],
+            data_type: Some(DataType::Int64 as i32),
+            int64_data: vec![0, 0, top, left, 0, 0, bottom, right],
+            ..Default::default()
+        });
+        let shape = vec![x.shape[0], x.shape[1] + top + bottom, x.shape[2] + left + right];
+        self.node("Pad", vec![x.name.clone(), pads], vec![], shape)
+    }
+
+    fn spatial_size(&self, x: &Symbol) -> [i64; 2] {
+        [x.shape[1], x.shape[2]]
+    }
+
+    fn global_avg_pool(&mut self, x: &Symbol) -> Symbol {
+        let pooled = self.node("GlobalAveragePool", vec![x.name.clone()], vec![], vec![x.shape[0], 1, 1]);
+        self.node("Flatten", vec![pooled.name], vec![int_attr("axis", 1)], vec![x.shape[0]])
+    }
+}
+
+/// The whole classifier (normalisation, backbone, head, softmax) as an ONNX model; see the
+/// module documentation for its input and output. The backbone must be fp32.
+pub fn classifier_model(backbone: &Backbone, head: &LinearHead, card: &HeadCard) -> Result<ModelProto> {
+    if backbone.precision() != Precision::Fp32 {
+        return Err(Error::Export { message: "the ONNX export takes an fp32 backbone".into() });
+    }
+    let size = card.preprocessing.input_size;
+    let (mean, scale) = card.preprocessing.normalization();
+    let mut g = OnnxGraph::new();
+    let mean = g.initializer("mean", &mean);
+    let scale = g.initializer("scale", &scale);
+    let input = Symbol { name: INPUT.into(), shape: vec![3, size, size] };
+    let centred = g.node("Sub", vec![input.name.clone(), mean], vec![], input.shape.clone());
+    let normalised = g.node("Mul", vec![centred.name, scale], vec![], input.shape.clone());
+    let features = backbone.forward(&mut g, &normalised);
+    if features.shape != [head.feature_width()] {
+        return Err(Error::Export { message: format!("the backbone gives {:?} features, the head takes {}", features.shape, head.feature_width()) });
+    }
+    let weight = g.initializer("head_weight", &head.weight);
+    let bias = g.initializer("head_bias", &head.bias);
+    let logits = g.node("Gemm", vec![features.name, weight, bias], vec![int_attr("transB", 1)], vec![head.classes()]);
+    g.node("Softmax", vec![logits.name], vec![int_attr("axis", -1)], vec![head.classes()]);
+    g.rename_last_output(OUTPUT)?;
+
+    let graph = g.finish(
+        &format!("lastlayer_{}", card.backbone.model),
+        float_value_info(INPUT, &[3, size, size]),
+        float_value_info(OUTPUT, &[head.classes()]),
+    )?;
+    let meta = |k: &str, v: String| StringStringEntryProto { key: Some(k.into()), value: Some(v) };
+    Ok(ModelProto {
+        ir_version: Some(IR_VERSION),
+        opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(OPSET) }],
+        producer_name: Some("lastlayer".into()),
+        producer_version: Some(env!("CARGO_PKG_VERSION").into()),
+        doc_string: Some(format!(
+            "{} backbone and a {}-class head trained by lastlayer. Input '{INPUT}': float32 [N, 3, {size}, {size}] RGB 0-255, \
+             resized as the 'lastlayer.preprocessing' metadata says. Output '{OUTPUT}': float32 [N, {}].",
+            card.backbone.model,
+            card.classes.len(),
+            card.classes.len()
+        )),
+        graph: Some(graph),
+        metadata_props: vec![
+            meta("lastlayer.classes", to_json(&card.classes)?),
+            meta("lastlayer.preprocessing", to_json(&card.preprocessing)?),
+            meta("lastlayer.backbone", to_json(&card.backbone)?),
+        ],
+        ..Default::default()
+    })
+}
+
+fn to_json(v: &impl serde::Serialize) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| Error::Export { message: format!("metadata: {e}") })
+}
+
+/// Writes [`classifier_model`] to `out`, atomically.
+pub fn export_onnx(backbone: &Backbone, head: &LinearHead, card: &HeadCard, out: &Path) -> Result<()> {
+    let bytes = classifier_model(backbone, head, card)?.encode_to_vec();
+    crate::fsutil::write_atomic_with(out, |tmp| std::fs::write(tmp, &bytes).at(tmp))
+}
