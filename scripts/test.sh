@@ -8,5 +8,9 @@ cd "$LASTLAYER_ROOT"
 scripts/setup.sh --no-build
 # Pinned Python packages the tests read files with and compare against (safetensors, timm, ...).
 pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
+# Headless Chromium and its WebDriver, for the page test in tests/serve.rs (Debian's packages;
+# nothing downloads a browser of its own). We run as root: no sudo.
+{ command -v chromium && command -v chromedriver; } >/dev/null ||
+  (apt-get update && apt-get install -y --no-install-recommends chromium chromium-driver)
 cargo build --examples                # examples must keep compiling
 cargo test --lib --tests -- --test-threads=2

@@ -87,6 +87,18 @@ pub enum Error {
         /// What lastlayer did and what the user can do.
         action: String,
     },
+    /// Bytes (an upload, say) that are not a JPEG or PNG picture lastlayer can decode.
+    #[error("{message}")]
+    BadPicture {
+        /// What was wrong, saying that JPEG or PNG is expected.
+        message: String,
+    },
+    /// The HTTP server could not start or stopped with an error.
+    #[error("server: {message}")]
+    Server {
+        /// What failed.
+        message: String,
+    },
     /// A model could not be exported.
     #[error("export: {message}")]
     Export {
@@ -103,9 +115,9 @@ impl Error {
     pub fn category(&self) -> Category {
         match self {
             Error::Usage { .. } | Error::UnknownModel { .. } => Category::Usage,
-            Error::BadInput { .. } => Category::Input,
+            Error::BadInput { .. } | Error::BadPicture { .. } => Category::Input,
             Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Category::Input,
-            Error::Io { .. } | Error::Torch(_) | Error::Export { .. } => Category::Internal,
+            Error::Io { .. } | Error::Torch(_) | Error::Server { .. } | Error::Export { .. } => Category::Internal,
             Error::Download { .. } | Error::Offline { .. } => Category::Network,
             Error::Checksum { .. } => Category::Integrity,
         }

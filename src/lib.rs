@@ -4,7 +4,8 @@
 //! [`data`] (CIFAR-10 or a user's folders, samples, preprocessing) → [`backbone`] (frozen
 //! ResNet / Inception-v3) → [`cache`] (features extracted once, on disk) → [`head`] (the new
 //! last layer, trained on cached features) → [`export`] (the run folder: `head.safetensors`,
-//! `head.json`). [`pipeline`] ties them together for the commands.
+//! `head.json`). [`pipeline`] ties them together for the commands; [`serve`] puts a trained run
+//! behind HTTP.
 
 pub mod backbone;
 pub mod cache;
@@ -16,6 +17,7 @@ pub mod head;
 pub mod hub;
 pub mod pipeline;
 pub mod progress;
+pub mod serve;
 pub mod status;
 
 pub use error::{Error, Result};

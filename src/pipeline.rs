@@ -658,6 +658,78 @@ pub fn collect_pictures(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// A finished run loaded for classifying: its card, head and backbone (with the weights checked
+/// against `head.json`'s sha256). Holds libtorch tensors, so it is `Send` at most, not `Sync`:
+/// a server keeps it on one thread.
+pub struct Classifier {
+    card: HeadCard,
+    head: crate::head::LinearHead,
+    backbone: Backbone,
+}
+
+impl std::fmt::Debug for Classifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Classifier").field("model", &self.model()).field("classes", &self.classes()).finish()
+    }
+}
+
+impl Classifier {
+    /// Loads the run folder `run_dir` (written by `train`, `run` or `sweep`) and its backbone,
+    /// in the precision it was trained with, on the session's device.
+    pub fn open(session: &Session, run_dir: &Path) -> Result<Classifier> {
+        let (card, head) = read_run(run_dir)?;
+        Classifier::with_run(session, card, head)
+    }
+
+    fn with_run(session: &Session, card: HeadCard, head: crate::head::LinearHead) -> Result<Classifier> {
+        let backbone = run_backbone_of(session, &card, card.backbone.precision)?;
+        Ok(Classifier { card, head, backbone })
+    }
+
+    /// Class names, in the head's order.
+    pub fn classes(&self) -> &[String] {
+        &self.card.classes
+    }
+
+    /// The backbone's registry name.
+    pub fn model(&self) -> &str {
+        &self.card.backbone.model
+    }
+
+    /// The run's `head.json`.
+    pub fn card(&self) -> &HeadCard {
+        &self.card
+    }
+
+    /// The `top_k` classes (at most as many as there are) of each of `pictures`, decoded
+    /// `[1, 3, h, w]` uint8 RGB tensors as [`crate::data::decode_picture`] gives, run through
+    /// the backbone together (one batch).
+    pub fn classify(&self, pictures: &[Tensor], top_k: usize) -> Result<Vec<Vec<ClassScore>>> {
+        if top_k == 0 {
+            return Err(Error::usage("top_k", "must be at least 1"));
+        }
+        if pictures.is_empty() {
+            return Ok(Vec::new());
+        }
+        let classes = &self.card.classes;
+        let k = top_k.min(classes.len());
+        let inputs: Vec<Tensor> = pictures.iter().map(|p| self.card.preprocessing.batch(p)).collect();
+        let probs = self.head.probabilities(&self.backbone.features(&Tensor::cat(&inputs, 0))?);
+        let (values, indices) = probs.topk(k as i64, -1, true, true);
+        (0..pictures.len())
+            .map(|i| {
+                let v: Vec<f64> = Vec::<f64>::try_from(values.get(i as i64).to_kind(tch::Kind::Double)).map_err(Error::Torch)?;
+                let ix: Vec<i64> = Vec::<i64>::try_from(indices.get(i as i64)).map_err(Error::Torch)?;
+                Ok(ix
+                    .iter()
+                    .zip(v)
+                    .map(|(&c, p)| ClassScore { class: classes[c as usize].clone(), index: c as usize, probability: p })
+                    .collect())
+            })
+            .collect()
+    }
+}
+
 /// Classifies pictures with a run's backbone, preprocessing and head.
 pub fn predict(session: &Session, run_dir: &Path, paths: &[PathBuf], top_k: usize, batch_size: usize) -> Result<Vec<Prediction>> {
     if top_k == 0 {
@@ -665,21 +737,11 @@ pub fn predict(session: &Session, run_dir: &Path, paths: &[PathBuf], top_k: usiz
     }
     let (card, head) = read_run(run_dir)?;
     let pictures = collect_pictures(paths)?;
-    let backbone = run_backbone_of(session, &card, card.backbone.precision)?;
-    let k = top_k.min(card.classes.len());
+    let classifier = Classifier::with_run(session, card, head)?;
     let mut out = Vec::with_capacity(pictures.len());
     for chunk in pictures.chunks(batch_size.max(1)) {
-        let inputs = chunk.iter().map(|p| Ok(card.preprocessing.batch(&load_picture(p)?))).collect::<Result<Vec<_>>>()?;
-        let probs = head.probabilities(&backbone.features(&Tensor::cat(&inputs, 0))?);
-        let (values, indices) = probs.topk(k as i64, -1, true, true);
-        for (i, path) in chunk.iter().enumerate() {
-            let v: Vec<f64> = Vec::<f64>::try_from(values.get(i as i64).to_kind(tch::Kind::Double)).map_err(Error::Torch)?;
-            let ix: Vec<i64> = Vec::<i64>::try_from(indices.get(i as i64)).map_err(Error::Torch)?;
-            let top = ix
-                .iter()
-                .zip(v)
-                .map(|(&c, p)| ClassScore { class: card.classes[c as usize].clone(), index: c as usize, probability: p })
-                .collect();
+        let decoded = chunk.iter().map(|p| load_picture(p)).collect::<Result<Vec<_>>>()?;
+        for (path, top) in chunk.iter().zip(classifier.classify(&decoded, top_k)?) {
             out.push(Prediction { path: path.clone(), top });
         }
     }

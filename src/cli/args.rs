@@ -155,6 +155,24 @@ pub enum Command {
         #[arg(long, default_value_t = 32)]
         batch_size: usize,
     },
+    /// Serve a trained run over HTTP: POST /predict (a picture's bytes in, JSON top classes
+    /// out), GET /health, and GET / a page to try pictures in a browser. Stops on Ctrl-C.
+    Serve {
+        /// A run folder written by `train`, `run` or `sweep`.
+        run_dir: PathBuf,
+        /// Address to listen on (0.0.0.0: every interface).
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// Port to listen on (0: a free one, printed at start).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Largest request body, in MiB; larger ones are refused with 413.
+        #[arg(long, default_value_t = 16, value_name = "MIB")]
+        max_body_mb: usize,
+        /// Pictures that may wait for the model; requests beyond are refused with 503.
+        #[arg(long, default_value_t = 32)]
+        queue: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]

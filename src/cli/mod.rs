@@ -273,6 +273,23 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             print!("{}", output::predictions(&preds));
         }
+        Command::Serve { run_dir, host, port, max_body_mb, queue } => {
+            let opts = lastlayer::serve::ServeOptions {
+                host: host.clone(),
+                port: *port,
+                max_body_bytes: max_body_mb.saturating_mul(1 << 20),
+                queue: *queue,
+            };
+            let server = lastlayer::serve::Server::bind(&s, run_dir, &opts)?;
+            let url = format!("http://{}", server.local_addr());
+            if json {
+                println!("{}", json!({ "url": url, "run_dir": run_dir, "model": server.model() }));
+            } else {
+                println!("serving {} on {url}", run_dir.display());
+            }
+            std::io::Write::flush(&mut std::io::stdout())?;
+            server.run()?;
+        }
     }
     Ok(())
 }

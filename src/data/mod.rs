@@ -155,13 +155,30 @@ impl Split {
 
 /// Decodes a JPEG or PNG file into a `[1, 3, h, w]` uint8 RGB tensor.
 pub fn load_picture(path: &Path) -> Result<Tensor> {
-    let img = image::ImageReader::open(path)
-        .at(path)?
+    let reader = image::ImageReader::open(path).at(path)?.with_guessed_format().at(path)?;
+    decode_rgb(reader).map_err(|e| Error::bad_input(path, format!("cannot decode as a picture ({e})")))
+}
+
+/// Decodes the bytes of a JPEG or PNG picture (an upload, say) into a `[1, 3, h, w]` uint8 RGB
+/// tensor, as [`load_picture`] does a file. Other bytes give [`Error::BadPicture`].
+pub fn decode_picture(bytes: &[u8]) -> Result<Tensor> {
+    if bytes.is_empty() {
+        return Err(Error::BadPicture { message: "no picture: the body is empty; send the bytes of a JPEG or PNG file".into() });
+    }
+    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
-        .at(path)?
-        .decode()
-        .map_err(|e| Error::bad_input(path, format!("cannot decode as a picture ({e})")))?
-        .to_rgb8();
+        .map_err(|e| Error::BadPicture { message: format!("cannot read the picture ({e}); send a JPEG or PNG file") })?;
+    if reader.format().is_none() {
+        return Err(Error::BadPicture {
+            message: format!("not a picture: {} bytes in no known image format; send a JPEG or PNG file", bytes.len()),
+        });
+    }
+    decode_rgb(reader).map_err(|e| Error::BadPicture { message: format!("cannot decode as a picture ({e}); send a JPEG or PNG file") })
+}
+
+/// Decodes what `reader` holds into a `[1, 3, h, w]` uint8 RGB tensor.
+fn decode_rgb<R: std::io::BufRead + std::io::Seek>(reader: image::ImageReader<R>) -> std::result::Result<Tensor, image::ImageError> {
+    let img = reader.decode()?.to_rgb8();
     let (w, h) = img.dimensions();
     let hwc = Tensor::from_slice(img.as_raw()).view([h as i64, w as i64, 3]);
     Ok(hwc.permute([2, 0, 1]).unsqueeze(0).contiguous().to_kind(Kind::Uint8))
