@@ -66,10 +66,11 @@ for round in $(seq 1 "$ROUNDS"); do
     --weights "$work/weights.safetensors" --data cifar10 --data-dir "$work" --split train --precision auto)
   precision=$(grep -o '"precision": "[a-z0-9]*"' "$work/out" | head -1 | cut -d'"' -f4 || true)
   [ -n "$precision" ] || precision=$(grep -oE "model $MODEL \(([A-Za-z0-9]+)\)" "$work/out" | head -1 | sed -E 's/.*\((.*)\)/\1/')
+  engine=$(grep -oE "engine [A-Za-z]+" "$work/err" | head -1 | cut -d' ' -f2 || true)
   ours+=("$(python3 -c "print($N / $secs)")"); ours_mem+=("$mem")
   read -r secs mem < <(ref "$work/cifar-10-batches-bin/data_batch_1.bin" "$best_mode")
   theirs+=("$(python3 -c "print($N / $secs)")"); theirs_mem+=("$mem")
-  echo "round $round: lastlayer $(printf %.1f "${ours[-1]}") images/s (precision $precision), reference $(printf %.1f "${theirs[-1]}") images/s"
+  echo "round $round: lastlayer $(printf %.1f "${ours[-1]}") images/s (precision $precision, engine ${engine:-?}), reference $(printf %.1f "${theirs[-1]}") images/s"
 done
 python3 - "$MODEL" "$N" "${ours[*]}" "${theirs[*]}" "${ours_mem[*]}" "${theirs_mem[*]}" "$best_mode" <<'PY'
 import statistics, sys

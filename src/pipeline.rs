@@ -10,7 +10,7 @@ use std::time::Instant;
 use serde::Serialize;
 use tch::Tensor;
 
-use crate::backbone::{Backbone, DeviceChoice, Precision, PrecisionChoice};
+use crate::backbone::{Backbone, DeviceChoice, Engine, Precision, PrecisionChoice};
 use crate::cache::{CachedFeatures, EntryLock, FeatureCache, FeatureKey, Partial, PartialPlan, FORMAT_VERSION};
 use crate::data::preprocess::Preprocessing;
 use crate::data::sample::{stratified_subset, Subset};
@@ -230,7 +230,12 @@ pub fn features(session: &Session, req: &FeatureRequest) -> Result<FeatureSet> {
                 });
             }
         }
-        let backbone = load_backbone(&entry, &weights, device, precision)?;
+        let mut backbone = load_backbone(&entry, &weights, device, precision)?;
+        // The whole splits count, not what a resumed run has left, so that every chunk of an
+        // entry comes from the same engine.
+        let pictures: usize = splits.iter().zip(&found).filter(|(_, f)| f.is_none()).map(|((s, _), _)| s.len()).sum();
+        backbone.set_engine(Engine::choose(device, pictures));
+        tracing::info!("backbone {} in {precision:?} on {device:?}, engine {:?}", entry.name, backbone.engine());
         for ((split, identity), slot) in splits.iter().zip(found.iter_mut()) {
             let key = key_for(split, identity, &weights.sha256);
             if slot.is_none() {

@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use lastlayer::backbone::{Backbone, Precision};
+use lastlayer::backbone::{Backbone, Engine, Precision};
 use lastlayer::data::preprocess::Preprocessing;
 use lastlayer::data::{cifar10, load_picture};
 use lastlayer::hub::Registry;
@@ -42,14 +42,16 @@ fn randomise_batchnorm(path: &Path) {
 }
 
 
-fn parity(model: &str) -> Value {
+fn parity(model: &str, engine: Engine) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let entry = Registry::builtin().get(model).unwrap().clone();
     let weights = dir.path().join("weights.safetensors");
     tch::manual_seed(1);
     Backbone::random(entry.architecture, Device::Cpu).save(&weights).unwrap();
     randomise_batchnorm(&weights);
-    let backbone = Backbone::load(entry.architecture, &weights, Device::Cpu, Precision::Fp32).unwrap();
+    let mut backbone = Backbone::load(entry.architecture, &weights, Device::Cpu, Precision::Fp32).unwrap();
+    backbone.set_engine(engine);
+    assert_eq!(backbone.engine(), engine);
 
     let records = cifar10::read_split(&cifar_sample_dir(), "test").unwrap();
     let mut px = Vec::new();
@@ -85,12 +87,16 @@ fn parity(model: &str) -> Value {
         .unwrap();
     assert!(out.status.success(), "parity.py failed:\n{}", String::from_utf8_lossy(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    println!("PARITY {report}");
+    println!("PARITY {model} {engine:?} {report}");
     report
 }
 
 fn check(model: &str) {
-    let r = parity(model);
+    check_with(model, Engine::Eager);
+}
+
+fn check_with(model: &str, engine: Engine) {
+    let r = parity(model, engine);
     let f = |k: &str| r[k].as_f64().unwrap();
     assert_eq!(r["missing_in_lastlayer"], json!([]), "{model}: timm has backbone tensors lastlayer does not load");
     assert_eq!(r["unexpected_from_lastlayer"], json!([]), "{model}: lastlayer has tensors timm does not know");
@@ -110,6 +116,18 @@ fn check(model: &str) {
 #[test]
 fn resnet18_matches_timm() {
     check("resnet18");
+}
+
+/// The engine extraction uses for the ResNets (TorchScript-frozen, oneDNN-fused): the same
+/// features up to float rounding.
+#[test]
+fn resnet18_frozen_matches_timm() {
+    check_with("resnet18", Engine::Frozen);
+}
+
+#[test]
+fn resnet50_frozen_matches_timm() {
+    check_with("resnet50", Engine::Frozen);
 }
 
 #[test]
