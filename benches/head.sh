@@ -23,7 +23,7 @@ compare() { # TRAIN TEST LABEL
   python3 - "$3" "$work/ours.json" "$work/ref.json" <<'PY'
 import json, sys
 o, r = json.load(open(sys.argv[2])), json.load(open(sys.argv[3]))
-print(f"{sys.argv[1]}: lastlayer {o['seconds']:.2f}s, test accuracy {o['test_accuracy']:.4f} (best epoch {o['best_epoch']} of {o['epochs_run']}); "
+print(f"{sys.argv[1]}: lastlayer {o['seconds']:.2f}s, test accuracy {o['test_accuracy']:.4f} (best epoch {o['best_epoch']} of {o['epochs_run']}, L2 {o['l2']}); "
       f"scikit-learn {r['seconds']:.2f}s for 5 values of C (chose C={r['C']}), test accuracy {r['test_accuracy']:.4f}")
 PY
 }

@@ -29,6 +29,14 @@ fn main() -> anyhow::Result<()> {
     let start = Instant::now();
     let (head, report) = train_head(&x, &y, classes, &cfg, &Progress::hidden())?;
     let seconds = start.elapsed().as_secs_f64();
+    if std::env::var_os("HEAD_HISTORY").is_some() {
+        for e in &report.history {
+            eprintln!(
+                "epoch {:3} l2 {:?} train_loss {:.4} val_loss {:.4?} calibrated {:.4?} val_acc {:.4?}",
+                e.epoch, e.l2, e.train_loss, e.val_loss, e.val_loss_calibrated, e.val_accuracy
+            );
+        }
+    }
     let names: Vec<String> = (0..classes).map(|c| c.to_string()).collect();
     let eval = evaluate(&head, &xt, &yt, &names);
     let labels: Vec<i64> = Vec::try_from(&y)?;
@@ -37,7 +45,7 @@ fn main() -> anyhow::Result<()> {
         "{}",
         serde_json::json!({
             "seconds": seconds, "test_accuracy": eval.accuracy, "val_accuracy": report.best_val_accuracy,
-            "best_epoch": report.best_epoch, "epochs_run": report.history.len(), "val_rows": val_rows,
+            "best_epoch": report.best_epoch, "epochs_run": report.history.len(), "l2": report.l2, "val_rows": val_rows,
         })
     );
     Ok(())

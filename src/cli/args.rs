@@ -288,9 +288,26 @@ pub struct RateArgs {
     /// Learning rate.
     #[arg(long, default_value_t = 1e-3, allow_negative_numbers = true)]
     pub lr: f64,
-    /// Weight decay.
-    #[arg(long, default_value_t = 1e-4, allow_negative_numbers = true)]
-    pub weight_decay: f64,
+    /// Weight decay: a number, or `auto` to tune an L2 penalty on the validation split (a
+    /// path from strong to weak, warm-started; the kept epoch has the lowest validation loss).
+    #[arg(long, default_value = "auto", value_parser = parse_weight_decay, allow_negative_numbers = true)]
+    pub weight_decay: WeightDecayArg,
+}
+
+/// `--weight-decay`: `auto` or a number.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum WeightDecayArg {
+    /// Tuned on the validation split.
+    Auto,
+    /// This value.
+    Value(f64),
+}
+
+fn parse_weight_decay(s: &str) -> Result<WeightDecayArg, String> {
+    if s == "auto" {
+        return Ok(WeightDecayArg::Auto);
+    }
+    s.parse::<f64>().map(WeightDecayArg::Value).map_err(|_| format!("'{s}' is neither `auto` nor a number"))
 }
 
 #[derive(Debug, Args)]

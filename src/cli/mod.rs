@@ -91,11 +91,16 @@ fn feature_request(d: &DataArgs, splits: Vec<String>) -> Result<FeatureRequest> 
     })
 }
 
-fn train_config(h: &HeadArgs, lr: f64, weight_decay: f64) -> TrainConfig {
+fn train_config(h: &HeadArgs, lr: f64, weight_decay: args::WeightDecayArg) -> TrainConfig {
+    let (weight_decay, weight_decay_auto) = match weight_decay {
+        args::WeightDecayArg::Auto => (0.0, true),
+        args::WeightDecayArg::Value(v) => (v, false),
+    };
     TrainConfig {
         epochs: h.epochs,
         lr,
         weight_decay,
+        weight_decay_auto,
         batch_size: h.batch_size,
         optimizer: match h.optimizer {
             OptimizerArg::Adamw => OptimizerKind::Adamw,
@@ -193,7 +198,11 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Sweep(a) => {
             let req = feature_request(&a.data, vec!["train".into(), "test".into()])?;
-            let base = train_config(&a.head, a.lr.first().copied().unwrap_or(1e-3), a.weight_decay.first().copied().unwrap_or(0.0));
+            let base = train_config(
+                &a.head,
+                a.lr.first().copied().unwrap_or(1e-3),
+                args::WeightDecayArg::Value(a.weight_decay.first().copied().unwrap_or(0.0)),
+            );
             validate(&s, &req, &base)?;
             let mut grid = Vec::new();
             for &lr in &a.lr {
@@ -418,8 +427,9 @@ fn report_training(out: &pipeline::TrainOutcome, json: bool) -> Result<()> {
         return print_json(out);
     }
     print!("{}", output::features(&out.features));
+    let l2 = out.report.l2.map(|l2| format!(", L2 penalty {l2:e} (tuned)")).unwrap_or_default();
     println!(
-        "\nhead: best epoch {} of {} run, validation accuracy {:.2}%, trained in {:.2}s",
+        "\nhead: best epoch {} of {} run{l2}, validation accuracy {:.2}%, trained in {:.2}s",
         out.report.best_epoch,
         out.report.history.len(),
         100.0 * out.val_accuracy,

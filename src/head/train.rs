@@ -3,6 +3,19 @@
 //! train for early stopping and for choosing the epoch whose weights are kept (the lowest
 //! validation loss). Zero initialisation and seeded shuffles make the
 //! same seed give the same head.
+//!
+//! With `weight_decay_auto` (the CLI's default, `--weight-decay auto`), the L2 penalty is tuned
+//! on the validation split as scikit-learn users tune `C`: training walks down [`L2_PATH`],
+//! strongest penalty first, [`L2_EPOCHS_PER_STEP`] epochs each (more on small data, to make
+//! [`L2_UPDATES_PER_STEP`] updates), every step warm-started from the last (a regularisation
+//! path). Each step's last epoch (the learning rate has decayed, the weights have settled) is
+//! a candidate, and the candidate with the lowest *calibrated* validation loss is kept.
+//! Calibrated: at the softmax temperature that fits the validation rows best,
+//! which is then folded into the head. (A strong penalty gives underconfident probabilities
+//! whose raw cross-entropy is high even where its accuracy is the best; the calibrated loss
+//! judges the ranking, and is smoother than accuracy on a small split.) After
+//! [`L2_PATIENCE_STEPS`] steps without a better candidate the weaker penalties are skipped.
+//! `epochs` and `patience` do not apply.
 
 use std::time::Instant;
 
@@ -40,6 +53,17 @@ pub enum Schedule {
     Constant,
 }
 
+/// The L2 penalties (`λ` in `mean cross-entropy + λ/2 · |W|²`, on standardised features)
+/// that `weight_decay_auto` walks down, strongest first. scikit-learn's `C` is `1 / (λ · n)`.
+pub const L2_PATH: [f64; 9] = [1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 3e-4, 1e-4];
+/// Epochs at each penalty of [`L2_PATH`], at least (the learning rate follows a cosine
+/// within each).
+pub const L2_EPOCHS_PER_STEP: usize = 3;
+/// Optimiser updates at each penalty, at least: small data sets get more epochs per penalty.
+pub const L2_UPDATES_PER_STEP: usize = 300;
+/// Steps of [`L2_PATH`] without a better head after which the weaker penalties are skipped.
+pub const L2_PATIENCE_STEPS: usize = 2;
+
 /// Head training settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -47,8 +71,12 @@ pub struct TrainConfig {
     pub epochs: usize,
     /// Learning rate.
     pub lr: f64,
-    /// Weight decay.
+    /// Weight decay (the optimiser's; AdamW's is decoupled), unless `weight_decay_auto`.
     pub weight_decay: f64,
+    /// Tune an L2 penalty on the validation split instead (see the module documentation);
+    /// `weight_decay` is then not used.
+    #[serde(default)]
+    pub weight_decay_auto: bool,
     /// Minibatch size.
     pub batch_size: usize,
     /// Optimiser.
@@ -69,6 +97,7 @@ impl Default for TrainConfig {
             epochs: 60,
             lr: 1e-3,
             weight_decay: 1e-4,
+            weight_decay_auto: true,
             batch_size: 128,
             optimizer: OptimizerKind::Adamw,
             val_fraction: 0.1,
@@ -118,6 +147,13 @@ pub struct EpochRecord {
     pub val_loss: Option<f64>,
     /// Validation accuracy.
     pub val_accuracy: Option<f64>,
+    /// The L2 penalty of this epoch (tuned penalties only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l2: Option<f64>,
+    /// Validation loss at the best-fitting temperature, and that temperature's inverse as a
+    /// logit scale (tuned penalties only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_loss_calibrated: Option<(f64, f64)>,
 }
 
 /// What training did.
@@ -131,6 +167,12 @@ pub struct TrainReport {
     pub best_val_accuracy: f64,
     /// True when patience ran out before `epochs`.
     pub stopped_early: bool,
+    /// The tuned L2 penalty of the epoch kept (tuned penalties only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l2: Option<f64>,
+    /// The logit scale (1 / temperature) folded into the head (tuned penalties only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logit_scale: Option<f64>,
     /// Rows trained on.
     pub train_rows: usize,
     /// Rows held out for validation.
@@ -171,22 +213,33 @@ pub fn train_head(features: &Tensor, labels: &Tensor, classes: usize, cfg: &Trai
     let root = vs.root();
     let w = root.zeros("weight", &[classes as i64, d]);
     let b = root.zeros("bias", &[classes as i64]);
+    // A tuned penalty is in the loss; the optimiser then has none of its own.
+    let wd = if cfg.weight_decay_auto { 0.0 } else { cfg.weight_decay };
     let mut opt = match cfg.optimizer {
-        OptimizerKind::Adamw => nn::AdamW { wd: cfg.weight_decay, ..Default::default() }.build(&vs, cfg.lr),
-        OptimizerKind::Adam => nn::Adam { wd: cfg.weight_decay, ..Default::default() }.build(&vs, cfg.lr),
-        OptimizerKind::Sgd => nn::Sgd { momentum: 0.9, nesterov: true, wd: cfg.weight_decay, ..Default::default() }.build(&vs, cfg.lr),
+        OptimizerKind::Adamw => nn::AdamW { wd, ..Default::default() }.build(&vs, cfg.lr),
+        OptimizerKind::Adam => nn::Adam { wd, ..Default::default() }.build(&vs, cfg.lr),
+        OptimizerKind::Sgd => nn::Sgd { momentum: 0.9, nesterov: true, wd, ..Default::default() }.build(&vs, cfg.lr),
     }?;
 
     let n = train_rows.len();
     let steps_per_epoch = n.div_ceil(cfg.batch_size);
-    let total_steps = (cfg.epochs * steps_per_epoch) as f64;
+    // Epochs of one cosine cycle, and the L2 penalty of an epoch.
+    let per_step = L2_EPOCHS_PER_STEP.max(L2_UPDATES_PER_STEP.div_ceil(steps_per_epoch));
+    let (epochs, cycle, patience) = if cfg.weight_decay_auto {
+        (L2_PATH.len() * per_step, per_step, L2_PATIENCE_STEPS * per_step)
+    } else {
+        (cfg.epochs, cfg.epochs, cfg.patience)
+    };
+    let l2_of = |epoch: usize| cfg.weight_decay_auto.then(|| L2_PATH[(epoch - 1) / per_step]);
+    let cycle_steps = (cycle * steps_per_epoch) as f64;
     let mut order: Vec<i64> = (0..n as i64).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut history = Vec::new();
     let mut best: Option<(f64, f64, usize, Tensor, Tensor)> = None; // (acc, loss, epoch, w, b)
-    let mut task = progress.task("train head", cfg.epochs as u64, Unit::Epochs);
+    let mut task = progress.task("train head", epochs as u64, Unit::Epochs);
     let mut stopped_early = false;
-    for epoch in 1..=cfg.epochs {
+    for epoch in 1..=epochs {
+        let l2 = l2_of(epoch);
         order.shuffle(&mut rng);
         let perm = Tensor::from_slice(&order);
         let (mut loss_sum, mut correct) = (0.0, 0i64);
@@ -195,13 +248,17 @@ pub fn train_head(features: &Tensor, labels: &Tensor, classes: usize, cfg: &Trai
             let idx = perm.narrow(0, start as i64, len);
             let (xb, yb) = (xt.index_select(0, &idx), yt.index_select(0, &idx));
             let logits = xb.matmul(&w.tr()) + &b;
-            let loss = logits.cross_entropy_for_logits(&yb);
+            let ce = logits.cross_entropy_for_logits(&yb);
+            let loss = match l2 {
+                Some(l2) => &ce + w.square().sum(Kind::Float) * (0.5 * l2),
+                None => ce.shallow_clone(),
+            };
             if cfg.schedule == Schedule::Cosine {
-                let step = ((epoch - 1) * steps_per_epoch + start / cfg.batch_size) as f64;
-                opt.set_lr(cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * step / total_steps).cos()));
+                let step = (((epoch - 1) % cycle) * steps_per_epoch + start / cfg.batch_size) as f64;
+                opt.set_lr(cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * step / cycle_steps).cos()));
             }
             opt.backward_step(&loss);
-            loss_sum += loss.double_value(&[]) * len as f64;
+            loss_sum += ce.double_value(&[]) * len as f64;
             correct += logits.argmax(-1, false).eq_tensor(&yb).sum(Kind::Int64).int64_value(&[]);
         }
         let (train_loss, train_accuracy) = (loss_sum / n as f64, correct as f64 / n as f64);
@@ -214,13 +271,22 @@ pub fn train_head(features: &Tensor, labels: &Tensor, classes: usize, cfg: &Trai
                 (Some(logits.cross_entropy_for_logits(&yv).double_value(&[])), Some(acc))
             })
         };
-        history.push(EpochRecord { epoch, train_loss, train_accuracy, val_loss, val_accuracy });
-        let (score, tie) = (val_accuracy.unwrap_or(train_accuracy), val_loss.unwrap_or(train_loss));
+        let val_loss_calibrated = (cfg.weight_decay_auto && !val_rows.is_empty())
+            .then(|| tch::no_grad(|| calibrated_cross_entropy(&(xv.matmul(&w.tr()) + &b), &yv)));
+        history.push(EpochRecord { epoch, train_loss, train_accuracy, val_loss, val_accuracy, l2, val_loss_calibrated });
+        let score = val_accuracy.unwrap_or(train_accuracy);
+        let (tie, scale) = match val_loss_calibrated {
+            Some((loss, scale)) => (loss, scale),
+            None => (val_loss.unwrap_or(train_loss), 1.0),
+        };
         // The epoch with the lowest validation loss is kept: a smoother criterion than accuracy
         // on a small validation split, so near-identical features give near-identical heads.
-        let better = best.as_ref().is_none_or(|(_, l, ..)| tie < *l);
+        // A tuned penalty is judged at the end of its step, where the learning rate has decayed
+        // and the weights have settled: fewer, steadier candidates than every epoch.
+        let candidate = !cfg.weight_decay_auto || epoch % per_step == 0;
+        let better = candidate && best.as_ref().is_none_or(|(_, l, ..)| tie < *l);
         if better {
-            best = Some((score, tie, epoch, w.detach().copy(), b.detach().copy()));
+            best = Some((score, tie, epoch, w.detach() * scale, b.detach() * scale));
         }
         task.set_message(match val_accuracy {
             Some(va) => format!("loss {train_loss:.4} val_acc {:.2}%", 100.0 * va),
@@ -228,7 +294,7 @@ pub fn train_head(features: &Tensor, labels: &Tensor, classes: usize, cfg: &Trai
         });
         task.inc(1);
         let best_epoch = best.as_ref().map_or(epoch, |b| b.2);
-        if epoch - best_epoch >= cfg.patience && epoch < cfg.epochs {
+        if epoch - best_epoch >= patience && epoch < epochs {
             stopped_early = true;
             break;
         }
@@ -238,16 +304,43 @@ pub fn train_head(features: &Tensor, labels: &Tensor, classes: usize, cfg: &Trai
     // Fold the standardisation in: W' = W / std, b' = b - W' · mean.
     let weight = &bw / std.unsqueeze(0);
     let bias = &bb - weight.matmul(&mean);
+    let logit_scale = history[best_epoch - 1].val_loss_calibrated.map(|(_, scale)| scale);
     let report = TrainReport {
         history,
         best_epoch,
         best_val_accuracy: best_acc,
         stopped_early,
+        l2: l2_of(best_epoch),
+        logit_scale,
         train_rows: n,
         val_rows: val_rows.len(),
         seconds: start.elapsed().as_secs_f64(),
     };
     Ok((LinearHead { weight, bias }, report))
+}
+
+/// The cross-entropy of `logits · s` at the scale `s` (inverse temperature) in [0.05, 20] that
+/// minimises it, and that `s`. The loss is convex in `s`, so a golden-section search on `ln s`
+/// finds it.
+fn calibrated_cross_entropy(logits: &Tensor, labels: &Tensor) -> (f64, f64) {
+    let loss = |ln_s: f64| (logits * ln_s.exp()).cross_entropy_for_logits(labels).double_value(&[]);
+    let phi = (5f64.sqrt() - 1.0) / 2.0;
+    let (mut a, mut b) = (0.05f64.ln(), 20f64.ln());
+    let (mut c, mut d) = (b - phi * (b - a), a + phi * (b - a));
+    let (mut fc, mut fd) = (loss(c), loss(d));
+    for _ in 0..30 {
+        if fc <= fd {
+            (b, d, fd) = (d, c, fc);
+            c = b - phi * (b - a);
+            fc = loss(c);
+        } else {
+            (a, c, fc) = (c, d, fd);
+            d = a + phi * (b - a);
+            fd = loss(d);
+        }
+    }
+    let ln_s = (a + b) / 2.0;
+    (loss(ln_s), ln_s.exp())
 }
 
 #[cfg(test)]
@@ -299,6 +392,36 @@ mod tests {
         assert!(a.weight.equal(&b.weight) && a.bias.equal(&b.bias));
         let (c, _) = train_head(&x, &y, 3, &TrainConfig { seed: 9, ..cfg }, &Progress::hidden()).unwrap();
         assert!(!a.weight.equal(&c.weight));
+    }
+
+    /// The tuned penalty follows the data. Few noisy rows in many dimensions need a strong one.
+    /// Many rows whose class shows only in a difference of features (each feature carries a
+    /// large noise that another feature repeats) need a weak one: a strong penalty pulls the
+    /// weights towards the class means, which that noise swamps.
+    #[test]
+    fn tuned_l2_is_strong_for_noisy_small_data_and_weak_for_correlated_large_data() {
+        let noisy = {
+            let centers = randn(&mut ChaCha8Rng::seed_from_u64(5), [3, 300]) * 0.15;
+            let y = Tensor::arange(3, (Kind::Int64, Device::Cpu)).repeat_interleave_self_int(30, None, None);
+            (centers.index_select(0, &y) + randn(&mut ChaCha8Rng::seed_from_u64(6), [90, 300]), y)
+        };
+        let correlated = {
+            let n = 1500;
+            let centers = randn(&mut ChaCha8Rng::seed_from_u64(7), [3, 8]) * 0.3;
+            let y = Tensor::arange(3, (Kind::Int64, Device::Cpu)).repeat_interleave_self_int(n / 3, None, None);
+            let shared = randn(&mut ChaCha8Rng::seed_from_u64(8), [n, 8]) * 3.0;
+            let small = randn(&mut ChaCha8Rng::seed_from_u64(9), [n, 16]) * 0.1;
+            (Tensor::cat(&[centers.index_select(0, &y) + &shared, shared], 1) + small, y)
+        };
+        let cfg = TrainConfig::default();
+        assert!(cfg.weight_decay_auto, "tuning is the default");
+        let (_, a) = train_head(&noisy.0, &noisy.1, 3, &cfg, &Progress::hidden()).unwrap();
+        let (_, b) = train_head(&correlated.0, &correlated.1, 3, &cfg, &Progress::hidden()).unwrap();
+        let (la, lb) = (a.l2.unwrap(), b.l2.unwrap());
+        println!("tuned L2: noisy small data {la}, correlated large data {lb} (validation accuracy {:.3})", b.best_val_accuracy);
+        assert_eq!(a.history[a.best_epoch - 1].l2, Some(la));
+        assert!(la >= 10.0 * lb, "noisy data chose {la}, correlated data {lb}");
+        assert!(b.best_val_accuracy > 0.9, "{}", b.best_val_accuracy);
     }
 
     #[test]
