@@ -5,8 +5,9 @@
 //!
 //! With fusion, the profiling executor hands whole subgraphs (convolution, bias, ReLU, the
 //! residual add) to oneDNN Graph, which runs each as one kernel on blocked layouts; the first
-//! two batches are profiled and run unfused. The graph is the one [`super::Eager`] traces, so the features are the same up
-//! to float rounding (`tests/parity.rs` checks them against timm through this path).
+//! two batches are profiled and run unfused. The graph is the one [`super::Eager`] traces, so
+//! the features are the same up to float rounding (`tests/parity.rs` checks them against timm
+//! through this path).
 
 use std::ffi::{c_char, c_void, CStr};
 use std::ptr::NonNull;
@@ -16,20 +17,19 @@ use tch::Tensor;
 use crate::error::{Error, Result};
 
 extern "C" {
-    #[link_name = "free"]
-    fn libc_free(ptr: *mut c_void);
     fn ll_frozen_from_traced(traced: *mut c_void, fuse: i32, error: *mut *mut c_char) -> *mut c_void;
     fn ll_frozen_forward(module: *mut c_void, input: *const torch_sys::C_tensor, error: *mut *mut c_char) -> *mut torch_sys::C_tensor;
     fn ll_frozen_free(module: *mut c_void);
     fn ll_free_string(s: *mut c_char);
 }
 
-/// Takes a C error string (if any) and frees it.
+/// Takes a C error string (if any) and frees it: the shim's, or tch's last error (both
+/// NUL-terminated and malloc'd).
 fn take_error(error: *mut c_char) -> String {
     if error.is_null() {
         return "unknown error".into();
     }
-    // SAFETY: the shim sets `error` to a NUL-terminated malloc'd string or leaves it null.
+    // SAFETY: a NUL-terminated malloc'd string, as above.
     let message = unsafe { CStr::from_ptr(error) }.to_string_lossy().into_owned();
     // SAFETY: allocated by the shim's malloc, freed once.
     unsafe { ll_free_string(error) };
@@ -54,15 +54,13 @@ impl FrozenModule {
     /// and libtorch aborts the process when writing one fails (a full disk, say).
     pub fn trace(example: &Tensor, fuse: bool, forward: impl FnOnce(&Tensor) -> Tensor) -> Result<Self> {
         let torch_error = || {
-            // SAFETY: tch's C API keeps its last error in a malloc'd string (or null), which we
-            // take and free, as tch itself does.
+            // SAFETY: tch's C API keeps its last error as a malloc'd string (or null), which is
+            // taken and freed here, as tch itself does.
             let ptr = unsafe { torch_sys::get_and_reset_last_err() };
             if ptr.is_null() {
                 return Ok(());
             }
-            let message = unsafe { CStr::from_ptr(ptr) }.to_string_lossy().into_owned();
-            unsafe { libc_free(ptr.cast()) };
-            Err(Error::Torch(tch::TchError::Torch(format!("tracing the backbone: {message}"))))
+            Err(Error::Torch(tch::TchError::Torch(format!("tracing the backbone: {}", take_error(ptr)))))
         };
         let inputs = [example.as_ptr() as *mut torch_sys::C_tensor];
         // SAFETY: valid C strings and a live input tensor; errors are read right after.
