@@ -56,6 +56,8 @@ pub struct OnnxGraph {
     initializers: Vec<TensorProto>,
     counter: usize,
     failure: Option<Error>,
+    /// The initializers 0 and 6 every ReLU6 (`Clip`) shares, once made.
+    clip_bounds: Option<(String, String)>,
 }
 
 fn int_attr(name: &str, i: i64) -> AttributeProto {
@@ -193,8 +195,14 @@ impl Ops for OnnxGraph {
     }
 
     fn relu6(&mut self, x: &Symbol) -> Symbol {
-        let lo = self.initializer("zero", &Tensor::from(0f32));
-        let hi = self.initializer("six", &Tensor::from(6f32));
+        let (lo, hi) = match &self.clip_bounds {
+            Some(bounds) => bounds.clone(),
+            None => {
+                let bounds = (self.initializer("zero", &Tensor::from(0f32)), self.initializer("six", &Tensor::from(6f32)));
+                self.clip_bounds = Some(bounds.clone());
+                bounds
+            }
+        };
         self.node("Clip", vec![x.name.clone(), lo, hi], vec![], x.shape.clone())
     }
 
