@@ -35,6 +35,7 @@ fn main() -> anyhow::Result<()> {
         sample_seed: 0,
         precision: PrecisionChoice::Auto,
         weights: args.next(),
+        input_size: None, // the registry's default
         batch_size: 32,
         chunk_rows: DEFAULT_CHUNK_ROWS,
     };

@@ -9,7 +9,8 @@ use std::path::Path;
 
 use lastlayer::cache::FeatureCache;
 use lastlayer::data::cifar10::{check_records, RECORD_BYTES};
-use lastlayer::hub::{efficientnet_pytorch_name, import_weights, Architecture, Registry};
+use lastlayer::backbone::Architecture;
+use lastlayer::hub::{efficientnet_pytorch_name, import_weights, Registry};
 use proptest::prelude::*;
 
 fn valid_head_json() -> String {

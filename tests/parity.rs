@@ -42,14 +42,16 @@ fn randomise_batchnorm(path: &Path) {
 }
 
 
-fn parity(model: &str, engine: Engine) -> Value {
+/// Runs `model` at `input_size` (the registry's when `None`) through `engine` and timm.
+fn parity(model: &str, engine: Engine, input_size: Option<i64>) -> Value {
     let dir = tempfile::tempdir().unwrap();
-    let entry = Registry::builtin().get(model).unwrap().clone();
+    let mut entry = Registry::builtin().get(model).unwrap().clone();
+    entry.input_size = input_size.unwrap_or(entry.input_size);
     let weights = dir.path().join("weights.safetensors");
     tch::manual_seed(1);
     Backbone::random(entry.architecture, Device::Cpu).save(&weights).unwrap();
     randomise_batchnorm(&weights);
-    let mut backbone = Backbone::load(entry.architecture, &weights, Device::Cpu, Precision::Fp32).unwrap();
+    let mut backbone = Backbone::load_for_size(entry.architecture, &weights, Some(entry.input_size), Device::Cpu, Precision::Fp32).unwrap();
     backbone.set_engine(engine);
     assert_eq!(backbone.engine(), engine);
 
@@ -59,9 +61,9 @@ fn parity(model: &str, engine: Engine) -> Value {
         px.extend_from_slice(records.pixels(i));
     }
     let cifar_pixels = Tensor::from_slice(&px).view([4, 3, 32, 32]);
-    let cifar_input = Preprocessing::stretch(&entry).batch(&cifar_pixels);
+    let cifar_input = Preprocessing::stretch(&entry.input()).batch(&cifar_pixels);
     let photos: Vec<PathBuf> = ["chelsea.png", "coffee.png"].iter().map(|f| shared_data().join("imagenet-check").join(f)).collect();
-    let crop = Preprocessing::center_crop(&entry);
+    let crop = Preprocessing::center_crop(&entry.input());
     let photo_input = Tensor::cat(&photos.iter().map(|p| crop.batch(&load_picture(p).unwrap())).collect::<Vec<_>>(), 0);
     let features = backbone.features(&Tensor::cat(&[&cifar_input, &photo_input], 0)).unwrap();
     assert_eq!(features.size(), vec![6, entry.feature_width]);
@@ -77,6 +79,9 @@ fn parity(model: &str, engine: Engine) -> Value {
         "weights": weights, "tensors": tensors, "photos": photos,
         "input_size": entry.input_size, "interpolation": entry.interpolation,
         "crop_pct": entry.crop_pct, "mean": entry.mean, "std": entry.std,
+        // Vision Transformers load as a user's pretrained checkpoint would, through timm's
+        // checkpoint filter (which resamples the position embeddings to the input size).
+        "load_as_pretrained": entry.architecture.input_multiple() > 1,
     });
     let spec_path = dir.path().join("spec.json");
     std::fs::write(&spec_path, spec.to_string()).unwrap();
@@ -87,7 +92,7 @@ fn parity(model: &str, engine: Engine) -> Value {
         .unwrap();
     assert!(out.status.success(), "parity.py failed:\n{}", String::from_utf8_lossy(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    println!("PARITY {model} {engine:?} {report}");
+    println!("PARITY {model} {engine:?} {} px {report}", entry.input_size);
     report
 }
 
@@ -96,7 +101,11 @@ fn check(model: &str) {
 }
 
 fn check_with(model: &str, engine: Engine) {
-    let r = parity(model, engine);
+    check_sized(model, engine, None);
+}
+
+fn check_sized(model: &str, engine: Engine, input_size: Option<i64>) {
+    let r = parity(model, engine, input_size);
     let f = |k: &str| r[k].as_f64().unwrap();
     assert_eq!(r["missing_in_lastlayer"], json!([]), "{model}: timm has backbone tensors lastlayer does not load");
     assert_eq!(r["unexpected_from_lastlayer"], json!([]), "{model}: lastlayer has tensors timm does not know");
@@ -158,4 +167,49 @@ fn inception_v3_matches_timm() {
 #[test]
 fn efficientnet_lite0_matches_timm() {
     check("efficientnet_lite0");
+}
+
+// The modern backbones: each at its default input size through both engines, and at another
+// size (the position embeddings resampled from the checkpoint's grid, as timm does).
+
+#[test]
+fn dinov2_small_matches_timm() {
+    check("vit_small_patch14_dinov2");
+    check_sized("vit_small_patch14_dinov2", Engine::Eager, Some(168));
+}
+
+#[test]
+fn dinov2_small_frozen_matches_timm() {
+    check_with("vit_small_patch14_dinov2", Engine::Frozen);
+}
+
+#[test]
+fn dinov2_small_registers_matches_timm() {
+    check("vit_small_patch14_reg4_dinov2");
+    check_sized("vit_small_patch14_reg4_dinov2", Engine::Frozen, Some(280));
+}
+
+#[test]
+fn siglip_base_matches_timm() {
+    check("vit_base_patch16_siglip_224");
+    check_sized("vit_base_patch16_siglip_224", Engine::Frozen, Some(160));
+}
+
+#[test]
+fn convnext_tiny_matches_timm() {
+    check("convnext_tiny");
+    check_sized("convnext_tiny", Engine::Frozen, Some(160));
+}
+
+/// The larger models, run by hand (`LASTLAYER_PARITY_ALL=1 cargo test --release --test parity
+/// larger -- --nocapture`): minutes of CPU each, too slow for every CI run.
+#[test]
+fn larger_modern_models_match_timm() {
+    if std::env::var("LASTLAYER_PARITY_ALL").is_err() {
+        eprintln!("skipped: set LASTLAYER_PARITY_ALL=1 to compare ViT-B/L, their register variants and ConvNeXt-B with timm");
+        return;
+    }
+    for model in ["vit_base_patch14_dinov2", "vit_base_patch14_reg4_dinov2", "vit_large_patch14_dinov2", "vit_large_patch14_reg4_dinov2", "convnext_base"] {
+        check(model);
+    }
 }

@@ -35,7 +35,7 @@ fn import(sb: &Sandbox) -> String {
     let out = sb.path().join("lite0.safetensors");
     let r = sb.run_json(&["--json", "import", lite0_checkpoint().to_str().unwrap(), "--model", "efficientnet_lite0", "--out", out.to_str().unwrap()]);
     assert_eq!(r["layout"], "efficientnet_pytorch");
-    let backbone_tensors = Backbone::random(lastlayer::hub::Architecture::EfficientnetLite0, Device::Cpu).parameter_shapes().len();
+    let backbone_tensors = Backbone::random(lastlayer::backbone::Architecture::EfficientnetLite0, Device::Cpu).parameter_shapes().len();
     assert_eq!(r["tensors"], backbone_tensors + 2, "{r}"); // + the classifier's weight and bias
     out.display().to_string()
 }
@@ -49,7 +49,7 @@ fn imported_lite0_classifies_the_imagenet_check_pictures() {
     let tensors = Tensor::read_safetensors(&weights).unwrap();
     let get = |n: &str| tensors.iter().find(|(k, _)| k == n).unwrap().1.shallow_clone();
     let (w, b) = (get("classifier.weight"), get("classifier.bias"));
-    let pre = Preprocessing::center_crop(&entry);
+    let pre = Preprocessing::center_crop(&entry.input());
     for (file, expected) in [("chelsea.png", [285, 281, 282]), ("coffee.png", [967, 968, 504])] {
         let x = pre.batch(&load_picture(&shared_data().join("imagenet-check").join(file)).unwrap());
         let logits = backbone.features(&x).unwrap().matmul(&w.tr()) + &b;

@@ -150,7 +150,7 @@ fn damaged_or_stale_cache_entries_are_never_used() {
     let w1 = random_weights("resnet18", sb.path()).0;
     let w2 = sb.path().join("other.safetensors");
     tch::manual_seed(99);
-    lastlayer::backbone::Backbone::random(lastlayer::hub::Architecture::Resnet18, tch::Device::Cpu).save(&w2).unwrap();
+    lastlayer::backbone::Backbone::random(lastlayer::backbone::Architecture::Resnet18, tch::Device::Cpu).save(&w2).unwrap();
     let data = cifar_copy(&sb);
     let extract = |w: &Path, precision: &str| {
         sb.run_json(&["--json", "extract", "--model", "resnet18", "--weights", w.to_str().unwrap(), "--data", "cifar10", "--data-dir",

@@ -97,3 +97,94 @@ impl ConvBn {
         xs.conv2d(w, Some(b), self.spec.stride, self.spec.padding, [1, 1], self.groups)
     }
 }
+
+/// A convolution with its own bias and no BatchNorm (ViT's patch embedding, ConvNeXt).
+#[derive(Debug)]
+pub struct Conv {
+    conv: nn::Conv2D,
+    spec: ConvSpec,
+    groups: i64,
+}
+
+impl Conv {
+    /// Creates the convolution's variables (`weight`, `bias`) under `p`.
+    pub fn new(p: nn::Path, c_in: i64, c_out: i64, spec: ConvSpec, groups: i64) -> Self {
+        let cfg = nn::ConvConfigND::<[i64; 2]> { stride: spec.stride, padding: spec.padding, groups, bias: true, ..Default::default() };
+        Conv { conv: nn::conv(p, c_in, c_out, spec.kernel, cfg), spec, groups }
+    }
+
+    /// `(weight, bias)`.
+    pub fn parameters(&self) -> (&Tensor, &Tensor) {
+        (&self.conv.ws, self.conv.bs.as_ref().expect("Conv is always created with a bias"))
+    }
+
+    /// The convolution's geometry.
+    pub fn spec(&self) -> ConvSpec {
+        self.spec
+    }
+
+    /// Its number of groups.
+    pub fn groups(&self) -> i64 {
+        self.groups
+    }
+
+    /// The convolution.
+    pub fn forward(&self, xs: &Tensor) -> Tensor {
+        let (w, b) = self.parameters();
+        xs.conv2d(w, Some(b), self.spec.stride, self.spec.padding, [1, 1], self.groups)
+    }
+}
+
+/// A fully connected layer on the last axis, `x · weightᵀ + bias` (`weight` is `[out, in]`, as
+/// PyTorch's `nn.Linear`).
+#[derive(Debug)]
+pub struct Linear {
+    /// `[out, in]`.
+    pub weight: Tensor,
+    /// `[out]`.
+    pub bias: Tensor,
+}
+
+impl Linear {
+    /// Creates `weight` and `bias` under `p`.
+    pub fn new(p: nn::Path, c_in: i64, c_out: i64) -> Self {
+        let l = nn::linear(p, c_in, c_out, Default::default());
+        Linear { weight: l.ws, bias: l.bs.expect("nn::linear has a bias by default") }
+    }
+
+    /// Output width.
+    pub fn out_features(&self) -> i64 {
+        self.weight.size()[0]
+    }
+
+    /// The layer.
+    pub fn forward(&self, xs: &Tensor) -> Tensor {
+        xs.linear(&self.weight, Some(&self.bias))
+    }
+}
+
+/// Layer normalisation over the last axis, with a learned scale and shift.
+#[derive(Debug)]
+pub struct LayerNorm {
+    /// Scale.
+    pub weight: Tensor,
+    /// Shift.
+    pub bias: Tensor,
+    /// Added to the variance.
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    /// Creates `weight` and `bias` (width `dim`) under `p`.
+    pub fn new(p: nn::Path, dim: i64, eps: f64) -> Self {
+        let weight = p.var("weight", &[dim], nn::Init::Const(1.0));
+        let bias = p.var("bias", &[dim], nn::Init::Const(0.0));
+        LayerNorm { weight, bias, eps }
+    }
+
+    /// The normalisation.
+    pub fn forward(&self, xs: &Tensor) -> Tensor {
+        let dim = *self.weight.size().last().expect("a LayerNorm has a width");
+        xs.layer_norm([dim], Some(&self.weight), Some(&self.bias), self.eps, false)
+    }
+}

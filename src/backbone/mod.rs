@@ -3,12 +3,15 @@
 //! normalised picture batches into pooled penultimate features. The network is in inference
 //! mode, runs without gradients, and its weights never change.
 
+pub mod architecture;
+pub mod convnext;
 pub mod efficientnet_lite;
 pub mod frozen;
 pub mod inception_v3;
 pub mod layers;
 pub mod ops;
 pub mod resnet;
+pub mod vit;
 
 use std::cell::OnceCell;
 use std::collections::HashMap;
@@ -18,11 +21,13 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::hub::Architecture;
+pub use architecture::{Architecture, Family};
 use efficientnet_lite::EfficientNetLite;
 use inception_v3::InceptionV3;
 use frozen::FrozenModule;
-use resnet::{ResNet, ResNetConfig};
+use convnext::ConvNext;
+use resnet::ResNet;
+use vit::VisionTransformer;
 
 pub use ops::{Eager, Ops};
 
@@ -152,6 +157,8 @@ enum Net {
     ResNet(ResNet),
     InceptionV3(InceptionV3),
     EfficientNetLite(EfficientNetLite),
+    VisionTransformer(VisionTransformer),
+    ConvNext(ConvNext),
 }
 
 /// A frozen backbone with its weights.
@@ -183,14 +190,12 @@ impl Backbone {
     pub fn random(architecture: Architecture, device: Device) -> Self {
         let vs = nn::VarStore::new(device);
         let root = vs.root();
-        let net = match architecture {
-            Architecture::Resnet18 => Net::ResNet(ResNet::new(&root, ResNetConfig::resnet18())),
-            Architecture::Resnet34 => Net::ResNet(ResNet::new(&root, ResNetConfig::resnet34())),
-            Architecture::Resnet50 => Net::ResNet(ResNet::new(&root, ResNetConfig::resnet50())),
-            Architecture::Resnet101 => Net::ResNet(ResNet::new(&root, ResNetConfig::resnet101())),
-            Architecture::Resnet152 => Net::ResNet(ResNet::new(&root, ResNetConfig::resnet152())),
-            Architecture::InceptionV3 => Net::InceptionV3(InceptionV3::new(&root)),
-            Architecture::EfficientnetLite0 => Net::EfficientNetLite(EfficientNetLite::lite0(&root)),
+        let net = match architecture.family() {
+            Family::ResNet(cfg) => Net::ResNet(ResNet::new(&root, cfg)),
+            Family::InceptionV3 => Net::InceptionV3(InceptionV3::new(&root)),
+            Family::EfficientNetLite => Net::EfficientNetLite(EfficientNetLite::lite0(&root)),
+            Family::VisionTransformer(cfg) => Net::VisionTransformer(VisionTransformer::new(&root, cfg)),
+            Family::ConvNext(cfg) => Net::ConvNext(ConvNext::new(&root, cfg)),
         };
         let mut backbone =
             Backbone {
@@ -210,8 +215,19 @@ impl Backbone {
     /// Every tensor the network needs must be there with the right shape; extra tensors (the
     /// original classifier, `num_batches_tracked`, an auxiliary head) are ignored.
     pub fn load(architecture: Architecture, weights: &Path, device: Device, precision: Precision) -> Result<Self> {
+        Self::load_for_size(architecture, weights, None, device, precision)
+    }
+
+    /// [`Backbone::load`] for `input_size x input_size` pictures: a Vision Transformer's
+    /// position embeddings are resampled for it once, here (in f32, before the precision is
+    /// set), as timm does on loading a checkpoint for another size. `None`, or a convolutional
+    /// network, changes nothing.
+    pub fn load_for_size(architecture: Architecture, weights: &Path, input_size: Option<i64>, device: Device, precision: Precision) -> Result<Self> {
         let mut backbone = Self::random(architecture, Device::Cpu);
         backbone.load_weights(weights)?;
+        if let Some(size) = input_size {
+            backbone.set_input_size(size)?;
+        }
         backbone.vs.set_device(device);
         if precision == Precision::Bf16 {
             backbone.vs.bfloat16();
@@ -271,6 +287,21 @@ impl Backbone {
             }
             Ok(())
         })
+    }
+
+    /// Prepares the network for `size x size` pictures: resamples a Vision Transformer's
+    /// position embeddings (an error names `--input-size` when `size` is not a multiple of its
+    /// patch); convolutional networks take any size and are left as they are.
+    pub fn set_input_size(&mut self, size: i64) -> Result<()> {
+        if let Net::VisionTransformer(vit) = &mut self.net {
+            vit.set_input_size(size).map_err(|e| Error::usage("--input-size", format!("{:?}: {e}", self.architecture)))?;
+        }
+        Ok(())
+    }
+
+    /// The architecture.
+    pub fn architecture(&self) -> Architecture {
+        self.architecture
     }
 
     /// Every tensor the network needs: name (the registry's key) and shape, sorted by name.
@@ -361,6 +392,8 @@ impl Backbone {
             Net::ResNet(n) => n.forward(ops, xs),
             Net::InceptionV3(n) => n.forward(ops, xs),
             Net::EfficientNetLite(n) => n.forward(ops, xs),
+            Net::VisionTransformer(n) => n.forward(ops, xs),
+            Net::ConvNext(n) => n.forward(ops, xs),
         }
     }
 
@@ -370,6 +403,8 @@ impl Backbone {
             Net::ResNet(n) => n.feature_width(),
             Net::InceptionV3(_) => InceptionV3::FEATURE_WIDTH,
             Net::EfficientNetLite(_) => EfficientNetLite::FEATURE_WIDTH,
+            Net::VisionTransformer(n) => n.feature_width(),
+            Net::ConvNext(n) => n.feature_width(),
         }
     }
 

@@ -23,7 +23,7 @@ pub enum BlockKind {
 }
 
 /// A ResNet's shape.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResNetConfig {
     /// Block type.
     pub block: BlockKind,

@@ -26,7 +26,7 @@ use crate::data::preprocess::Preprocessing;
 use crate::data::sample::Subset;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{blake3_file, write_json_atomic, write_safetensors};
-use crate::hub::Architecture;
+use crate::backbone::Architecture;
 
 /// Version of the cache layout; part of every key.
 pub const FORMAT_VERSION: u32 = 1;

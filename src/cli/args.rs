@@ -230,6 +230,11 @@ pub struct DataArgs {
     /// A local safetensors file (registry key names) instead of the Hub weights.
     #[arg(long, value_name = "FILE")]
     pub weights: Option<PathBuf>,
+    /// Input size in pixels (square): the registry's default for the model when absent. For a
+    /// Vision Transformer, a multiple of its patch size (14 for DINOv2); its position
+    /// embeddings are resampled to it. Part of the cache key.
+    #[arg(long, value_name = "N")]
+    pub input_size: Option<i64>,
     /// Pictures per backbone batch.
     #[arg(long, default_value_t = 32)]
     pub extract_batch_size: usize,

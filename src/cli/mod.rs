@@ -86,6 +86,7 @@ fn feature_request(d: &DataArgs, splits: Vec<String>) -> Result<FeatureRequest> 
             PrecisionArg::Auto => PrecisionChoice::Auto,
         },
         weights: d.weights.clone(),
+        input_size: d.input_size,
         batch_size: d.extract_batch_size,
         chunk_rows: d.chunk_rows,
     })

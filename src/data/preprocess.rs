@@ -12,7 +12,32 @@
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use crate::hub::{Interpolation, ModelEntry};
+
+/// How a picture is resampled when resized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Interpolation {
+    /// Bilinear, `align_corners=False`.
+    Bilinear,
+    /// Bicubic (a = -0.75, as PyTorch), `align_corners=False`.
+    Bicubic,
+}
+
+/// What a checkpoint expects as input, as timm's `pretrained_cfg` says: the registry gives it
+/// per model.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct InputSpec {
+    /// Square input size in pixels.
+    pub input_size: i64,
+    /// Resize interpolation the weights were trained with.
+    pub interpolation: Interpolation,
+    /// Centre-crop fraction used at evaluation time (timm's `crop_pct`).
+    pub crop_pct: f64,
+    /// Per-channel mean (RGB, on pixels scaled to [0, 1]).
+    pub mean: [f64; 3],
+    /// Per-channel standard deviation (RGB).
+    pub std: [f64; 3],
+}
 
 /// How pictures are brought to the input size.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -44,24 +69,24 @@ pub struct Preprocessing {
 
 impl Preprocessing {
     /// CIFAR-10: stretch with bilinear interpolation to the model's input size.
-    pub fn stretch(entry: &ModelEntry) -> Self {
+    pub fn stretch(input: &InputSpec) -> Self {
         Preprocessing {
             resize: Resize::Stretch,
-            input_size: entry.input_size,
+            input_size: input.input_size,
             interpolation: Interpolation::Bilinear,
-            mean: entry.mean,
-            std: entry.std,
+            mean: input.mean,
+            std: input.std,
         }
     }
 
     /// A user's pictures: the model's own evaluation transform.
-    pub fn center_crop(entry: &ModelEntry) -> Self {
+    pub fn center_crop(input: &InputSpec) -> Self {
         Preprocessing {
-            resize: Resize::ShorterSideCenterCrop { crop_pct: entry.crop_pct },
-            input_size: entry.input_size,
-            interpolation: entry.interpolation,
-            mean: entry.mean,
-            std: entry.std,
+            resize: Resize::ShorterSideCenterCrop { crop_pct: input.crop_pct },
+            input_size: input.input_size,
+            interpolation: input.interpolation,
+            mean: input.mean,
+            std: input.std,
         }
     }
 
@@ -165,7 +190,7 @@ mod tests {
     #[test]
     fn batch_normalises_with_mean_and_std() {
         let entry = Registry::builtin().get("resnet18").unwrap().clone();
-        let p = Preprocessing::stretch(&entry);
+        let p = Preprocessing::stretch(&entry.input());
         let px = Tensor::full([1, 3, 32, 32], 255, (Kind::Uint8, tch::Device::Cpu));
         let y = p.batch(&px);
         assert_eq!(y.size(), vec![1, 3, 224, 224]);
@@ -179,7 +204,7 @@ mod tests {
     #[test]
     fn center_crop_takes_the_middle_after_shorter_side_resize() {
         let entry = Registry::builtin().get("resnet50").unwrap().clone();
-        let p = Preprocessing::center_crop(&entry);
+        let p = Preprocessing::center_crop(&entry.input());
         let px = Tensor::zeros([1, 3, 300, 600], (Kind::Uint8, tch::Device::Cpu));
         assert_eq!(p.batch(&px).size(), vec![1, 3, 224, 224]);
     }

@@ -22,7 +22,8 @@ use crate::data::DataSpec;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::write_json_atomic;
 use crate::head::{Evaluation, LinearHead, TrainConfig, TrainReport};
-use crate::hub::{Architecture, WeightsOrigin};
+use crate::backbone::Architecture;
+use crate::hub::WeightsOrigin;
 
 /// `format` of every `head.json`.
 pub const HEAD_FORMAT: &str = "lastlayer-head";

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
-use super::registry::Architecture;
+use crate::backbone::Architecture;
 use crate::backbone::efficientnet_lite::lite0_blocks;
 use crate::backbone::Backbone;
 use crate::error::{Error, Result};

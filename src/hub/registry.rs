@@ -5,40 +5,12 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::backbone::Architecture;
+use crate::data::preprocess::{InputSpec, Interpolation};
 use crate::error::{Error, IoContext, Result};
 
 /// The registry shipped with lastlayer.
 pub const BUILTIN_REGISTRY: &str = include_str!("../../pretrained/models.toml");
-
-/// A network architecture that lastlayer can build.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Architecture {
-    /// ResNet-18 (basic blocks, 512 features).
-    Resnet18,
-    /// ResNet-34 (basic blocks, 512 features).
-    Resnet34,
-    /// ResNet-50 (bottlenecks, 2048 features).
-    Resnet50,
-    /// ResNet-101 (bottlenecks, 2048 features).
-    Resnet101,
-    /// ResNet-152 (bottlenecks, 2048 features).
-    Resnet152,
-    /// Inception-v3 (2048 features, 299x299 input).
-    InceptionV3,
-    /// EfficientNet-Lite0 (1280 features; TF "same" padding, ReLU6, no squeeze-excitation).
-    EfficientnetLite0,
-}
-
-/// How a picture is resampled when resized.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Interpolation {
-    /// Bilinear, `align_corners=False`.
-    Bilinear,
-    /// Bicubic (a = -0.75, as PyTorch), `align_corners=False`.
-    Bicubic,
-}
 
 /// One registered backbone.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,6 +42,19 @@ pub struct ModelEntry {
     pub std: [f64; 3],
     /// Width of the pooled penultimate features.
     pub feature_width: i64,
+}
+
+impl ModelEntry {
+    /// What the checkpoint expects as input (timm's `pretrained_cfg`).
+    pub fn input(&self) -> InputSpec {
+        InputSpec {
+            input_size: self.input_size,
+            interpolation: self.interpolation,
+            crop_pct: self.crop_pct,
+            mean: self.mean,
+            std: self.std,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,6 +104,13 @@ impl Registry {
                 if !is_hex(sha, 64) {
                     return Err(Error::bad_input(origin, format!("model '{}': sha256 must be 64 hex digits", m.name)));
                 }
+            }
+            let multiple = m.architecture.input_multiple();
+            if m.input_size % multiple != 0 {
+                return Err(Error::bad_input(
+                    origin,
+                    format!("model '{}': input_size {} is not a multiple of the patch size {multiple}", m.name, m.input_size),
+                ));
             }
             if m.input_size < 32 || !(0.0 < m.crop_pct && m.crop_pct <= 1.0) || m.std.iter().any(|s| *s <= 0.0) {
                 return Err(Error::bad_input(

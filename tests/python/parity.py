@@ -37,8 +37,15 @@ photo_tv = normalize(torch.stack([tv(decode_image(p, mode="RGB")) for p in spec[
 pil = timm.data.create_transform(input_size=(3, size, size), interpolation=spec["interpolation"], crop_pct=spec["crop_pct"], mean=mean, std=std)
 photo_pil = torch.stack([pil(Image.open(p).convert("RGB")) for p in spec["photos"]])
 
-model = timm.create_model(spec["timm_name"], pretrained=False, num_classes=0).eval()
-missing, unexpected = model.load_state_dict(load_file(spec["weights"]), strict=False)
+if spec.get("load_as_pretrained"):
+    # As a user's checkpoint loads: timm's filter resamples the position embeddings to img_size.
+    model = timm.create_model(spec["timm_name"], pretrained=True, num_classes=0, img_size=size,
+                              pretrained_cfg_overlay=dict(file=spec["weights"])).eval()
+    own, given = set(model.state_dict()), set(load_file(spec["weights"]))
+    missing, unexpected = sorted(own - given), sorted(given - own)
+else:
+    model = timm.create_model(spec["timm_name"], pretrained=False, num_classes=0).eval()
+    missing, unexpected = model.load_state_dict(load_file(spec["weights"]), strict=False)
 missing = [k for k in missing if not k.endswith("num_batches_tracked")]
 with torch.inference_mode():
     inputs = torch.cat([t["cifar_input"], t["photo_input"]])

@@ -20,7 +20,7 @@ use std::path::Path;
 use prost::Message;
 use tch::{Kind, Tensor};
 
-use crate::backbone::layers::ConvBn;
+use crate::backbone::layers::{Conv, ConvBn, ConvSpec, LayerNorm, Linear};
 use crate::backbone::{Backbone, Ops, Precision};
 use crate::error::{Error, IoContext, Result};
 use crate::export::HeadCard;
@@ -58,6 +58,10 @@ pub struct OnnxGraph {
     failure: Option<Error>,
     /// The initializers 0 and 6 every ReLU6 (`Clip`) shares, once made.
     clip_bounds: Option<(String, String)>,
+}
+
+fn float_attr(name: &str, f: f32) -> AttributeProto {
+    AttributeProto { name: Some(name.into()), r#type: Some(AttributeType::Float as i32), f: Some(f), ..Default::default() }
 }
 
 fn int_attr(name: &str, i: i64) -> AttributeProto {
@@ -123,6 +127,58 @@ impl OnnxGraph {
         name
     }
 
+    /// Adds an int64 initializer of shape `dims`.
+    fn int64_initializer(&mut self, prefix: &str, values: &[i64], dims: &[i64]) -> String {
+        let name = self.fresh(prefix);
+        self.initializers.push(TensorProto {
+            name: Some(name.clone()),
+            dims: dims.to_vec(),
+            data_type: Some(DataType::Int64 as i32),
+            int64_data: values.to_vec(),
+            ..Default::default()
+        });
+        name
+    }
+
+    /// A scalar float initializer.
+    fn scalar(&mut self, prefix: &str, v: f32) -> String {
+        self.initializer(prefix, &Tensor::from(v))
+    }
+
+    /// A convolution node with the given weight and bias tensors.
+    fn conv_node(&mut self, x: &Symbol, w: &Tensor, b: &Tensor, spec: ConvSpec, groups: i64) -> Symbol {
+        let weight = self.initializer("conv_weight", w);
+        let bias = self.initializer("conv_bias", b);
+        let [ph, pw] = spec.padding;
+        let out = [
+            w.size()[0],
+            window_out(x.shape[1], spec.kernel[0], spec.stride[0], 2 * ph),
+            window_out(x.shape[2], spec.kernel[1], spec.stride[1], 2 * pw),
+        ];
+        let attributes = vec![
+            ints_attr("kernel_shape", &spec.kernel),
+            ints_attr("strides", &spec.stride),
+            ints_attr("pads", &[ph, pw, ph, pw]),
+            ints_attr("dilations", &[1, 1]),
+            int_attr("group", groups),
+        ];
+        self.node("Conv", vec![x.name.clone(), weight, bias], attributes, out.to_vec())
+    }
+
+    /// `Transpose` with `perm` over all axes (batch first, which stays first).
+    fn transpose(&mut self, x: &Symbol, perm: &[i64]) -> Symbol {
+        let shape = perm[1..].iter().map(|&a| x.shape[a as usize - 1]).collect();
+        self.node("Transpose", vec![x.name.clone()], vec![ints_attr("perm", perm)], shape)
+    }
+
+    /// `Reshape` to `[N, rest...]` (the batch axis copied).
+    fn reshape(&mut self, x: &Symbol, rest: &[i64]) -> Symbol {
+        let mut target = vec![0];
+        target.extend_from_slice(rest);
+        let shape = self.int64_initializer("shape", &target, &[target.len() as i64]);
+        self.node("Reshape", vec![x.name.clone(), shape], vec![], rest.to_vec())
+    }
+
     /// Adds a node with one output of shape `shape` and returns that output.
     fn node(&mut self, op: &str, inputs: Vec<String>, attributes: Vec<AttributeProto>, shape: Vec<i64>) -> Symbol {
         let output = self.fresh(&op.to_ascii_lowercase());
@@ -171,23 +227,7 @@ impl Ops for OnnxGraph {
     fn conv_bn(&mut self, layer: &ConvBn, x: &Symbol) -> Symbol {
         let (w, b) = layer.folded();
         let (w, b) = (w.shallow_clone(), b.shallow_clone());
-        let spec = layer.spec();
-        let weight = self.initializer("conv_weight", &w);
-        let bias = self.initializer("conv_bias", &b);
-        let [ph, pw] = spec.padding;
-        let out = [
-            w.size()[0],
-            window_out(x.shape[1], spec.kernel[0], spec.stride[0], 2 * ph),
-            window_out(x.shape[2], spec.kernel[1], spec.stride[1], 2 * pw),
-        ];
-        let attributes = vec![
-            ints_attr("kernel_shape", &spec.kernel),
-            ints_attr("strides", &spec.stride),
-            ints_attr("pads", &[ph, pw, ph, pw]),
-            ints_attr("dilations", &[1, 1]),
-            int_attr("group", layer.groups()),
-        ];
-        self.node("Conv", vec![x.name.clone(), weight, bias], attributes, out.to_vec())
+        self.conv_node(x, &w, &b, layer.spec(), layer.groups())
     }
 
     fn relu(&mut self, x: &Symbol) -> Symbol {
@@ -254,6 +294,121 @@ impl Ops for OnnxGraph {
     fn global_avg_pool(&mut self, x: &Symbol) -> Symbol {
         let pooled = self.node("GlobalAveragePool", vec![x.name.clone()], vec![], vec![x.shape[0], 1, 1]);
         self.node("Flatten", vec![pooled.name], vec![int_attr("axis", 1)], vec![x.shape[0]])
+    }
+
+    fn conv(&mut self, layer: &Conv, x: &Symbol) -> Symbol {
+        let (w, b) = layer.parameters();
+        let (w, b) = (w.shallow_clone(), b.shallow_clone());
+        self.conv_node(x, &w, &b, layer.spec(), layer.groups())
+    }
+
+    fn linear(&mut self, layer: &Linear, x: &Symbol) -> Symbol {
+        // MatMul takes any rank (Gemm only 2-D); the weight is stored transposed, [in, out].
+        let weight = self.initializer("linear_weight", &layer.weight.tr());
+        let bias = self.initializer("linear_bias", &layer.bias);
+        let mut shape = x.shape.clone();
+        *shape.last_mut().expect("a linear layer's input has a feature axis") = layer.out_features();
+        let product = self.node("MatMul", vec![x.name.clone(), weight], vec![], shape.clone());
+        self.node("Add", vec![product.name, bias], vec![], shape)
+    }
+
+    fn layer_norm(&mut self, layer: &LayerNorm, x: &Symbol) -> Symbol {
+        let scale = self.initializer("ln_scale", &layer.weight);
+        let bias = self.initializer("ln_bias", &layer.bias);
+        let attributes = vec![int_attr("axis", -1), float_attr("epsilon", layer.eps as f32)];
+        self.node("LayerNormalization", vec![x.name.clone(), scale, bias], attributes, x.shape.clone())
+    }
+
+    fn gelu(&mut self, x: &Symbol) -> Symbol {
+        // x · (1 + erf(x / √2)) / 2: opset 17 has no Gelu operator.
+        let sqrt2 = self.scalar("sqrt2", std::f32::consts::SQRT_2);
+        let one = self.scalar("one", 1.0);
+        let half = self.scalar("half", 0.5);
+        let scaled = self.node("Div", vec![x.name.clone(), sqrt2], vec![], x.shape.clone());
+        let erf = self.node("Erf", vec![scaled.name], vec![], x.shape.clone());
+        let shifted = self.node("Add", vec![erf.name, one], vec![], x.shape.clone());
+        let gated = self.node("Mul", vec![x.name.clone(), shifted.name], vec![], x.shape.clone());
+        self.node("Mul", vec![gated.name, half], vec![], x.shape.clone())
+    }
+
+    fn scale_last(&mut self, x: &Symbol, gamma: &Tensor) -> Symbol {
+        let gamma = self.initializer("gamma", gamma);
+        self.node("Mul", vec![x.name.clone(), gamma], vec![], x.shape.clone())
+    }
+
+    fn add_constant(&mut self, x: &Symbol, c: &Tensor) -> Symbol {
+        let c = self.initializer("constant", c);
+        self.node("Add", vec![x.name.clone(), c], vec![], x.shape.clone())
+    }
+
+    fn nchw_to_nhwc(&mut self, x: &Symbol) -> Symbol {
+        self.transpose(x, &[0, 2, 3, 1])
+    }
+
+    fn nhwc_to_nchw(&mut self, x: &Symbol) -> Symbol {
+        self.transpose(x, &[0, 3, 1, 2])
+    }
+
+    fn tokens(&mut self, x: &Symbol) -> Symbol {
+        let (c, h, w) = (x.shape[0], x.shape[1], x.shape[2]);
+        let flat = self.reshape(x, &[c, h * w]);
+        self.transpose(&flat, &[0, 2, 1])
+    }
+
+    fn batch_tokens(&mut self, like: &Symbol, tokens: &Tensor) -> Symbol {
+        // Expand [1, k, C] to [N, k, C], N read from `like` at run time.
+        let size = tokens.size();
+        let tokens = self.initializer("tokens", tokens);
+        let full = self.node("Shape", vec![like.name.clone()], vec![], vec![like.shape.len() as i64 + 1]);
+        let (start, end) = (self.int64_initializer("start", &[0], &[1]), self.int64_initializer("end", &[1], &[1]));
+        let batch = self.node("Slice", vec![full.name, start, end], vec![], vec![1]);
+        let rest = self.int64_initializer("rest", &size[1..], &[size.len() as i64 - 1]);
+        let target = self.node("Concat", vec![batch.name, rest], vec![int_attr("axis", 0)], vec![size.len() as i64]);
+        self.node("Expand", vec![tokens, target.name], vec![], size[1..].to_vec())
+    }
+
+    fn concat_tokens(&mut self, xs: &[Symbol]) -> Symbol {
+        let mut shape = xs[0].shape.clone();
+        shape[0] = xs.iter().map(|x| x.shape[0]).sum();
+        self.node("Concat", xs.iter().map(|x| x.name.clone()).collect(), vec![int_attr("axis", 1)], shape)
+    }
+
+    fn token(&mut self, x: &Symbol, index: i64) -> Symbol {
+        let index = self.int64_initializer("index", &[index], &[]);
+        self.node("Gather", vec![x.name.clone(), index], vec![int_attr("axis", 1)], x.shape[1..].to_vec())
+    }
+
+    fn split_last(&mut self, x: &Symbol, parts: i64) -> Vec<Symbol> {
+        let width = *x.shape.last().expect("a value to split has a last axis") / parts;
+        let axis = self.int64_initializer("axis", &[-1], &[1]);
+        (0..parts)
+            .map(|i| {
+                let start = self.int64_initializer("start", &[i * width], &[1]);
+                let end = self.int64_initializer("end", &[(i + 1) * width], &[1]);
+                let mut shape = x.shape.clone();
+                *shape.last_mut().expect("checked above") = width;
+                self.node("Slice", vec![x.name.clone(), start, end, axis.clone()], vec![], shape)
+            })
+            .collect()
+    }
+
+    fn attention(&mut self, q: &Symbol, k: &Symbol, v: &Symbol, heads: i64) -> Symbol {
+        let (tq, c) = (q.shape[0], q.shape[1]);
+        let tk = k.shape[0];
+        let d = c / heads;
+        let q = self.reshape(q, &[tq, heads, d]);
+        let q = self.transpose(&q, &[0, 2, 1, 3]);
+        let k = self.reshape(k, &[tk, heads, d]);
+        let k = self.transpose(&k, &[0, 2, 3, 1]);
+        let v = self.reshape(v, &[tk, heads, d]);
+        let v = self.transpose(&v, &[0, 2, 1, 3]);
+        let scores = self.node("MatMul", vec![q.name, k.name], vec![], vec![heads, tq, tk]);
+        let scale = self.scalar("scale", 1.0 / (d as f32).sqrt());
+        let scores = self.node("Mul", vec![scores.name, scale], vec![], vec![heads, tq, tk]);
+        let weights = self.node("Softmax", vec![scores.name], vec![int_attr("axis", -1)], vec![heads, tq, tk]);
+        let y = self.node("MatMul", vec![weights.name, v.name], vec![], vec![heads, tq, d]);
+        let y = self.transpose(&y, &[0, 2, 1, 3]);
+        self.reshape(&y, &[tq, c])
     }
 }
 

@@ -1,0 +1,109 @@
+//! Running the backbone over a split: batches prepared on another thread, features handed
+//! over chunk by chunk, and the resumable extraction into a cache entry.
+
+use std::ops::Range;
+use std::sync::mpsc;
+use std::time::Instant;
+
+use tch::Tensor;
+
+use crate::backbone::Backbone;
+use crate::cache::{CachedFeatures, FeatureCache, FeatureKey, Partial, PartialPlan};
+use crate::data::preprocess::Preprocessing;
+use crate::data::Split;
+use crate::error::{Error, Result};
+use crate::progress::{Progress, Task, Unit};
+
+/// Runs the backbone over `chunks` (row ranges of `split`, each a whole number of batches),
+/// preparing the next batch (decoding, resizing) on another thread while the current one is
+/// computed, and hands each chunk's features to `on_chunk` as soon as it is complete.
+fn run_backbone(
+    backbone: &Backbone,
+    split: &Split,
+    pre: &Preprocessing,
+    batch_size: usize,
+    chunks: &[(usize, Range<usize>)],
+    task: &mut Task,
+    mut on_chunk: impl FnMut(usize, Tensor) -> Result<()>,
+) -> Result<()> {
+    std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = mpsc::sync_channel::<(usize, bool, Result<Tensor>)>(2);
+        scope.spawn(move || {
+            for (chunk, rows) in chunks {
+                for start in rows.clone().step_by(batch_size) {
+                    let end = (start + batch_size).min(rows.end);
+                    let batch = split.batch(start..end, pre);
+                    let failed = batch.is_err();
+                    if tx.send((*chunk, end == rows.end, batch)).is_err() || failed {
+                        return;
+                    }
+                }
+            }
+        });
+        let mut parts = Vec::new();
+        for (chunk, last, batch) in rx {
+            let batch = batch?;
+            let rows = batch.size()[0] as u64;
+            parts.push(backbone.features(&batch)?);
+            task.inc(rows);
+            if last {
+                on_chunk(chunk, Tensor::cat(&std::mem::take(&mut parts), 0))?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Runs the backbone over every row of `split` (no cache involved). Returns
+/// `(features [N, D], labels [N])`.
+pub fn extract_split(backbone: &Backbone, split: &Split, pre: &Preprocessing, batch_size: usize, progress: &Progress) -> Result<(Tensor, Tensor)> {
+    let n = split.len();
+    let mut task = progress.task(&format!("extract {}", split.name), n as u64, Unit::Images);
+    let mut features = None;
+    run_backbone(backbone, split, pre, batch_size.max(1), &[(0, 0..n)], &mut task, |_, f| {
+        features = Some(f);
+        Ok(())
+    })?;
+    task.finish();
+    let features = features.ok_or_else(|| Error::usage("--data", format!("the {} split has no rows", split.name)))?;
+    Ok((features, Tensor::from_slice(&split.labels)))
+}
+
+/// Extracts `split` into the cache entry of `key`, chunk by chunk, resuming from the chunks a
+/// killed run left. Returns the stored entry and how many rows were already done.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn extract_resumable(
+    backbone: &Backbone,
+    split: &Split,
+    pre: &Preprocessing,
+    batch_size: usize,
+    chunk_rows: usize,
+    cache: &FeatureCache,
+    key: &FeatureKey,
+    classes: &[String],
+    progress: &Progress,
+) -> Result<(CachedFeatures, usize, f64)> {
+    let n = split.len();
+    let chunk_rows = chunk_rows.div_ceil(batch_size).max(1) * batch_size;
+    let plan = PartialPlan { digest: key.digest(), rows: n, chunk_rows, batch_size };
+    let partial = Partial::open(&cache.partial_dir(key), plan)?;
+    let todo: Vec<(usize, Range<usize>)> =
+        (0..partial.plan().chunks()).filter(|&i| !partial.has_chunk(i)).map(|i| (i, partial.plan().chunk_range(i))).collect();
+    let done = n - todo.iter().map(|(_, r)| r.len()).sum::<usize>();
+    if done > 0 {
+        tracing::info!("{}: resuming, {done} of {n} rows were extracted by an earlier run", split.name);
+    }
+    let mut task = progress.task(&format!("extract {}", split.name), n as u64, Unit::Images);
+    task.set_position(done as u64);
+    let start = Instant::now();
+    run_backbone(backbone, split, pre, batch_size, &todo, &mut task, |chunk, features| {
+        let rows = partial.plan().chunk_range(chunk);
+        partial.write_chunk(chunk, &features, &Tensor::from_slice(&split.labels[rows]))
+    })?;
+    task.finish();
+    let secs = start.elapsed().as_secs_f64();
+    let (features, labels) = partial.join()?;
+    let stored = cache.store(key, &features, &labels, classes, secs)?;
+    partial.remove()?;
+    Ok((stored, done, secs))
+}

@@ -1,0 +1,175 @@
+//! `predict` and `serve`'s model: a finished run's backbone and head over new pictures.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use tch::Tensor;
+
+use super::evaluate::weights_file_of;
+use super::features::load_backbone;
+use super::Session;
+use crate::backbone::{Backbone, Precision};
+use crate::data::load_picture;
+use crate::error::{Error, IoContext, Result};
+use crate::export::{read_run, HeadCard};
+use crate::hub::{fetch_weights, resolve_weights};
+
+/// One class and its probability.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassScore {
+    /// Class name.
+    pub class: String,
+    /// Class index.
+    pub index: usize,
+    /// Softmax probability.
+    pub probability: f64,
+}
+
+/// The top classes of one picture.
+#[derive(Debug, Clone, Serialize)]
+pub struct Prediction {
+    /// The picture.
+    pub path: PathBuf,
+    /// Best first.
+    pub top: Vec<ClassScore>,
+}
+
+/// Expands files and folders (recursively) into picture files, in the order given, folders
+/// sorted.
+pub fn collect_pictures(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir).at(dir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                walk(&p, out)?;
+            } else if p.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).is_some_and(|e| crate::data::folder::EXTENSIONS.contains(&e.as_str())) {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            walk(p, &mut out)?;
+        } else if p.is_file() {
+            out.push(p.clone());
+        } else {
+            return Err(Error::bad_input(p, "no such file or folder"));
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::usage("IMAGE", "no JPEG or PNG pictures found in the paths given"));
+    }
+    Ok(out)
+}
+
+/// A finished run loaded for classifying: its card, head and backbone (with the weights checked
+/// against `head.json`'s sha256). Holds libtorch tensors, so it is `Send` at most, not `Sync`:
+/// a server keeps it on one thread.
+pub struct Classifier {
+    card: HeadCard,
+    head: crate::head::LinearHead,
+    backbone: Backbone,
+}
+
+impl std::fmt::Debug for Classifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Classifier").field("model", &self.model()).field("classes", &self.classes()).finish()
+    }
+}
+
+impl Classifier {
+    /// Loads the run folder `run_dir` (written by `train`, `run` or `sweep`) and its backbone,
+    /// in the precision it was trained with, on the session's device.
+    pub fn open(session: &Session, run_dir: &Path) -> Result<Classifier> {
+        let (card, head) = read_run(run_dir)?;
+        Classifier::with_run(session, card, head)
+    }
+
+    fn with_run(session: &Session, card: HeadCard, head: crate::head::LinearHead) -> Result<Classifier> {
+        let backbone = run_backbone_of(session, &card, card.backbone.precision)?;
+        Ok(Classifier { card, head, backbone })
+    }
+
+    /// Class names, in the head's order.
+    pub fn classes(&self) -> &[String] {
+        &self.card.classes
+    }
+
+    /// The backbone's registry name.
+    pub fn model(&self) -> &str {
+        &self.card.backbone.model
+    }
+
+    /// The run's `head.json`.
+    pub fn card(&self) -> &HeadCard {
+        &self.card
+    }
+
+    /// The `top_k` classes (at most as many as there are) of each of `pictures`, decoded
+    /// `[1, 3, h, w]` uint8 RGB tensors as [`crate::data::decode_picture`] gives, run through
+    /// the backbone together (one batch).
+    pub fn classify(&self, pictures: &[Tensor], top_k: usize) -> Result<Vec<Vec<ClassScore>>> {
+        if top_k == 0 {
+            return Err(Error::usage("top_k", "must be at least 1"));
+        }
+        if pictures.is_empty() {
+            return Ok(Vec::new());
+        }
+        let classes = &self.card.classes;
+        let k = top_k.min(classes.len());
+        let inputs: Vec<Tensor> = pictures.iter().map(|p| self.card.preprocessing.batch(p)).collect();
+        let probs = self.head.probabilities(&self.backbone.features(&Tensor::cat(&inputs, 0))?);
+        let (values, indices) = probs.topk(k as i64, -1, true, true);
+        (0..pictures.len())
+            .map(|i| {
+                let v: Vec<f64> = Vec::<f64>::try_from(values.get(i as i64).to_kind(tch::Kind::Double)).map_err(Error::Torch)?;
+                let ix: Vec<i64> = Vec::<i64>::try_from(indices.get(i as i64)).map_err(Error::Torch)?;
+                Ok(ix
+                    .iter()
+                    .zip(v)
+                    .map(|(&c, p)| ClassScore { class: classes[c as usize].clone(), index: c as usize, probability: p })
+                    .collect())
+            })
+            .collect()
+    }
+}
+
+/// Classifies pictures with a run's backbone, preprocessing and head.
+pub fn predict(session: &Session, run_dir: &Path, paths: &[PathBuf], top_k: usize, batch_size: usize) -> Result<Vec<Prediction>> {
+    if top_k == 0 {
+        return Err(Error::usage("--top-k", "must be at least 1"));
+    }
+    let (card, head) = read_run(run_dir)?;
+    let pictures = collect_pictures(paths)?;
+    let classifier = Classifier::with_run(session, card, head)?;
+    let mut out = Vec::with_capacity(pictures.len());
+    for chunk in pictures.chunks(batch_size.max(1)) {
+        let decoded = chunk.iter().map(|p| load_picture(p)).collect::<Result<Vec<_>>>()?;
+        for (path, top) in chunk.iter().zip(classifier.classify(&decoded, top_k)?) {
+            out.push(Prediction { path: path.clone(), top });
+        }
+    }
+    Ok(out)
+}
+
+/// The backbone a run was trained with (weights checked against `head.json`'s sha256).
+pub(super) fn run_backbone_of(session: &Session, card: &HeadCard, precision: Precision) -> Result<Backbone> {
+    let entry = session.registry.get(&card.backbone.model)?;
+    let weights = match weights_file_of(card) {
+        Some(path) => resolve_weights(entry, Some(&path), &session.fetch_options())?,
+        None => fetch_weights(entry, &session.fetch_options())?,
+    };
+    if weights.sha256 != card.backbone.weights_sha256 {
+        return Err(Error::Checksum {
+            path: weights.path.clone(),
+            algorithm: "sha256",
+            expected: card.backbone.weights_sha256.clone(),
+            actual: weights.sha256.clone(),
+            action: "these are not the weights the head was trained with".into(),
+        });
+    }
+    load_backbone(entry, &weights, card.preprocessing.input_size, session.device.resolve()?, precision)
+}

@@ -1,0 +1,96 @@
+//! `train` and `run`: features, a head, its test evaluation, and the run folder.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::{features, FeatureRequest, FeatureSet, Finished, Session};
+use crate::error::{Error, Result};
+use crate::export::{write_run, BackboneCard, DataCard, HeadCard, Metrics, HEAD_FORMAT, HEAD_FORMAT_VERSION};
+use crate::head::{evaluate, train_head, Evaluation, TrainConfig, TrainReport};
+use crate::hub::WeightsOrigin;
+
+/// What [`train`] did.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainOutcome {
+    /// The run folder.
+    pub run_dir: PathBuf,
+    /// Test accuracy.
+    pub test_accuracy: f64,
+    /// Best validation accuracy.
+    pub val_accuracy: f64,
+    /// The full test evaluation.
+    pub test: Evaluation,
+    /// Training report.
+    pub report: TrainReport,
+    /// The features used.
+    pub features: FeatureSet,
+    /// `head.safetensors`.
+    pub head: PathBuf,
+    /// `head.json`.
+    pub head_json: PathBuf,
+}
+
+/// Gets train and test features (extracting what the cache lacks), trains a head, evaluates it
+/// on test, and writes the run folder `out`.
+pub fn train(session: &Session, req: &FeatureRequest, cfg: &TrainConfig, out: &Path) -> Result<TrainOutcome> {
+    cfg.validate()?;
+    if out.is_file() {
+        return Err(Error::usage("--out", format!("{} is a file; give a folder for the run", out.display())));
+    }
+    let req = FeatureRequest { splits: vec!["train".into(), "test".into()], ..req.clone() };
+    let fs = features(session, &req)?;
+    let (xtr, ytr) = fs.split("train").expect("train was requested").load()?;
+    let (xte, yte) = fs.split("test").expect("test was requested").load()?;
+    let (head, report) = train_head(&xtr, &ytr, fs.classes.len(), cfg, &session.progress)?;
+    let test = evaluate(&head, &xte, &yte, &fs.classes);
+    let entry = session.registry.get(&req.model)?;
+    let card = HeadCard {
+        format: HEAD_FORMAT.into(),
+        format_version: HEAD_FORMAT_VERSION,
+        classes: fs.classes.clone(),
+        feature_width: head.feature_width(),
+        backbone: BackboneCard {
+            model: entry.name.clone(),
+            architecture: entry.architecture,
+            hub_repo: entry.hub_repo.clone(),
+            revision: match &fs.weights {
+                WeightsOrigin::Hub { revision, .. } => Some(revision.clone()),
+                WeightsOrigin::Local { .. } => None,
+            },
+            weights_sha256: fs.weights_sha256.clone(),
+            weights: fs.weights.clone(),
+            precision: fs.precision,
+        },
+        preprocessing: fs.preprocessing.clone(),
+        data: DataCard {
+            spec: req.data.clone(),
+            sample: req.subset,
+            sample_seed: req.sample_seed,
+            train_rows: fs.split("train").map_or(0, |s| s.rows),
+            test_rows: fs.split("test").map_or(0, |s| s.rows),
+        },
+        training: cfg.clone(),
+        report: report.clone(),
+        metrics: Metrics { test_accuracy: test.accuracy, val_accuracy: report.best_val_accuracy, test: test.clone() },
+        created_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        lastlayer_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let files = write_run(out, &head, &card)?;
+    Ok(TrainOutcome {
+        run_dir: out.to_path_buf(),
+        test_accuracy: test.accuracy,
+        val_accuracy: report.best_val_accuracy,
+        test,
+        report,
+        features: fs,
+        head: files.head,
+        head_json: files.card,
+    })
+}
+
+impl Finished for TrainOutcome {
+    fn test_accuracy(&self) -> f64 {
+        self.test_accuracy
+    }
+}
