@@ -25,11 +25,21 @@ struct Fixture {
 }
 
 fn fixture(model: &str) -> Fixture {
+    fixture_sized(model, None)
+}
+
+/// [`fixture`] at `--input-size size` (a smaller one keeps the transformers quick, and makes
+/// their position embeddings resampled).
+fn fixture_sized(model: &str, size: Option<&str>) -> Fixture {
     let sb = Sandbox::new();
     let w = random_weights(model, sb.path()).0.display().to_string();
     let data = cifar_sample_dir();
-    sb.run_json(&["--json", "train", "--model", model, "--weights", &w, "--data", "cifar10", "--data-dir", data.to_str().unwrap(),
-        "--limit", "30", "--precision", "fp32", "--out", "run"]);
+    let mut args = vec!["--json", "train", "--model", model, "--weights", &w, "--data", "cifar10", "--data-dir", data.to_str().unwrap(),
+        "--limit", "30", "--precision", "fp32", "--out", "run"];
+    if let Some(size) = size {
+        args.extend(["--input-size", size]);
+    }
+    sb.run_json(&args);
 
     let pictures: Vec<_> = ["chelsea.png", "coffee.png"].iter().map(|f| shared_data().join("imagenet-check").join(f)).collect();
     let (card, _) = lastlayer::export::read_run(&sb.path().join("run")).unwrap();
@@ -62,7 +72,8 @@ fn fixture(model: &str) -> Fixture {
 /// pictures have a standard deviation of 3: probabilities then hang on every feature.
 fn sharpen_head(run: &Path, model: &str, weights: &Path, card: &lastlayer::export::HeadCard, x: &tch::Tensor) {
     let entry = lastlayer::hub::Registry::builtin().get(model).unwrap().clone();
-    let backbone = lastlayer::backbone::Backbone::load(entry.architecture, weights, tch::Device::Cpu, lastlayer::backbone::Precision::Fp32).unwrap();
+    let size = Some(card.preprocessing.input_size);
+    let backbone = lastlayer::backbone::Backbone::load_for_size(entry.architecture, weights, size, tch::Device::Cpu, lastlayer::backbone::Precision::Fp32).unwrap();
     let features = backbone.features(&card.preprocessing.normalize(x)).unwrap();
     tch::manual_seed(7);
     let w = tch::Tensor::randn([card.classes.len() as i64, backbone.feature_width()], (tch::Kind::Float, tch::Device::Cpu));
@@ -105,7 +116,17 @@ impl Fixture {
 
 #[test]
 fn torchscript_export_matches_predict_in_python_and_cpp() {
-    let f = fixture("resnet18");
+    torchscript_matches(fixture("resnet18"));
+}
+
+/// A Vision Transformer (attention through `scaled_dot_product_attention`, LayerNorm, GELU,
+/// resampled position embeddings) traced into TorchScript.
+#[test]
+fn torchscript_export_of_a_vit_matches_predict() {
+    torchscript_matches(fixture_sized("vit_small_patch14_dinov2", Some("112")));
+}
+
+fn torchscript_matches(f: Fixture) {
     let exported = f.sb.run_json(&["--json", "export", "run", "--format", "torchscript"]);
     let model = f.sb.path().join("run/model.pt");
     assert_eq!(exported["path"].as_str().map(Path::new), Some(Path::new("run/model.pt")));
@@ -123,12 +144,22 @@ fn torchscript_export_matches_predict_in_python_and_cpp() {
 }
 
 /// Every architecture family: ResNet (residual adds, max pool), Inception-v3 (concatenations,
-/// average pools counting padding, 1x7 kernels) and EfficientNet-Lite0 (TF "same" padding,
-/// depthwise convolutions, ReLU6).
+/// average pools counting padding, 1x7 kernels), EfficientNet-Lite0 (TF "same" padding,
+/// depthwise convolutions, ReLU6), a DINOv2 ViT with registers (prefix tokens, LayerScale,
+/// attention, LayerNormalization, GELU as Erf), SigLIP (attention pooling with a learned query)
+/// and ConvNeXt (7x7 depthwise, channels-last LayerNorm and MLP).
 #[test]
 fn onnx_export_matches_predict_in_onnxruntime() {
-    for model in ["resnet18", "inception_v3", "efficientnet_lite0"] {
-        let f = fixture(model);
+    let models = [
+        ("resnet18", None),
+        ("inception_v3", None),
+        ("efficientnet_lite0", None),
+        ("vit_small_patch14_reg4_dinov2", Some("112")),
+        ("vit_base_patch16_siglip_224", Some("96")),
+        ("convnext_tiny", Some("128")),
+    ];
+    for (model, size) in models {
+        let f = fixture_sized(model, size);
         let exported = f.sb.run_json(&["--json", "export", "run", "--format", "onnx"]);
         assert_eq!(exported["format"], "onnx");
         let path = f.sb.path().join("run/model.onnx");

@@ -31,6 +31,10 @@ use vit::VisionTransformer;
 
 pub use ops::{Eager, Ops};
 
+/// Batches the frozen engine runs on zeros before the first real one: TorchScript's profiling
+/// executor runs its first two calls of a shape unfused while it profiles them.
+pub const FROZEN_WARMUP_RUNS: usize = 3;
+
 /// How the network is run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -339,24 +343,35 @@ impl Backbone {
                 }
                 None => self.forward(&mut Eager, &xs),
             };
-            Ok(ys.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu)?)
+            Ok(ys.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu)?.f_contiguous()?)
         })?;
         Ok(out)
     }
 
     /// The frozen module when the engine is [`Engine::Frozen`], built on first use from a trace
-    /// of one picture of `xs`. If that fails, the failure is logged and the backbone runs
-    /// eagerly.
+    /// of one picture of `xs`, then warmed up on [`FROZEN_WARMUP_RUNS`] zero batches of `xs`'s
+    /// shape so that every real batch of that shape runs the fused graph (the executor runs
+    /// its first, profiled batches unfused, which round differently in bf16). If any of that
+    /// fails, the failure is logged and the backbone runs eagerly.
     fn frozen_module(&self, xs: &Tensor) -> Option<&FrozenModule> {
         if self.engine != Engine::Frozen || self.frozen_failed.get() {
             return None;
         }
         self.frozen
-            .get_or_init(|| match self.freeze(&xs.narrow(0, 0, 1)) {
-                Ok(m) => Some(m),
-                Err(e) => {
-                    tracing::warn!("could not freeze the backbone, running it eagerly: {e}");
-                    None
+            .get_or_init(|| {
+                let warmed = self.freeze(&xs.narrow(0, 0, 1)).and_then(|m| {
+                    let zeros = xs.zeros_like();
+                    for _ in 0..FROZEN_WARMUP_RUNS {
+                        let _ = m.forward(&zeros)?;
+                    }
+                    Ok(m)
+                });
+                match warmed {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        tracing::warn!("could not freeze the backbone, running it eagerly: {e}");
+                        None
+                    }
                 }
             })
             .as_ref()

@@ -147,18 +147,7 @@ pub fn run(cli: Cli) -> Result<()> {
             if json {
                 return print_json(&rows);
             }
-            println!("{:<13} {:<26} {:>5} {:>8} {:<9} sha256", "model", "hub repo", "input", "features", "interp");
-            for (m, r) in s.registry.models().iter().zip(&rows) {
-                let sha = r["sha256"].as_str().map(|s| s[..12].to_string() + "…").unwrap_or_else(|| "(pinned at first fetch)".into());
-                println!(
-                    "{:<13} {:<26} {:>5} {:>8} {:<9} {sha}",
-                    m.name,
-                    m.hub_repo,
-                    m.input_size,
-                    m.feature_width,
-                    format!("{:?}", m.interpolation).to_lowercase()
-                );
-            }
+            print!("{}", output::models_table(s.registry.models(), &rows));
         }
         Command::Fetch { model } => {
             let w = pipeline::fetch(&s, model)?;

@@ -141,3 +141,50 @@ pub fn sweep(trials: &[Trial]) -> String {
     }
     s + "\n"
 }
+
+/// `lastlayer models` for people: one aligned row per model (cost, measured rate, published
+/// CIFAR-10 linear-probe accuracy with numbered sources below, the Hub repo and the pinned
+/// sha256 from `rows`' `sha256`), then the sources.
+pub fn models_table(models: &[lastlayer::hub::ModelEntry], rows: &[serde_json::Value]) -> String {
+    use comfy_table::{presets::NOTHING, CellAlignment, Table};
+    let mut sources: Vec<&str> = Vec::new();
+    let mut table = Table::new();
+    table.load_preset(NOTHING).set_header(["model", "features", "input", "GFLOPs", "img/s here", "CIFAR-10 linear", "hub repo", "sha256"]);
+    for (m, r) in models.iter().zip(rows) {
+        let probe = match &m.cifar10_linear_probe {
+            Some(p) => {
+                let n = match sources.iter().position(|s| *s == p.source) {
+                    Some(i) => i + 1,
+                    None => {
+                        sources.push(&p.source);
+                        sources.len()
+                    }
+                };
+                format!("{:.1}% [{n}]", p.accuracy)
+            }
+            None => "-".into(),
+        };
+        let sha = r["sha256"].as_str().map(|s| s.chars().take(12).collect::<String>() + "…").unwrap_or_else(|| "(pinned at first fetch)".into());
+        table.add_row([
+            m.name.clone(),
+            m.feature_width.to_string(),
+            m.input_size.to_string(),
+            m.gflops.map_or("-".into(), |g| format!("{g:.1}")),
+            m.cpu_images_per_second.map_or("-".into(), |r| format!("{r:.1}")),
+            probe,
+            m.hub_repo.clone(),
+            sha,
+        ]);
+    }
+    for col in 1..=5 {
+        if let Some(c) = table.column_mut(col) {
+            c.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    let mut out = table.trim_fmt();
+    out.push('\n');
+    for (i, s) in sources.iter().enumerate() {
+        out.push_str(&format!("[{}] {s}\n", i + 1));
+    }
+    out
+}

@@ -9,4 +9,4 @@ mod registry;
 pub use fetch::{fetch_weights, resolve_weights, FetchOptions, ResolvedWeights, WeightsOrigin};
 pub use import::{efficientnet_pytorch_name, import_weights, read_state_dict, ImportReport};
 pub use pins::{Pin, Pins};
-pub use registry::{ModelEntry, Registry};
+pub use registry::{ModelEntry, Published, Registry};

@@ -42,6 +42,27 @@ pub struct ModelEntry {
     pub std: [f64; 3],
     /// Width of the pooled penultimate features.
     pub feature_width: i64,
+    /// Cost of one picture at `input_size`, in GFLOPs (a multiply-add counts as two), as
+    /// `benches/flops.py` counts it on timm's model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gflops: Option<f64>,
+    /// Extraction rate measured on the project's reference machine (2-core CPU, fp32 unless
+    /// `--precision auto` picks bf16), pictures per second, by `benches/extract.sh`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_images_per_second: Option<f64>,
+    /// Published CIFAR-10 accuracy of a linear classifier on these frozen features.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cifar10_linear_probe: Option<Published>,
+}
+
+/// A published figure and where it was published.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Published {
+    /// Accuracy in percent.
+    pub accuracy: f64,
+    /// The paper and table.
+    pub source: String,
 }
 
 impl ModelEntry {

@@ -43,15 +43,29 @@ fn run_backbone(
         let mut parts = Vec::new();
         for (chunk, last, batch) in rx {
             let batch = batch?;
-            let rows = batch.size()[0] as u64;
-            parts.push(backbone.features(&batch)?);
-            task.inc(rows);
+            let rows = batch.size()[0];
+            parts.push(backbone.features(&pad_rows(&batch, batch_size as i64))?.narrow(0, 0, rows));
+            task.inc(rows as u64);
             if last {
                 on_chunk(chunk, Tensor::cat(&std::mem::take(&mut parts), 0))?;
             }
         }
         Ok(())
     })
+}
+
+/// `batch` with its last row repeated up to `rows` rows. Every batch the backbone sees then has
+/// one shape, so a picture's features do not depend on whether it fell in a short last batch
+/// (in bf16 a kernel may round differently for another batch size), nor on where a killed run
+/// resumed.
+fn pad_rows(batch: &Tensor, rows: i64) -> Tensor {
+    let n = batch.size()[0];
+    if n >= rows || n == 0 {
+        return batch.shallow_clone();
+    }
+    let mut shape = batch.size();
+    shape[0] = rows - n;
+    Tensor::cat(&[batch.shallow_clone(), batch.narrow(0, n - 1, 1).expand(&shape, false)], 0)
 }
 
 /// Runs the backbone over every row of `split` (no cache involved). Returns
