@@ -82,7 +82,12 @@ fn a_wrong_x_linked_etag_is_caught_and_nothing_is_kept() {
     server.serve_hub_file_with_etag(REPO, "model.safetensors", weights.clone(), COMMIT, &claimed);
     sb.set("HF_ENDPOINT", server.base.clone());
     assert_fails(&sb.run(&["fetch", "resnet18"]), 5, &["sha256", &claimed, &sha256(&weights)]);
-    let left: Vec<_> = std::fs::read_dir(repo_dir(&sb).join("blobs")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    // Only the (empty) lock file may remain: no blob, no `.part` to resume from.
+    let left: Vec<_> = std::fs::read_dir(repo_dir(&sb).join("blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".lock"))
+        .collect();
     assert!(left.is_empty(), "{left:?}");
     assert!(!sb.path().join("cache/pins.json").exists());
 }
@@ -189,6 +194,21 @@ fn stale_partial_bytes_that_fail_the_checksum_are_downloaded_afresh() {
     assert_eq!(ranges, [Some("bytes=1048576-"), None]);
     let w: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(w["sha256"], sha);
+}
+
+#[test]
+fn two_processes_fetching_the_same_weights_download_them_once() {
+    let (sb, server, weights) = hub_with_weights();
+    server.slow(true);
+    let (a, b) = (sb.command(&["--json", "fetch", "resnet18"]).spawn().unwrap(), sb.command(&["--json", "fetch", "resnet18"]).spawn().unwrap());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success() && b.status.success(), "{}\n{}", stderr(&a), stderr(&b));
+    for out in [&a, &b] {
+        let w: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(w["sha256"], sha256(&weights));
+    }
+    assert_eq!(cdn_gets(&server).len(), 1, "both processes downloaded the file");
+    assert!(format!("{}{}", stderr(&a), stderr(&b)).contains("another lastlayer process is downloading"));
 }
 
 #[test]

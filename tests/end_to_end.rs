@@ -147,8 +147,10 @@ fn damaged_download_is_removed_and_reported() {
     let out = sb.run(&["fetch", "resnet18"]);
     assert_fails(&out, 5, &["sha256", &sha]);
     let blobs = sb.path().join("hf/hub/models--timm--resnet18.tv_in1k/blobs");
-    // No data file may remain, not even a `.part` to resume from.
-    let left: Vec<_> = std::fs::read_dir(&blobs).map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect()).unwrap_or_default();
+    // Only the empty `<blob>.lock` may remain: no data file, not even a `.part` to resume from.
+    let left: Vec<_> = std::fs::read_dir(&blobs)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).filter(|n| !n.to_string_lossy().ends_with(".lock")).collect())
+        .unwrap_or_default();
     assert!(left.is_empty(), "a damaged blob was left in the HF cache: {left:?}");
     assert!(!sb.path().join("cache/pins.json").exists(), "a damaged download must not be pinned");
 }

@@ -80,6 +80,13 @@ impl RepoCache {
     pub fn install(&self, part: &Path, etag: &str, revision: &str, commit: &str, file: &str) -> Result<PathBuf> {
         let blob = self.blob(etag);
         std::fs::rename(part, &blob).at(&blob)?;
+        self.link(etag, revision, commit, file)
+    }
+
+    /// Points `refs/<revision>` at `commit` and `snapshots/<commit>/<file>` at `blobs/<etag>`,
+    /// which must exist.
+    pub fn link(&self, etag: &str, revision: &str, commit: &str, file: &str) -> Result<PathBuf> {
+        let blob = self.blob(etag);
         if revision != commit {
             let r = self.dir.join("refs").join(revision);
             if let Some(parent) = r.parent() {
@@ -90,9 +97,8 @@ impl RepoCache {
         let link = self.snapshot_file(commit, file);
         let parent = link.parent().unwrap_or(&self.dir);
         std::fs::create_dir_all(parent).at(parent)?;
-        match std::fs::symlink_metadata(&link) {
-            Ok(_) => std::fs::remove_file(&link).at(&link)?,
-            Err(_) => {}
+        if std::fs::symlink_metadata(&link).is_ok() {
+            std::fs::remove_file(&link).at(&link)?;
         }
         // snapshots/<commit>/<a/b/file> → ../../(../)blobs/<etag>
         let depth = file.split('/').count() + 1;

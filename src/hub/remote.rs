@@ -79,9 +79,18 @@ pub fn download(
     let part = cache.blob(&format!("{}.part", meta.etag));
     let blobs = blob.parent().unwrap_or(&blob);
     std::fs::create_dir_all(blobs).at(blobs)?;
+    // One download of a blob at a time, across processes (a job array fetching the same
+    // weights): the others wait here, then find the blob in place.
+    let _lock = BlobLock::acquire(&cache.blob(&format!("{}.lock", meta.etag)), describe)?;
     if blob.is_file() {
-        // Another snapshot already has these bytes: check and link them.
-        std::fs::rename(&blob, &part).at(&part)?;
+        // Another process or snapshot already has these bytes: check them and link them.
+        let sha = sha256_file(&blob)?;
+        if want.as_deref().is_none_or(|w| w == sha) {
+            let path = cache.link(&meta.etag, revision, &meta.commit, file)?;
+            return Ok(HubDownload { path, sha256: sha, commit: meta.commit, hub_sha256 });
+        }
+        tracing::warn!("{}: sha256 {sha} is not the expected one; downloading it again", blob.display());
+        std::fs::remove_file(&blob).at(&blob)?;
     }
     let fetch = || -> Result<u64> {
         let mut task = progress.task(&format!("download {}", file_label(file, describe)), meta.size.unwrap_or(0), Unit::Bytes);
@@ -114,6 +123,31 @@ pub fn download(
     }
     let path = cache.install(&part, &meta.etag, revision, &meta.commit, file)?;
     Ok(HubDownload { path, sha256: sha, commit: meta.commit, hub_sha256 })
+}
+
+/// An exclusive lock on `blobs/<etag>.lock` (released by the OS if the holder dies; the file
+/// stays, as hf-hub's and `huggingface_hub`'s do).
+struct BlobLock(std::fs::File);
+
+impl BlobLock {
+    fn acquire(path: &std::path::Path, describe: &str) -> Result<Self> {
+        let file = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(path).at(path)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                tracing::warn!("waiting: another lastlayer process is downloading {describe} ({})", path.display());
+                file.lock().at(path)?;
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e).at(path),
+        }
+        Ok(BlobLock(file))
+    }
+}
+
+impl Drop for BlobLock {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
 }
 
 fn file_label<'a>(file: &'a str, describe: &'a str) -> &'a str {

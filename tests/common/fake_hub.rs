@@ -79,6 +79,7 @@ struct State {
     log: Vec<Logged>,
     faults: Vec<Fault>,
     ignore_range: bool,
+    slow: bool,
 }
 
 /// The two servers. Dropping it stops them (and ends any stalled answer).
@@ -201,6 +202,11 @@ impl FakeServer {
         self.state.lock().unwrap().ignore_range = yes;
     }
 
+    /// From now on, send file bytes in 64 KiB pieces 50 ms apart (about 1.3 MiB/s).
+    pub fn slow(&self, yes: bool) {
+        self.state.lock().unwrap().slow = yes;
+    }
+
     /// Requests for `path` on either host (query ignored).
     pub fn hits(&self, path: &str) -> usize {
         self.state.lock().unwrap().log.iter().filter(|l| l.path == path).count()
@@ -303,6 +309,7 @@ fn handle(host: &'static str, conn: TcpStream, state: &Mutex<State>, stop: &Atom
                 return;
             }
             let fault = if method == "GET" && !st.faults.is_empty() { Some(st.faults.remove(0)) } else { None };
+            let slow = st.slow;
             let (status, from) = match start {
                 Some(s) => (206u16, s),
                 None => (200, 0),
@@ -332,7 +339,14 @@ fn handle(host: &'static str, conn: TcpStream, state: &Mutex<State>, stop: &Atom
             if method != "GET" {
                 return;
             }
-            let _ = out.write_all(&bytes[from..until]);
+            for piece in bytes[from..until].chunks(if slow { 64 << 10 } else { usize::MAX >> 1 }) {
+                if out.write_all(piece).is_err() {
+                    break;
+                }
+                if slow {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
             let _ = out.flush();
             if let Some(Fault::StallAt(_)) = fault {
                 // Hold the connection open, sending nothing, until the client hangs up or the

@@ -113,7 +113,13 @@ impl Sandbox {
 
     /// Runs `lastlayer ARGS` and returns its output.
     pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// `lastlayer ARGS` in the sandbox, not started (stdout and stderr piped).
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_lastlayer"));
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
         cmd.args(args).current_dir(self.path()).env_remove("RUST_BACKTRACE");
         // Nothing from the caller's environment may reach the fake servers or the real Hub.
         for k in ["HF_TOKEN", "HF_HUB_CACHE", "LASTLAYER_TIMEOUT", "LASTLAYER_RETRIES", "HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"] {
@@ -122,7 +128,7 @@ impl Sandbox {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        cmd.output().unwrap()
+        cmd
     }
 
     /// Runs and expects success; returns stdout parsed as JSON.
