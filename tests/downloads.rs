@@ -299,7 +299,17 @@ fn cifar10_redirected_across_hosts_labelled_gzip_and_cut_midway_resumes() {
     assert_eq!(log[3].header("range"), Some(format!("bytes={cut}-").as_str()));
     assert_eq!(log[3].body_sent, tarball.len() - cut, "the retry did not ask for the remaining bytes only");
     assert!(log.iter().all(|l| l.header("accept-encoding") == Some("identity")), "{log:?}");
-    let unpacked = sb.path().join("cache/data/cifar-10-batches-bin/test_batch.bin");
-    assert_eq!(std::fs::read(unpacked).unwrap(), test);
-    assert!(!sb.path().join("cache/data/cifar-10-binary.tar.gz.part").exists());
+    let data = sb.path().join("cache/data");
+    assert_eq!(std::fs::read(data.join("cifar-10-batches-bin/test_batch.bin")).unwrap(), test);
+    assert!(!data.join("cifar-10-binary.tar.gz.part").exists());
+
+    // A complete archive left as the .part file (a run stopped before its md5 check, or one
+    // copied there by hand) is checked and unpacked: the host answers 416, no byte is resent.
+    std::fs::remove_dir_all(data.join("cifar-10-batches-bin")).unwrap();
+    std::fs::write(data.join("cifar-10-binary.tar.gz.part"), &tarball).unwrap();
+    let out = sb.run(&["extract", "--model", "resnet18", "--weights", &w, "--data", "cifar10", "--split", "test", "--limit", "4"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let more: Vec<(&str, u16, usize)> = server.log()[4..].iter().map(|l| (l.host, l.status, l.body_sent)).collect();
+    assert_eq!(more, [("hub", 302, 0), ("cdn", 416, 0)]);
+    assert_eq!(std::fs::read(data.join("cifar-10-batches-bin/test_batch.bin")).unwrap(), test);
 }
