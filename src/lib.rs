@@ -15,6 +15,7 @@ pub mod export;
 pub mod fsutil;
 pub mod head;
 pub mod hub;
+pub mod net;
 pub mod pipeline;
 pub mod progress;
 pub mod serve;

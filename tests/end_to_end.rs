@@ -17,7 +17,8 @@ fn setup() -> (Sandbox, FakeServer, Vec<u8>, Vec<u8>, String) {
     server.serve_hub_file(REPO, "model.safetensors", weights, COMMIT);
     let (tarball, train, test) = cifar_tarball(60, 40);
     sb.set("LASTLAYER_CIFAR10_MD5", md5(&tarball));
-    server.serve("/cifar-10-binary.tar.gz", Served { bytes: tarball, etag: None, commit: None });
+    // As the real CIFAR-10 host: a redirect to another host, which serves the archive.
+    server.serve_archive("/cifar-10-binary.tar.gz", tarball, false);
     sb.set("HF_ENDPOINT", server.base.clone());
     sb.set("LASTLAYER_CIFAR10_URL", format!("{}/cifar-10-binary.tar.gz", server.base));
     (sb, server, train, test, sha)
@@ -44,6 +45,7 @@ fn fetch_extract_train_eval_export_predict() {
     // run: downloads CIFAR-10, extracts both splits, trains, evaluates, exports.
     let out = sb.run_json(&["--json", "run", "--model", "resnet18", "--data", "cifar10", "--precision", "fp32", "--out", "run1"]);
     assert_eq!(server.hits("/cifar-10-binary.tar.gz"), 1);
+    assert_eq!(server.hits("/mirror/cifar-10-binary.tar.gz"), 1);
     let acc = f(&out["test_accuracy"]);
     assert!((0.0..=1.0).contains(&acc));
     assert_eq!(out["run_dir"], "run1");
@@ -145,7 +147,7 @@ fn damaged_download_is_removed_and_reported() {
     let out = sb.run(&["fetch", "resnet18"]);
     assert_fails(&out, 5, &["sha256", &sha]);
     let blobs = sb.path().join("hf/hub/models--timm--resnet18.tv_in1k/blobs");
-    // hf-hub leaves its empty `<blob>.lock` files behind; no data file may remain.
+    // Only the empty `<blob>.lock` may remain: no data file, not even a `.part` to resume from.
     let left: Vec<_> = std::fs::read_dir(&blobs)
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).filter(|n| !n.to_string_lossy().ends_with(".lock")).collect())
         .unwrap_or_default();

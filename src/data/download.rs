@@ -1,8 +1,10 @@
 //! Getting CIFAR-10: download the official tarball (or `LASTLAYER_CIFAR10_URL`, a mirror) with
-//! progress, check its md5, and unpack it atomically: into a temporary folder beside the
-//! target, renamed into place only when complete.
+//! progress, timeouts, retries and resumption (see [`crate::net`]) into
+//! `cifar-10-binary.tar.gz.part`, check its md5, and unpack it atomically: into a temporary
+//! folder beside the target, renamed into place only when complete. An interrupted download
+//! continues from the `.part` file on the next run.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use md5::Digest;
@@ -10,6 +12,7 @@ use md5::Digest;
 use super::cifar10::{FOLDER, OFFICIAL_MD5, OFFICIAL_URL};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::hex;
+use crate::net::{download_resumable, Downloaded, NetConfig};
 use crate::progress::{Progress, Unit};
 
 /// Where CIFAR-10 is fetched from: the official URL and md5 unless `LASTLAYER_CIFAR10_URL` and
@@ -48,8 +51,26 @@ pub fn ensure_cifar10(data_root: &Path, source: &Source, offline: bool, progress
     }
     std::fs::create_dir_all(data_root).at(data_root)?;
     let tarball = data_root.join("cifar-10-binary.tar.gz.part");
-    download(&source.url, &tarball, progress)?;
-    let md5 = md5_file(&tarball)?;
+    let cfg = NetConfig::from_env()?;
+    let agent = cfg.agent();
+    let fetch = || -> Result<Downloaded> {
+        let mut task = progress.task("download cifar-10", 0, Unit::Bytes);
+        let got = download_resumable(&agent, &cfg, &source.url, None, &tarball, None, &mut task, &source.url)?;
+        task.finish();
+        Ok(got)
+    };
+    let mut got = fetch()?;
+    let mut md5 = md5_file(&tarball)?;
+    if md5 != source.md5 && got.carried_over > 0 {
+        tracing::warn!(
+            "{}: the md5 of the resumed download does not match (the {} bytes kept from before may be stale); downloading it afresh",
+            source.url,
+            got.carried_over
+        );
+        std::fs::remove_file(&tarball).at(&tarball)?;
+        got = fetch()?;
+        md5 = md5_file(&tarball)?;
+    }
     if md5 != source.md5 {
         let _ = std::fs::remove_file(&tarball);
         return Err(Error::Checksum {
@@ -60,6 +81,7 @@ pub fn ensure_cifar10(data_root: &Path, source: &Source, offline: bool, progress
             action: format!("the download from {} was incomplete or altered and was deleted; run again", source.url),
         });
     }
+    tracing::debug!("{}: {} bytes, md5 verified", source.url, got.size);
     let staging = tempfile::Builder::new().prefix(".cifar10-unpack.").tempdir_in(data_root).at(data_root)?;
     let file = std::fs::File::open(&tarball).at(&tarball)?;
     tar::Archive::new(flate2::read::GzDecoder::new(file))
@@ -72,35 +94,6 @@ pub fn ensure_cifar10(data_root: &Path, source: &Source, offline: bool, progress
     std::fs::rename(&unpacked, &target).at(&target)?;
     let _ = std::fs::remove_file(&tarball);
     Ok(target)
-}
-
-/// Downloads `url` to `dest` (overwritten) with progress.
-fn download(url: &str, dest: &Path, progress: &Progress) -> Result<()> {
-    let fail = |message: String| Error::Download { what: url.to_string(), message };
-    let response = ureq::get(url).call().map_err(|e| fail(format!("{e}; check the network or LASTLAYER_CIFAR10_URL")))?;
-    let total = response.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-    let mut task = progress.task("download cifar-10", total.unwrap_or(0), Unit::Bytes);
-    let mut reader = response.into_body().into_with_config().limit(u64::MAX).reader();
-    let mut out = std::fs::File::create(dest).at(dest)?;
-    let mut buf = vec![0u8; 1 << 16];
-    let mut got = 0u64;
-    loop {
-        let n = reader.read(&mut buf).map_err(|e| fail(format!("connection broke after {got} bytes: {e}")))?;
-        if n == 0 {
-            break;
-        }
-        out.write_all(&buf[..n]).at(dest)?;
-        got += n as u64;
-        task.inc(n as u64);
-    }
-    out.sync_all().at(dest)?;
-    task.finish();
-    if let Some(total) = total {
-        if got != total {
-            return Err(fail(format!("got {got} of {total} bytes; run again")));
-        }
-    }
-    Ok(())
 }
 
 fn md5_file(path: &Path) -> Result<String> {

@@ -1,17 +1,18 @@
 //! Verified weight downloads from the Hugging Face Hub into the standard HF cache
-//! (`$HF_HOME/hub`, honoured through hf-hub), or a local `--weights FILE`.
+//! (`$HF_HUB_CACHE`, else `$HF_HOME/hub`), or a local `--weights FILE`.
 
 use std::path::{Path, PathBuf};
 
-use hf_hub::api::sync::ApiBuilder;
-use hf_hub::{Cache, Repo, RepoType};
 use serde::{Deserialize, Serialize};
 
+use super::hf_cache::{blob_etag, snapshot_commit, RepoCache};
 use super::pins::Pins;
 use super::registry::{is_hex, ModelEntry};
+use super::remote;
 use crate::error::{Error, Result};
 use crate::fsutil::sha256_file;
-use crate::progress::{Progress, Task, Unit};
+use crate::net::NetConfig;
+use crate::progress::Progress;
 
 /// Where and how to fetch.
 #[derive(Debug, Clone)]
@@ -78,8 +79,9 @@ pub fn resolve_weights(entry: &ModelEntry, weights_file: Option<&Path>, opts: &F
 /// Returns the verified weights of `entry`, from the HF cache when there, else downloaded.
 ///
 /// The expected sha256 is the registry's, else the one pinned on first use. A first download is
-/// checked against the Hub's etag (the sha256 of an LFS file) and then pinned with its commit.
-/// A file that fails its check is deleted from the HF cache and reported.
+/// checked against the Hub's `x-linked-etag` (the sha256 of an LFS file) and then pinned with
+/// its commit. A file that fails its check is deleted from the HF cache and reported. The
+/// download itself (see [`super::remote`]) has timeouts, retries and resumption.
 pub fn fetch_weights(entry: &ModelEntry, opts: &FetchOptions) -> Result<ResolvedWeights> {
     let mut pins = Pins::load(&opts.cache_dir)?;
     let pin = pins.get(&entry.hub_repo, &entry.file).cloned();
@@ -89,15 +91,15 @@ pub fn fetch_weights(entry: &ModelEntry, opts: &FetchOptions) -> Result<Resolved
         .clone()
         .or_else(|| pin.as_ref().map(|p| p.revision.clone()))
         .unwrap_or_else(|| "main".to_string());
-    let repo = Repo::with_revision(entry.hub_repo.clone(), RepoType::Model, revision.clone());
+    let cache = RepoCache::from_env(&entry.hub_repo);
     let describe = format!("{} ({}@{}, {})", entry.name, entry.hub_repo, revision, entry.file);
 
-    if let Some(path) = cached_file(&repo, &revision, &entry.file) {
+    if let Some(path) = cache.cached_file(&revision, &entry.file) {
         let sha = sha256_file(&path)?;
         let want = expected.clone().or_else(|| blob_etag(&path).filter(|e| is_hex(e, 64)));
+        let commit = snapshot_commit(&path, &entry.file).unwrap_or_else(|| revision.clone());
         match want {
             Some(want) if want == sha => {
-                let commit = snapshot_commit(&path).unwrap_or(revision);
                 if pin.is_none() && entry.sha256.is_none() {
                     pins.record(&entry.hub_repo, &entry.file, &commit, &sha)?;
                 }
@@ -118,11 +120,15 @@ pub fn fetch_weights(entry: &ModelEntry, opts: &FetchOptions) -> Result<Resolved
                 tracing::warn!("{err}");
             }
             None => {
-                return Err(Error::bad_input(
-                    &path,
-                    "cached weights have no known sha256 (not pinned, and the cache does not name the blob by it); \
-                     delete this file from the Hugging Face cache and fetch again",
-                ))
+                // A cache copied without symlinks (or made on Windows), or a blob not named by
+                // its sha256: nothing to check against yet, so pin what is there (trust on
+                // first use, as for a download the Hub gave no sha256 for).
+                tracing::warn!(
+                    "{}: no sha256 known for this cached file (a Hugging Face cache without symlinks?); pinning the sha256 computed here, {sha}",
+                    path.display()
+                );
+                pins.record(&entry.hub_repo, &entry.file, &commit, &sha)?;
+                return Ok(hub_weights(entry, path, sha, commit, false));
             }
         }
     }
@@ -138,45 +144,16 @@ pub fn fetch_weights(entry: &ModelEntry, opts: &FetchOptions) -> Result<Resolved
         });
     }
 
-    let api = ApiBuilder::from_env()
-        .with_progress(false)
-        .with_retries(2)
-        .build()
-        .map_err(|e| Error::Download { what: describe.clone(), message: e.to_string() })?;
-    let task = opts.progress.task(&format!("download {}", entry.name), 0, Unit::Bytes);
-    let path = api
-        .repo(repo)
-        .download_with_progress(&entry.file, HubProgress(Some(task)))
-        .map_err(|e| Error::Download {
-            what: describe.clone(),
-            message: format!("{e}; check the network (or HF_ENDPOINT), or use --offline with a filled cache"),
-        })?;
-    let sha = sha256_file(&path)?;
-    let etag = blob_etag(&path);
-    let want = match (&expected, etag.as_deref().filter(|e| is_hex(e, 64))) {
-        (Some(e), _) => Some(e.clone()),
-        (None, Some(etag)) => Some(etag.to_string()),
-        (None, None) => None,
-    };
-    if let Some(want) = want {
-        if want != sha {
-            remove_cached(&path);
-            return Err(Error::Checksum {
-                path,
-                algorithm: "sha256",
-                expected: want,
-                actual: sha,
-                action: "the download was incomplete or altered and was removed; run the command again to download it afresh".into(),
-            });
-        }
-    } else {
+    let net = NetConfig::from_env()?;
+    let download = remote::download(&cache, &entry.hub_repo, &revision, &entry.file, expected.as_deref(), &net, &opts.progress, &describe)?;
+    let (path, sha) = (download.path, download.sha256);
+    if expected.is_none() && download.hub_sha256.is_none() {
         tracing::warn!("the Hub gave no sha256 for {describe}; pinning the sha256 computed here, {sha}");
     }
-    let commit = snapshot_commit(&path).unwrap_or(revision);
     if entry.sha256.is_none() {
-        pins.record(&entry.hub_repo, &entry.file, &commit, &sha)?;
+        pins.record(&entry.hub_repo, &entry.file, &download.commit, &sha)?;
     }
-    Ok(hub_weights(entry, path, sha, commit, true))
+    Ok(hub_weights(entry, path, sha, download.commit, true))
 }
 
 fn hub_weights(entry: &ModelEntry, path: PathBuf, sha256: String, revision: String, downloaded: bool) -> ResolvedWeights {
@@ -188,59 +165,10 @@ fn hub_weights(entry: &ModelEntry, path: PathBuf, sha256: String, revision: Stri
     }
 }
 
-/// The cached file for `repo` at `revision`: through `refs/<revision>`, or straight from
-/// `snapshots/<revision>/` when the revision is a commit.
-fn cached_file(repo: &Repo, revision: &str, file: &str) -> Option<PathBuf> {
-    let cache = Cache::from_env().repo(repo.clone());
-    if let Some(p) = cache.get(file) {
-        return Some(p);
-    }
-    if is_hex(revision, 40) {
-        let p = cache.pointer_path(revision).join(file);
-        if p.is_file() {
-            return Some(p);
-        }
-    }
-    None
-}
-
-/// The blob name behind a snapshot link: the etag the Hub served for it.
-fn blob_etag(path: &Path) -> Option<String> {
-    let target = std::fs::canonicalize(path).ok()?;
-    let in_blobs = target.parent()?.file_name()? == "blobs";
-    in_blobs.then(|| target.file_name().map(|n| n.to_string_lossy().into_owned())).flatten()
-}
-
-/// The commit of `snapshots/<commit>/<file>`.
-fn snapshot_commit(path: &Path) -> Option<String> {
-    let commit = path.parent()?.file_name()?.to_string_lossy().into_owned();
-    is_hex(&commit, 40).then_some(commit)
-}
-
+/// Removes a snapshot entry and the blob it links to.
 fn remove_cached(path: &Path) {
     if let Ok(blob) = std::fs::canonicalize(path) {
         let _ = std::fs::remove_file(blob);
     }
     let _ = std::fs::remove_file(path);
-}
-
-/// Adapts a [`Task`] to hf-hub's progress callbacks.
-struct HubProgress(Option<Task>);
-
-impl hf_hub::api::Progress for HubProgress {
-    fn init(&mut self, size: usize, _filename: &str) {
-        if let Some(task) = &mut self.0 {
-            task.set_total(size as u64);
-        }
-    }
-    fn update(&mut self, size: usize) {
-        if let Some(task) = &mut self.0 {
-            task.inc(size as u64);
-        }
-    }
-    fn finish(&mut self) {
-        if let Some(task) = self.0.take() {
-            task.finish();
-        }
-    }
 }

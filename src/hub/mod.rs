@@ -2,9 +2,11 @@
 //! commits and checksums pinned on first use, and verified downloads from the Hugging Face Hub.
 
 mod fetch;
+mod hf_cache;
 mod import;
 mod pins;
 mod registry;
+mod remote;
 
 pub use fetch::{fetch_weights, resolve_weights, FetchOptions, ResolvedWeights, WeightsOrigin};
 pub use import::{efficientnet_pytorch_name, import_weights, read_state_dict, ImportReport};

@@ -1,12 +1,16 @@
-//! Test helpers: a fake Hugging Face Hub and CIFAR-10 mirror on 127.0.0.1, random backbone
-//! weights with the registry's key names, and runners for the `lastlayer` binary.
+//! Test helpers: a fake Hugging Face Hub and CIFAR-10 host on 127.0.0.1 that answer like the
+//! real ones (`fake_hub`), random backbone weights with the registry's key names, and runners
+//! for the `lastlayer` binary.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+mod fake_hub;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::{Arc, Mutex};
+
+#[allow(unused_imports)]
+pub use fake_hub::{FakeServer, Fault, Logged, Served};
 
 use lastlayer::backbone::Backbone;
 use lastlayer::hub::Registry;
@@ -37,105 +41,6 @@ pub fn random_weights(model: &str, dir: &Path) -> (PathBuf, Vec<u8>) {
     Backbone::random(entry.architecture, tch::Device::Cpu).save(&path).unwrap();
     let bytes = std::fs::read(&path).unwrap();
     (path, bytes)
-}
-
-/// A file the fake server serves.
-#[derive(Clone)]
-pub struct Served {
-    pub bytes: Vec<u8>,
-    /// Sent as `etag` (quoted) when set.
-    pub etag: Option<String>,
-    /// Sent as `x-repo-commit` when set.
-    pub commit: Option<String>,
-}
-
-/// An HTTP server on 127.0.0.1 answering GETs from a path → file map, with `Range` support
-/// (206 and `Content-Range`), as the Hub's `resolve` endpoint does. Counts requests per path.
-pub struct FakeServer {
-    pub base: String,
-    files: Arc<Mutex<HashMap<String, Served>>>,
-    pub hits: Arc<Mutex<HashMap<String, usize>>>,
-    server: Arc<tiny_http::Server>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl FakeServer {
-    pub fn start() -> Self {
-        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
-        let base = format!("http://{}", server.server_addr().to_ip().unwrap());
-        let files: Arc<Mutex<HashMap<String, Served>>> = Arc::default();
-        let hits: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
-        let (s, f, h) = (server.clone(), files.clone(), hits.clone());
-        let thread = std::thread::spawn(move || {
-            for req in s.incoming_requests() {
-                let path = req.url().split('?').next().unwrap_or("").to_string();
-                *h.lock().unwrap().entry(path.clone()).or_default() += 1;
-                let served = f.lock().unwrap().get(&path).cloned();
-                let Some(served) = served else {
-                    let _ = req.respond(tiny_http::Response::from_string("not found").with_status_code(404));
-                    continue;
-                };
-                let total = served.bytes.len();
-                let range = req
-                    .headers()
-                    .iter()
-                    .find(|h| h.field.equiv("Range"))
-                    .and_then(|h| h.value.as_str().strip_prefix("bytes=").map(str::to_string));
-                let mut headers = Vec::new();
-                if let Some(etag) = &served.etag {
-                    headers.push(tiny_http::Header::from_bytes("etag", format!("\"{etag}\"")).unwrap());
-                }
-                if let Some(commit) = &served.commit {
-                    headers.push(tiny_http::Header::from_bytes("x-repo-commit", commit.as_str()).unwrap());
-                }
-                let response = match range {
-                    Some(r) => {
-                        let (a, b) = r.split_once('-').unwrap_or((&r, ""));
-                        let start: usize = a.parse().unwrap_or(0).min(total);
-                        let end: usize = b.parse().map(|e: usize| e + 1).unwrap_or(total).min(total);
-                        headers.push(tiny_http::Header::from_bytes("Content-Range", format!("bytes {start}-{}/{total}", end.max(1) - 1)).unwrap());
-                        tiny_http::Response::from_data(served.bytes[start..end].to_vec()).with_status_code(206)
-                    }
-                    None => tiny_http::Response::from_data(served.bytes.clone()),
-                };
-                let mut response = response;
-                for hd in headers {
-                    response.add_header(hd);
-                }
-                let _ = req.respond(response);
-            }
-        });
-        FakeServer { base, files, hits, server, thread: Some(thread) }
-    }
-
-    pub fn serve(&self, path: &str, served: Served) {
-        self.files.lock().unwrap().insert(path.to_string(), served);
-    }
-
-    /// Serves `bytes` as a Hub repo's file at revision `main`, with its sha256 as etag.
-    pub fn serve_hub_file(&self, repo: &str, file: &str, bytes: Vec<u8>, commit: &str) {
-        let etag = sha256(&bytes);
-        self.serve_hub_file_with_etag(repo, file, bytes, commit, &etag);
-    }
-
-    pub fn serve_hub_file_with_etag(&self, repo: &str, file: &str, bytes: Vec<u8>, commit: &str, etag: &str) {
-        let served = Served { bytes, etag: Some(etag.to_string()), commit: Some(commit.to_string()) };
-        self.serve(&format!("/{repo}/resolve/main/{file}"), served.clone());
-        self.serve(&format!("/{repo}/resolve/{commit}/{file}"), served);
-    }
-
-    pub fn hits(&self, path: &str) -> usize {
-        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
-    }
-}
-
-impl Drop for FakeServer {
-    fn drop(&mut self) {
-        self.server.unblock();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 /// A small `cifar-10-binary.tar.gz` made from the shared sample: the first `train` records of
@@ -191,6 +96,8 @@ impl Sandbox {
             ("HF_ENDPOINT".to_string(), "http://127.0.0.1:9".to_string()),
             ("LASTLAYER_CIFAR10_URL".to_string(), "http://127.0.0.1:9/none".to_string()),
             ("LASTLAYER_LOG_INTERVAL".to_string(), "0".to_string()),
+            // Retries wait 20, 40, 80 ms... instead of 1, 2, 4 s.
+            ("LASTLAYER_RETRY_BASE_MS".to_string(), "20".to_string()),
         ];
         Sandbox { dir, env }
     }
@@ -206,12 +113,22 @@ impl Sandbox {
 
     /// Runs `lastlayer ARGS` and returns its output.
     pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// `lastlayer ARGS` in the sandbox, not started (stdout and stderr piped).
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_lastlayer"));
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
         cmd.args(args).current_dir(self.path()).env_remove("RUST_BACKTRACE");
+        // Nothing from the caller's environment may reach the fake servers or the real Hub.
+        for k in ["HF_TOKEN", "HF_HUB_CACHE", "LASTLAYER_TIMEOUT", "LASTLAYER_RETRIES", "HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"] {
+            cmd.env_remove(k);
+        }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        cmd.output().unwrap()
+        cmd
     }
 
     /// Runs and expects success; returns stdout parsed as JSON.
