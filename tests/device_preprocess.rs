@@ -31,7 +31,7 @@ fn cifar_batches_match_the_cpu_path() {
     let split = data.split("train").unwrap();
     let registry = Registry::builtin();
     for model in ["resnet50", "inception_v3", "efficientnet_lite0"] {
-        let pre = Preprocessing::stretch(registry.get(model).unwrap());
+        let pre = Preprocessing::stretch(&registry.get(model).unwrap().input());
         for rows in [0..48, 1000..1001] {
             let today = split.batch(rows.clone(), &pre).unwrap();
             let pixels = split.pixels(rows.clone()).unwrap();
@@ -62,7 +62,7 @@ fn photos_of_mixed_sizes_match_the_cpu_path() {
     // Bilinear (ResNets) and bicubic (Inception-v3 at 299, EfficientNet-Lite0), each with its
     // own mean and std.
     for model in ["resnet50", "inception_v3", "efficientnet_lite0"] {
-        let pre = Preprocessing::center_crop(registry.get(model).unwrap());
+        let pre = Preprocessing::center_crop(&registry.get(model).unwrap().input());
         let today = Tensor::cat(&pictures.iter().map(|p| pre.batch(p)).collect::<Vec<_>>(), 0);
         let pixels = Pixels::pictures(&pictures).unwrap();
         assert_eq!(pixels.len(), pictures.len());
@@ -80,7 +80,7 @@ fn a_folder_split_matches_the_cpu_path() {
     let root = common::shared_data().join("imagefolder-sample");
     let data = open(DataSpec::parse(root.to_str().unwrap(), None, 0.2, true).unwrap());
     let split = data.split("test").unwrap();
-    let pre = Preprocessing::center_crop(Registry::builtin().get("efficientnet_lite0").unwrap());
+    let pre = Preprocessing::center_crop(&Registry::builtin().get("efficientnet_lite0").unwrap().input());
     let rows = 0..split.len().min(40);
     let today = split.batch(rows.clone(), &pre).unwrap();
     let on_device = pre.batch_on(&split.pixels(rows).unwrap(), Device::Cpu).unwrap();
@@ -96,7 +96,39 @@ fn pictures_of_the_wrong_shape_are_an_error() {
     assert!(err.contains("[N, 3, h, w]") && err.contains("[32, 32, 3]"), "{err}");
     let gray = Tensor::zeros([1, 1, 8, 8], (Kind::Uint8, Device::Cpu));
     assert!(Pixels::pictures(&[gray]).is_err());
-    let pre = Preprocessing::stretch(Registry::builtin().get("resnet18").unwrap());
+    let pre = Preprocessing::stretch(&Registry::builtin().get("resnet18").unwrap().input());
     let err = pre.batch_on(&Pixels::pictures(&[]).unwrap(), Device::Cpu).unwrap_err().to_string();
     assert!(err.contains("no pictures"), "{err}");
+}
+
+/// The extraction loop with `LASTLAYER_PREPROCESS=device` on the CPU: the producer thread hands
+/// over uint8 pixels, the consumer preprocesses them on the backbone's device (the path a GPU
+/// takes, less the pinned copy). The features must equal the CPU path's.
+#[test]
+fn extraction_through_the_device_path_gives_the_cpu_features() {
+    use lastlayer::backbone::{Architecture, Backbone};
+    use lastlayer::pipeline::extract_split;
+    let mut backbone = Backbone::random(Architecture::Resnet18, Device::Cpu);
+    backbone.set_engine(lastlayer::backbone::Engine::Eager);
+    let registry = Registry::builtin();
+    let cifar = open(DataSpec::Cifar10 { data_dir: Some(common::cifar_sample_dir()) }).split("test").unwrap();
+    let photos = open(DataSpec::parse(common::shared_data().join("imagefolder-sample").to_str().unwrap(), None, 0.2, true).unwrap())
+        .split("test")
+        .unwrap();
+    let input = registry.get("resnet18").unwrap().input();
+    for (split, pre) in [(cifar.subset(&[0, 1, 2, 3, 4]), Preprocessing::stretch(&input)), (photos.subset(&[0, 9, 18]), Preprocessing::center_crop(&input))] {
+        std::env::set_var("LASTLAYER_PREPROCESS", "cpu");
+        assert!(!lastlayer::data::on_device::preprocesses_on(Device::Cpu));
+        let (cpu, labels) = extract_split(&backbone, &split, &pre, 2, &Progress::hidden()).unwrap();
+        std::env::set_var("LASTLAYER_PREPROCESS", "device");
+        assert!(lastlayer::data::on_device::preprocesses_on(Device::Cpu));
+        let (dev, labels2) = extract_split(&backbone, &split, &pre, 2, &Progress::hidden()).unwrap();
+        std::env::remove_var("LASTLAYER_PREPROCESS");
+        assert_eq!(cpu.size(), vec![split.len() as i64, 512]);
+        assert_eq!(labels, labels2);
+        let d = max_diff(&cpu, &dev);
+        eprintln!("{} rows through ResNet-18: max feature difference {d:e}", split.len());
+        assert!(d <= 1e-6, "{d}");
+        assert!(cpu.abs().max().double_value(&[]) > 0.0);
+    }
 }

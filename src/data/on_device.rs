@@ -15,14 +15,21 @@ use crate::error::{Error, Result};
 
 /// True when pictures for a backbone on `device` are preprocessed on that device (a GPU),
 /// false when they are preprocessed on the CPU, by the thread that prepares the next batch.
+/// `LASTLAYER_PREPROCESS=device` or `=cpu` overrides the choice: `device` on the CPU runs the
+/// device path there (for tests), `cpu` on a GPU copies float inputs as before (to compare).
 pub fn preprocesses_on(device: Device) -> bool {
-    device.is_cuda()
+    match std::env::var("LASTLAYER_PREPROCESS").as_deref() {
+        Ok("device") => true,
+        Ok("cpu") => false,
+        _ => device.is_cuda(),
+    }
 }
 
 /// Where preprocessing runs for a backbone on `device`, in words, for the log.
 pub fn describe(device: Device) -> String {
     if preprocesses_on(device) {
-        format!("preprocessing on {device:?}: uint8 pictures cross in pinned memory, resized and normalised there")
+        let pinned = if device.is_cuda() { " in pinned memory" } else { "" };
+        format!("preprocessing on {device:?}: uint8 pictures cross{pinned}, resized and normalised there")
     } else {
         "preprocessing on the CPU, the next batch prepared on another thread".to_string()
     }
