@@ -31,7 +31,7 @@ pub fn describe(device: Device) -> String {
         let pinned = if device.is_cuda() { " in pinned memory" } else { "" };
         format!("preprocessing on {device:?}: uint8 pictures cross{pinned}, resized and normalised there")
     } else {
-        "preprocessing on the CPU, the next batch prepared on another thread".to_string()
+        "preprocessing on the CPU".to_string()
     }
 }
 
@@ -98,7 +98,7 @@ impl Pixels {
         if self.bytes.device() == device {
             return Ok(Pixels { bytes: self.bytes.shallow_clone(), runs: self.runs.clone() });
         }
-        let non_blocking = device.is_cuda() && self.bytes.is_pinned(device);
+        let non_blocking = device.is_cuda() && self.bytes.f_is_pinned(device)?;
         Ok(Pixels { bytes: self.bytes.f_to_device_(device, Kind::Uint8, non_blocking, false)?, runs: self.runs.clone() })
     }
 

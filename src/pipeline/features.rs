@@ -219,7 +219,7 @@ pub fn features(session: &Session, req: &FeatureRequest) -> Result<FeatureSet> {
         let pictures: usize = splits.iter().zip(&found).filter(|(_, f)| f.is_none()).map(|((s, _), _)| s.len()).sum();
         backbone.set_engine(Engine::choose(device, pictures));
         tracing::info!("backbone {} in {precision:?} on {device:?}, engine {:?}", entry.name, backbone.engine());
-        tracing::info!("{}, batches of {batch_size}", on_device::describe(device));
+        tracing::info!("{}; batches of {batch_size}, the next one decoded on another thread", on_device::describe(device));
         for ((split, identity), slot) in splits.iter().zip(found.iter_mut()) {
             let key = key_for(split, identity, &weights.sha256);
             if slot.is_none() {
