@@ -171,7 +171,7 @@ for i, (w, h) in enumerate([(640, 480), (300, 451), (32, 32)]):
 PY
     say "lastlayer --device $DEVICE predict (3 PNG pictures of different sizes)"
     if step predict "$BIN/lastlayer" --json -v --device "$DEVICE" predict "$work/run" "$work/pics"; then
-      echo "predict: $(printf %.1f "$SECS") s whole process, $(grep -c '"path"' "$work/predict.out") pictures classified"
+      echo "predict: $(printf %.1f "$SECS") s whole process, $(grep -o '"path"' "$work/predict.out" | wc -l) pictures classified"
       grep -E "backbone|preprocess|device|cuda|Cuda" "$work/predict.err" | sed 's/^/    log: /' | head -n 6
     fi
   fi
