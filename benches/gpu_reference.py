@@ -13,6 +13,7 @@ under torch.inference_mode(), cudnn.benchmark on. Prints one line:
 "<N> pictures in <seconds>s; batch loop <rate> pictures/s".
 """
 import json
+import os
 import struct
 import sys
 import time
@@ -166,7 +167,7 @@ def main():
     scale = torch.tensor([1 / (float(s) * 255) for s in std.split(",")], device=device).view(1, 3, 1, 1)
 
     names = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
-    raw = b"".join(open(f"{cifar_dir}/{n}", "rb").read() for n in names if __import__("os").path.exists(f"{cifar_dir}/{n}"))
+    raw = b"".join(open(f"{cifar_dir}/{n}", "rb").read() for n in names if os.path.exists(f"{cifar_dir}/{n}"))
     records = torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(-1, 3073)
     pixels = records[:, 1:].reshape(-1, 3, 32, 32)[:limit].contiguous()
     if device.type == "cuda":
