@@ -36,7 +36,7 @@ fn main() -> anyhow::Result<()> {
         precision: PrecisionChoice::Auto,
         weights: args.next(),
         input_size: None, // the registry's default
-        batch_size: 32,
+        batch_size: None,
         chunk_rows: DEFAULT_CHUNK_ROWS,
     };
     let outcome = pipeline::train(&session, &request, &TrainConfig::default(), "runs/example".as_ref())?;

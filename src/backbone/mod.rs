@@ -147,7 +147,11 @@ impl DeviceChoice {
     pub fn resolve(self) -> Result<Device> {
         match self {
             DeviceChoice::Cpu => Ok(Device::Cpu),
-            DeviceChoice::Auto => Ok(if tch::Cuda::is_available() { Device::Cuda(0) } else { Device::Cpu }),
+            DeviceChoice::Auto if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+            DeviceChoice::Auto => {
+                tracing::info!("--device auto: libtorch sees no CUDA device, so everything runs on the CPU");
+                Ok(Device::Cpu)
+            }
             DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
             DeviceChoice::Cuda => Err(Error::usage(
                 "--device",
@@ -156,6 +160,22 @@ impl DeviceChoice {
         }
     }
 }
+
+/// Pictures per extraction batch when `--extract-batch-size` is not given: 32 on the CPU (the
+/// setting of the CPU figures in docs/performance.md), [`GPU_BATCH_SIZE`] on a GPU.
+pub fn default_batch_size(device: Device) -> usize {
+    if device.is_cuda() {
+        GPU_BATCH_SIZE
+    } else {
+        CPU_BATCH_SIZE
+    }
+}
+
+/// The CPU's default extraction batch.
+pub const CPU_BATCH_SIZE: usize = 32;
+/// A GPU's default extraction batch: large enough to keep it busy (ResNet-50 in bf16 at 224
+/// pixels needs a few GB for it); the best size on a given GPU is not measured yet.
+pub const GPU_BATCH_SIZE: usize = 256;
 
 enum Net {
     ResNet(ResNet),
@@ -245,6 +265,11 @@ impl Backbone {
                 }
             }
         });
+        if device.is_cuda() {
+            // Extraction runs batches of one shape: let cuDNN time its algorithms once and keep
+            // the fastest (what PyTorch users do with `torch.backends.cudnn.benchmark = True`).
+            tch::Cuda::cudnn_set_benchmark(true);
+        }
         backbone.precision = precision;
         backbone.engine = Engine::choose(device, 0);
         Ok(backbone)

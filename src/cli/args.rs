@@ -117,9 +117,10 @@ pub enum Command {
     Eval {
         /// A run folder written by `train` or `run`.
         run_dir: PathBuf,
-        /// Pictures per backbone batch, if features must be extracted.
-        #[arg(long, default_value_t = 32)]
-        extract_batch_size: usize,
+        /// Pictures per backbone batch, if features must be extracted [default: 32 on the
+        /// CPU, 256 on a GPU].
+        #[arg(long)]
+        extract_batch_size: Option<usize>,
     },
     /// Is a run (in the background, say) running, finished or dead, and how far did it get?
     Status {
@@ -235,9 +236,9 @@ pub struct DataArgs {
     /// embeddings are resampled to it. Part of the cache key.
     #[arg(long, value_name = "N")]
     pub input_size: Option<i64>,
-    /// Pictures per backbone batch.
-    #[arg(long, default_value_t = 32)]
-    pub extract_batch_size: usize,
+    /// Pictures per backbone batch [default: 32 on the CPU, 256 on a GPU].
+    #[arg(long)]
+    pub extract_batch_size: Option<usize>,
     /// Extraction saves its progress every this many rows; a killed run resumes from there.
     #[arg(long, default_value_t = lastlayer::pipeline::DEFAULT_CHUNK_ROWS)]
     pub chunk_rows: usize,

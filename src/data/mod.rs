@@ -4,6 +4,7 @@
 pub mod cifar10;
 pub mod download;
 pub mod folder;
+pub mod on_device;
 pub mod preprocess;
 pub mod sample;
 
@@ -17,6 +18,7 @@ use tch::{Kind, Tensor};
 
 use crate::error::{Error, IoContext, Result};
 use crate::progress::Progress;
+use on_device::Pixels;
 use preprocess::Preprocessing;
 
 /// What `--data` (with `--data-dir`, `--test-fraction`) names.
@@ -135,14 +137,7 @@ impl Split {
     /// Normalised input `[len, 3, S, S]` for `rows`.
     pub fn batch(&self, rows: Range<usize>, pre: &Preprocessing) -> Result<Tensor> {
         match &self.pictures {
-            Pictures::Cifar(rec, idx) => {
-                let mut bytes = Vec::with_capacity(rows.len() * cifar10::PIXEL_BYTES);
-                for &i in &idx[rows.clone()] {
-                    bytes.extend_from_slice(rec.pixels(i));
-                }
-                let px = Tensor::from_slice(&bytes).view([rows.len() as i64, 3, 32, 32]);
-                Ok(pre.batch(&px))
-            }
+            Pictures::Cifar(rec, idx) => Ok(pre.batch(&cifar_pixels(rec, &idx[rows]))),
             Pictures::Files(entries) => {
                 let inputs: Vec<Result<Tensor>> =
                     entries[rows].par_iter().map(|e| Ok(pre.batch(&load_picture(&e.path)?))).collect();
@@ -151,6 +146,27 @@ impl Split {
             }
         }
     }
+
+    /// The decoded uint8 pictures of `rows`, at their stored size, for
+    /// [`Preprocessing::batch_on`] (files are decoded in parallel).
+    pub fn pixels(&self, rows: Range<usize>) -> Result<Pixels> {
+        match &self.pictures {
+            Pictures::Cifar(rec, idx) => Pixels::batch(&cifar_pixels(rec, &idx[rows])),
+            Pictures::Files(entries) => {
+                let decoded: Vec<Result<Tensor>> = entries[rows].par_iter().map(|e| load_picture(&e.path)).collect();
+                Pixels::pictures(&decoded.into_iter().collect::<Result<Vec<_>>>()?)
+            }
+        }
+    }
+}
+
+/// The records `rows` as one `[N, 3, 32, 32]` uint8 batch.
+fn cifar_pixels(rec: &cifar10::Records, rows: &[usize]) -> Tensor {
+    let mut bytes = Vec::with_capacity(rows.len() * cifar10::PIXEL_BYTES);
+    for &i in rows {
+        bytes.extend_from_slice(rec.pixels(i));
+    }
+    Tensor::from_slice(&bytes).view([rows.len() as i64, 3, 32, 32])
 }
 
 /// Decodes a JPEG or PNG file into a `[1, 3, h, w]` uint8 RGB tensor.

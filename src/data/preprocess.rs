@@ -112,10 +112,10 @@ impl Preprocessing {
         resize_8bit(x, [oh, ow], self.interpolation)
     }
 
-    /// `(x / 255 - mean) / std` for 0-255 RGB values.
+    /// `(x / 255 - mean) / std` for 0-255 RGB values, on `x`'s device.
     pub fn normalize(&self, x: &Tensor) -> Tensor {
         let (mean, scale) = self.normalization();
-        (x - mean) * scale
+        (x - mean.to_device(x.device())) * scale.to_device(x.device())
     }
 
     /// `(mean · 255, 1 / (std · 255))`, each `[1, 3, 1, 1]`: `normalize(x) = (x - a) · b`.

@@ -32,7 +32,7 @@ pub(super) fn weights_file_of(card: &HeadCard) -> Option<PathBuf> {
 }
 
 /// Re-evaluates a run's head on its test split (from the cache, extracting if needed).
-pub fn evaluate_run(session: &Session, run_dir: &Path, batch_size: usize) -> Result<EvalOutcome> {
+pub fn evaluate_run(session: &Session, run_dir: &Path, batch_size: Option<usize>) -> Result<EvalOutcome> {
     let (card, head) = read_run(run_dir)?;
     let req = FeatureRequest {
         model: card.backbone.model.clone(),

@@ -5,18 +5,38 @@ use std::ops::Range;
 use std::sync::mpsc;
 use std::time::Instant;
 
-use tch::Tensor;
+use tch::{Device, Tensor};
 
 use crate::backbone::Backbone;
 use crate::cache::{CachedFeatures, FeatureCache, FeatureKey, Partial, PartialPlan};
+use crate::data::on_device::{self, Pixels};
 use crate::data::preprocess::Preprocessing;
 use crate::data::Split;
 use crate::error::{Error, Result};
 use crate::progress::{Progress, Task, Unit};
 
+/// A batch on its way to the backbone.
+enum Prepared {
+    /// Normalised on the CPU.
+    Input(Tensor),
+    /// uint8 pictures, staged for the backbone's device, to be preprocessed there.
+    Pixels(Pixels),
+}
+
+/// Prepares rows `rows` of `split` for a backbone on `device`: preprocessed here on the CPU,
+/// or decoded and staged (pinned) for preprocessing on a GPU (see [`on_device`]).
+fn prepare(split: &Split, rows: Range<usize>, pre: &Preprocessing, device: Device) -> Result<Prepared> {
+    if on_device::preprocesses_on(device) {
+        Ok(Prepared::Pixels(split.pixels(rows)?.staged_for(device)?))
+    } else {
+        Ok(Prepared::Input(split.batch(rows, pre)?))
+    }
+}
+
 /// Runs the backbone over `chunks` (row ranges of `split`, each a whole number of batches),
-/// preparing the next batch (decoding, resizing) on another thread while the current one is
-/// computed, and hands each chunk's features to `on_chunk` as soon as it is complete.
+/// preparing the next batch (decoding; on the CPU also resizing) on another thread while the
+/// current one is computed, and hands each chunk's features to `on_chunk` as soon as it is
+/// complete. On a GPU the pictures are resized and normalised there ([`on_device`]).
 fn run_backbone(
     backbone: &Backbone,
     split: &Split,
@@ -26,13 +46,14 @@ fn run_backbone(
     task: &mut Task,
     mut on_chunk: impl FnMut(usize, Tensor) -> Result<()>,
 ) -> Result<()> {
+    let device = backbone.device();
     std::thread::scope(|scope| -> Result<()> {
-        let (tx, rx) = mpsc::sync_channel::<(usize, bool, Result<Tensor>)>(2);
+        let (tx, rx) = mpsc::sync_channel::<(usize, bool, Result<Prepared>)>(2);
         scope.spawn(move || {
             for (chunk, rows) in chunks {
                 for start in rows.clone().step_by(batch_size) {
                     let end = (start + batch_size).min(rows.end);
-                    let batch = split.batch(start..end, pre);
+                    let batch = prepare(split, start..end, pre, device);
                     let failed = batch.is_err();
                     if tx.send((*chunk, end == rows.end, batch)).is_err() || failed {
                         return;
@@ -42,7 +63,10 @@ fn run_backbone(
         });
         let mut parts = Vec::new();
         for (chunk, last, batch) in rx {
-            let batch = batch?;
+            let batch = match batch? {
+                Prepared::Input(input) => input,
+                Prepared::Pixels(pixels) => pre.batch_on(&pixels, device)?,
+            };
             let rows = batch.size()[0];
             parts.push(backbone.features(&pad_rows(&batch, batch_size as i64))?.narrow(0, 0, rows));
             task.inc(rows as u64);

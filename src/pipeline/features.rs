@@ -7,8 +7,9 @@ use tch::Tensor;
 
 use super::extract::extract_resumable;
 use super::Session;
-use crate::backbone::{Backbone, Engine, Precision, PrecisionChoice};
+use crate::backbone::{default_batch_size, Backbone, Engine, Precision, PrecisionChoice};
 use crate::cache::{CachedFeatures, EntryLock, FeatureCache, FeatureKey, FORMAT_VERSION};
+use crate::data::on_device;
 use crate::data::preprocess::{InputSpec, Preprocessing};
 use crate::data::sample::{stratified_subset, Subset};
 use crate::data::{DataSpec, Dataset, OpenOptions, PictureKind, Split};
@@ -37,8 +38,8 @@ pub struct FeatureRequest {
     pub weights: Option<PathBuf>,
     /// `--input-size N` instead of the registry's default.
     pub input_size: Option<i64>,
-    /// Pictures per backbone batch.
-    pub batch_size: usize,
+    /// Pictures per backbone batch; `None`: [`default_batch_size`] for the device.
+    pub batch_size: Option<usize>,
     /// Rows per saved chunk during extraction (rounded up to whole batches): how much a
     /// killed run can lose.
     pub chunk_rows: usize,
@@ -54,7 +55,7 @@ impl FeatureRequest {
             Subset::Limit(0) => return Err(Error::usage("--limit", "must be at least 1")),
             _ => {}
         }
-        if self.batch_size == 0 {
+        if self.batch_size == Some(0) {
             return Err(Error::usage("--extract-batch-size", "must be at least 1"));
         }
         if self.chunk_rows == 0 {
@@ -211,12 +212,14 @@ pub fn features(session: &Session, req: &FeatureRequest) -> Result<FeatureSet> {
                 });
             }
         }
+        let batch_size = req.batch_size.unwrap_or_else(|| default_batch_size(device));
         let mut backbone = load_backbone(&entry, &weights, input.input_size, device, precision)?;
         // The whole splits count, not what a resumed run has left, so that every chunk of an
         // entry comes from the same engine.
         let pictures: usize = splits.iter().zip(&found).filter(|(_, f)| f.is_none()).map(|((s, _), _)| s.len()).sum();
         backbone.set_engine(Engine::choose(device, pictures));
         tracing::info!("backbone {} in {precision:?} on {device:?}, engine {:?}", entry.name, backbone.engine());
+        tracing::info!("{}; batches of {batch_size}, the next one decoded on another thread", on_device::describe(device));
         for ((split, identity), slot) in splits.iter().zip(found.iter_mut()) {
             let key = key_for(split, identity, &weights.sha256);
             if slot.is_none() {
@@ -234,7 +237,7 @@ pub fn features(session: &Session, req: &FeatureRequest) -> Result<FeatureSet> {
                     &backbone,
                     split,
                     &preprocessing,
-                    req.batch_size,
+                    batch_size,
                     req.chunk_rows,
                     &cache,
                     &key,

@@ -10,6 +10,7 @@ use super::features::load_backbone;
 use super::Session;
 use crate::backbone::{Backbone, Precision};
 use crate::data::load_picture;
+use crate::data::on_device::{self, Pixels};
 use crate::error::{Error, IoContext, Result};
 use crate::export::{read_run, HeadCard};
 use crate::hub::{fetch_weights, resolve_weights};
@@ -90,6 +91,13 @@ impl Classifier {
 
     fn with_run(session: &Session, card: HeadCard, head: crate::head::LinearHead) -> Result<Classifier> {
         let backbone = run_backbone_of(session, &card, card.backbone.precision)?;
+        tracing::info!(
+            "classifier: backbone {} in {:?} on {:?}; {}; head on the CPU",
+            card.backbone.model,
+            backbone.precision(),
+            backbone.device(),
+            on_device::describe(backbone.device())
+        );
         Ok(Classifier { card, head, backbone })
     }
 
@@ -110,7 +118,8 @@ impl Classifier {
 
     /// The `top_k` classes (at most as many as there are) of each of `pictures`, decoded
     /// `[1, 3, h, w]` uint8 RGB tensors as [`crate::data::decode_picture`] gives, run through
-    /// the backbone together (one batch).
+    /// the backbone together (one batch). With the backbone on a GPU they cross as uint8 and
+    /// are resized and normalised there.
     pub fn classify(&self, pictures: &[Tensor], top_k: usize) -> Result<Vec<Vec<ClassScore>>> {
         if top_k == 0 {
             return Err(Error::usage("top_k", "must be at least 1"));
@@ -120,8 +129,14 @@ impl Classifier {
         }
         let classes = &self.card.classes;
         let k = top_k.min(classes.len());
-        let inputs: Vec<Tensor> = pictures.iter().map(|p| self.card.preprocessing.batch(p)).collect();
-        let probs = self.head.probabilities(&self.backbone.features(&Tensor::cat(&inputs, 0))?);
+        let pre = &self.card.preprocessing;
+        let device = self.backbone.device();
+        let input = if on_device::preprocesses_on(device) {
+            pre.batch_on(&Pixels::pictures(pictures)?.staged_for(device)?, device)?
+        } else {
+            Tensor::cat(&pictures.iter().map(|p| pre.batch(p)).collect::<Vec<_>>(), 0)
+        };
+        let probs = self.head.probabilities(&self.backbone.features(&input)?);
         let (values, indices) = probs.topk(k as i64, -1, true, true);
         (0..pictures.len())
             .map(|i| {

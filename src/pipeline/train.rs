@@ -42,6 +42,7 @@ pub fn train(session: &Session, req: &FeatureRequest, cfg: &TrainConfig, out: &P
     let fs = features(session, &req)?;
     let (xtr, ytr) = fs.split("train").expect("train was requested").load()?;
     let (xte, yte) = fs.split("test").expect("test was requested").load()?;
+    tracing::info!("head: trained on the CPU, {} x {} features (whatever --device is)", xtr.size()[0], xtr.size().get(1).copied().unwrap_or(0));
     let (head, report) = train_head(&xtr, &ytr, fs.classes.len(), cfg, &session.progress)?;
     let test = evaluate(&head, &xte, &yte, &fs.classes);
     let entry = session.registry.get(&req.model)?;
