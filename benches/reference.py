@@ -25,8 +25,13 @@ std_t = torch.tensor([float(s) for s in std.split(",")]).view(1, 3, 1, 1)
 dtype = torch.bfloat16 if mode.startswith("bf16") else torch.float32
 channels_last = mode.endswith("-cl")
 
-model = timm.create_model(name, pretrained=False, num_classes=0)
-model.load_state_dict(load_file(weights), strict=False)
+if name.startswith("vit_"):
+    # A Vision Transformer loads as a user's checkpoint does: timm's filter resamples the
+    # position embeddings to the input size.
+    model = timm.create_model(name, pretrained=True, num_classes=0, img_size=size, pretrained_cfg_overlay=dict(file=weights))
+else:
+    model = timm.create_model(name, pretrained=False, num_classes=0)
+    model.load_state_dict(load_file(weights), strict=False)
 model = model.eval().to(dtype)
 if channels_last:
     model = model.to(memory_format=torch.channels_last)

@@ -146,3 +146,42 @@ fn folder_with_one_class_is_refused() {
     let out = sb.run(&["extract", "--model", "resnet18", "--data", sb.path().join("pics").to_str().unwrap(), "--weights", &w]);
     assert_fails(&out, 3, &["at least two"]);
 }
+
+/// `lastlayer models`: every registry model once, in columns that line up whatever the names'
+/// lengths (the hub repo starts at one column on every row), the published linear-probe figures
+/// with their numbered sources, and the same facts in `--json`.
+#[test]
+fn models_table_is_aligned_and_names_its_sources() {
+    let sb = Sandbox::new();
+    let out = sb.run(&["models"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    let header = lines[0];
+    let repo_col = header.find("hub repo").expect("a hub repo column");
+    let registry = lastlayer::hub::Registry::builtin();
+    for m in registry.models() {
+        let row = lines.iter().find(|l| l.trim_start().starts_with(&format!("{} ", m.name))).unwrap_or_else(|| panic!("no row for {}\n{text}", m.name));
+        assert_eq!(row.find(&m.hub_repo), Some(repo_col), "{}'s hub repo is not in the column\n{text}", m.name);
+    }
+    let dino = lines.iter().find(|l| l.trim_start().starts_with("vit_base_patch14_dinov2 ")).unwrap();
+    assert!(dino.contains("98.7% [2]") && dino.contains("43.9"), "{dino}");
+    assert!(text.contains("[2] DINOv2 (Oquab et al., 2023)"), "{text}");
+    let json = sb.run_json(&["--json", "models"]);
+    let rows = json.as_array().unwrap();
+    assert_eq!(rows.len(), registry.models().len());
+    assert!(rows.iter().all(|r| r["entry"]["gflops"].as_f64().is_some_and(|g| g > 0.0)), "{json}");
+}
+
+/// A Vision Transformer's input size must be a multiple of its patch: refused before any work,
+/// naming the flag and the two nearest sizes that would do.
+#[test]
+fn vit_input_size_that_is_not_a_multiple_of_the_patch_is_refused() {
+    let sb = Sandbox::new();
+    let w = weights(&sb, "vit_small_patch14_dinov2");
+    let data = cifar_sample_dir();
+    let out = sb.run(&["extract", "--model", "vit_small_patch14_dinov2", "--weights", &w, "--data", "cifar10", "--data-dir", data.to_str().unwrap(),
+        "--split", "test", "--limit", "10", "--input-size", "100"]);
+    assert_fails(&out, 2, &["--input-size", "100", "patch size 14", "98", "112"]);
+    assert!(!sb.path().join("cache/features").exists() || std::fs::read_dir(sb.path().join("cache/features")).unwrap().next().is_none());
+}

@@ -67,6 +67,7 @@ fn parity(model: &str, engine: Engine, input_size: Option<i64>) -> Value {
     let photo_input = Tensor::cat(&photos.iter().map(|p| crop.batch(&load_picture(p).unwrap())).collect::<Vec<_>>(), 0);
     let features = backbone.features(&Tensor::cat(&[&cifar_input, &photo_input], 0)).unwrap();
     assert_eq!(features.size(), vec![6, entry.feature_width]);
+    assert_eq!(backbone.ran_frozen(), engine == Engine::Frozen, "{model}: the {engine:?} engine did not compute the features");
 
     let tensors = dir.path().join("tensors.safetensors");
     Tensor::write_safetensors(

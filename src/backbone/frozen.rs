@@ -5,7 +5,9 @@
 //!
 //! With fusion, the profiling executor hands whole subgraphs (convolution, bias, ReLU, the
 //! residual add) to oneDNN Graph, which runs each as one kernel on blocked layouts; the first
-//! two batches are profiled and run unfused. The graph is the one [`super::Eager`] traces, so
+//! two calls of a shape are profiled and run unfused, so [`super::Backbone`] warms the module
+//! up on zero batches before the first real one (and extraction pads its last batch to the
+//! same shape): every real batch then runs the same fused graph. The graph is the one [`super::Eager`] traces, so
 //! the features are the same up to float rounding (`tests/parity.rs` checks them against timm
 //! through this path).
 

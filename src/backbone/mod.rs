@@ -413,6 +413,12 @@ impl Backbone {
         Ok(frozen)
     }
 
+    /// True once a batch has run through the frozen module and it has not failed since (false
+    /// when the engine is eager, or the frozen module fell back to eager).
+    pub fn ran_frozen(&self) -> bool {
+        self.engine == Engine::Frozen && !self.frozen_failed.get() && self.frozen.get().is_some_and(Option::is_some)
+    }
+
     /// The engine it runs with.
     pub fn engine(&self) -> Engine {
         self.engine

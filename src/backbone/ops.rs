@@ -145,7 +145,15 @@ impl Ops for Eager {
         x.flatten(2, 3).transpose(1, 2)
     }
     fn batch_tokens(&mut self, like: &Tensor, tokens: &Tensor) -> Tensor {
-        tokens.expand([like.size()[0], -1, -1], false)
+        // Shaped after `like` rather than after its batch size read here, so that a trace (the
+        // frozen engine, TorchScript export) keeps the batch size free instead of recording the
+        // example's as a constant.
+        let k = tokens.size()[1];
+        if like.size()[1] >= k {
+            tokens.expand_as(&like.narrow(1, 0, k))
+        } else {
+            tokens.expand([like.size()[0], -1, -1], false)
+        }
     }
     fn concat_tokens(&mut self, xs: &[Tensor]) -> Tensor {
         Tensor::cat(xs, 1)
@@ -157,13 +165,11 @@ impl Ops for Eager {
         x.chunk(parts, -1)
     }
     fn attention(&mut self, q: &Tensor, k: &Tensor, v: &Tensor, heads: i64) -> Tensor {
-        let shape = q.size();
-        let (n, tq, c) = (shape[0], shape[1], shape[2]);
-        let split = |t: &Tensor| {
-            let s = t.size();
-            t.reshape([s[0], s[1], heads, c / heads]).transpose(1, 2)
-        };
+        // Only the channel axis is split and joined: no batch or token count is read, so a
+        // trace stays valid for any batch size.
+        let c = *q.size().last().expect("attention takes [N, T, C] values");
+        let split = |t: &Tensor| t.unflatten(-1, [heads, c / heads]).transpose(1, 2);
         let y = Tensor::scaled_dot_product_attention(&split(q), &split(k), &split(v), None::<Tensor>, 0.0, false, None, false);
-        y.transpose(1, 2).reshape([n, tq, c])
+        y.transpose(1, 2).flatten(2, 3)
     }
 }
