@@ -43,12 +43,12 @@ pub const L2_PATH: [f64; 9] = [1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 3e-4, 1e
 /// within each).
 pub const L2_EPOCHS_PER_STEP: usize = 2;
 /// Optimiser updates at each penalty, at least: small data sets get more epochs per penalty.
-pub const L2_UPDATES_PER_STEP: usize = 150;
+pub const L2_UPDATES_PER_STEP: usize = 300;
 /// Penalties of [`L2_PATH`] without a better head after which the weaker ones are skipped.
 pub const L2_PATIENCE_STEPS: usize = 2;
 /// Rows of a minibatch on the path, at most (unless `--batch-size` is larger): batches grow
 /// from `--batch-size` with the data, to make [`L2_BATCHES_PER_EPOCH`] a epoch, up to this.
-pub const L2_BATCH_ROWS: usize = 512;
+pub const L2_BATCH_ROWS: usize = 256;
 /// Minibatches an epoch on the path, at least while batches can grow (see [`L2_BATCH_ROWS`]).
 pub const L2_BATCHES_PER_EPOCH: usize = 16;
 

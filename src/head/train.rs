@@ -438,7 +438,10 @@ mod tests {
     /// the path chose; `refit: false` keeps the head that never saw them.
     #[test]
     fn refit_trains_on_the_validation_rows_with_the_chosen_penalty() {
-        let (x, y) = blobs(60, 4, 40);
+        // Overlapping classes, so that no head fits the validation rows perfectly.
+        let centers = randn(&mut ChaCha8Rng::seed_from_u64(4), [3, 16]) * 0.5;
+        let y = Tensor::arange(3, (Kind::Int64, Device::Cpu)).repeat_interleave_self_int(60, None, None);
+        let x = centers.index_select(0, &y) + randn(&mut ChaCha8Rng::seed_from_u64(40), [180, 16]);
         let cfg = TrainConfig::default();
         assert!(cfg.refit, "refit is the default");
         let (refit, a) = train_head(&x, &y, 3, &cfg, &Progress::hidden()).unwrap();
