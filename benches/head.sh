@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# Head training: lastlayer's default head against scikit-learn's LogisticRegression (lbfgs, C
-# tuned on the same validation split), on (1) synthetic but learnable features of CIFAR-10's
+# Head training: lastlayer's default head (L2 path, then the refit on all of train) and the same
+# without the refit (--no-refit) against scikit-learn's LogisticRegression (lbfgs, C tuned on the
+# same validation split, then refit on all of train), on (1) synthetic but learnable features of CIFAR-10's
 # full shape, 50,000 x 2,048 (test 10,000 x 2,048), and (2) real EfficientNet-Lite0 features of
 # the CIFAR-10 sample in ../shared/data (2,000 train, 1,000 test). Prints both times and both
-# test accuracies.
+# test accuracies (scikit-learn's also before its refit). The machine may be busy: the three
+# fits run one after the other in the same script, so their ratios mean more than the times.
 #
 #   benches/head.sh
+#   REFERENCE_PYTHON=/path/to/python benches/head.sh   # scikit-learn from another environment
+#                                                      # (numpy, safetensors, scikit-learn==1.9.1)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"
 cd "$LASTLAYER_ROOT"
 scripts/setup.sh --no-build >/dev/null
-pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt -r benches/requirements.txt
+if [ -z "${REFERENCE_PYTHON:-}" ]; then
+  pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt -r benches/requirements.txt
+fi
+reference_python=${REFERENCE_PYTHON:-python3}
 cargo build --release --quiet --example head_from_features
 cargo build --release --quiet
 work=$(mktemp -d)
@@ -18,13 +25,19 @@ trap 'rm -rf "$work"' EXIT
 
 compare() { # TRAIN TEST LABEL
   target/release/examples/head_from_features "$1" "$2" >"$work/ours.json"
+  target/release/examples/head_from_features "$1" "$2" --no-refit >"$work/ours-no-refit.json"
   python3 -c "import json; print(json.dumps(json.load(open('$work/ours.json'))['val_rows']))" >"$work/val.json"
-  python3 benches/head_reference.py "$1" "$2" "$work/val.json" >"$work/ref.json"
-  python3 - "$3" "$work/ours.json" "$work/ref.json" <<'PY'
+  "$reference_python" benches/head_reference.py "$1" "$2" "$work/val.json" >"$work/ref.json"
+  python3 - "$3" "$work/ours.json" "$work/ours-no-refit.json" "$work/ref.json" <<'PY'
 import json, sys
-o, r = json.load(open(sys.argv[2])), json.load(open(sys.argv[3]))
-print(f"{sys.argv[1]}: lastlayer {o['seconds']:.2f}s, test accuracy {o['test_accuracy']:.4f} (best epoch {o['best_epoch']} of {o['epochs_run']}, L2 {o['l2']}); "
-      f"scikit-learn {r['seconds']:.2f}s for 5 values of C (chose C={r['C']}), test accuracy {r['test_accuracy']:.4f}")
+o, n, r = (json.load(open(p)) for p in sys.argv[2:5])
+print(f"{sys.argv[1]}:\n"
+      f"  lastlayer (path + refit on {o['refit_rows']} rows, {o['refit_epochs']} epochs) {o['seconds']:.2f}s, test accuracy {o['test_accuracy']:.4f} "
+      f"(L2 {o['l2']}, candidate epoch {o['best_epoch']} of {o['epochs_run']} on the path)\n"
+      f"  lastlayer --no-refit {n['seconds']:.2f}s, test accuracy {n['test_accuracy']:.4f}\n"
+      f"  scikit-learn {r['seconds']:.2f}s for 5 values of C and the refit (chose C={r['C']}), test accuracy {r['test_accuracy']:.4f} "
+      f"(before its refit {r['test_accuracy_no_refit']:.4f})\n"
+      f"  time ratio scikit-learn / lastlayer: {r['seconds'] / o['seconds']:.1f}x")
 PY
 }
 

@@ -1,9 +1,11 @@
 //! Trains a head on features stored as safetensors (`features` N x D, `labels` N) with the
-//! library's defaults, evaluates it on a test file, and prints one JSON line: seconds, test
-//! accuracy, and the validation rows it held out (so that a reference can use the same split).
+//! library's defaults (or without the refit, with `--no-refit`; another seed of the validation
+//! split and shuffles with `--seed N`), evaluates it on a test file,
+//! and prints one JSON line: seconds, test accuracy, and the validation rows it held out (so
+//! that a reference can use the same split).
 //!
 //! ```sh
-//! cargo run --release --example head_from_features -- train.safetensors test.safetensors
+//! cargo run --release --example head_from_features -- train.safetensors test.safetensors [--no-refit] [--seed N]
 //! ```
 
 use std::time::Instant;
@@ -21,11 +23,21 @@ fn load(path: &str) -> anyhow::Result<(Tensor, Tensor)> {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [train, test] = args.as_slice() else { anyhow::bail!("usage: head_from_features TRAIN TEST") };
+    let usage = "usage: head_from_features TRAIN TEST [--no-refit] [--seed N]";
+    let (mut refit, mut seed, mut files) = (true, 0u64, Vec::new());
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--no-refit" => refit = false,
+            "--seed" => seed = it.next().and_then(|s| s.parse().ok()).ok_or_else(|| anyhow::anyhow!("--seed needs a number; {usage}"))?,
+            _ => files.push(a.clone()),
+        }
+    }
+    let [train, test] = files.as_slice() else { anyhow::bail!("{usage}") };
     let (x, y) = load(train)?;
     let (xt, yt) = load(test)?;
     let classes = y.max().int64_value(&[]) as usize + 1;
-    let cfg = TrainConfig::default();
+    let cfg = TrainConfig { refit, seed, ..TrainConfig::default() };
     let start = Instant::now();
     let (head, report) = train_head(&x, &y, classes, &cfg, &Progress::hidden())?;
     let seconds = start.elapsed().as_secs_f64();
@@ -46,6 +58,7 @@ fn main() -> anyhow::Result<()> {
         serde_json::json!({
             "seconds": seconds, "test_accuracy": eval.accuracy, "val_accuracy": report.best_val_accuracy,
             "best_epoch": report.best_epoch, "epochs_run": report.history.len(), "l2": report.l2, "val_rows": val_rows,
+            "refit_rows": report.refit.as_ref().map(|r| r.rows), "refit_epochs": report.refit.as_ref().map(|r| r.epochs),
         })
     );
     Ok(())

@@ -132,6 +132,18 @@ fn second_train_reuses_the_cache_without_the_backbone() {
     let third = sb.run_json(&[&args[..], &["--offline", "--lr", "0.01", "--seed", "3", "--out", "c"]].concat());
     assert_eq!(third["test_accuracy"], second["test_accuracy"]);
     assert_eq!(std::fs::read(sb.path().join("b/head.safetensors")).unwrap(), std::fs::read(sb.path().join("c/head.safetensors")).unwrap());
+
+    // The head is refit on all 30 training rows after the choice, and head.json says so;
+    // --no-refit keeps the head trained on the rows outside validation, another head.
+    assert_eq!(card["training"]["refit"], true);
+    assert_eq!(card["report"]["refit"]["rows"], 30);
+    assert_eq!(card["report"]["refit"]["l2"], card["report"]["l2"]);
+    sb.run_json(&[&args[..], &["--offline", "--lr", "0.01", "--seed", "3", "--no-refit", "--out", "d"]].concat());
+    let kept: serde_json::Value = serde_json::from_slice(&std::fs::read(sb.path().join("d/head.json")).unwrap()).unwrap();
+    assert_eq!(kept["training"]["refit"], false);
+    assert!(kept["report"].get("refit").is_none(), "{}", kept["report"]);
+    assert_eq!((&kept["report"]["train_rows"], &kept["report"]["l2"]), (&card["report"]["train_rows"], &card["report"]["l2"]));
+    assert_ne!(std::fs::read(sb.path().join("b/head.safetensors")).unwrap(), std::fs::read(sb.path().join("d/head.safetensors")).unwrap());
 }
 
 #[test]

@@ -268,6 +268,10 @@ pub struct HeadArgs {
     /// Learning-rate schedule.
     #[arg(long, value_enum, default_value = "cosine")]
     pub schedule: ScheduleArg,
+    /// Keep the head trained without the validation rows, instead of training it once more on
+    /// all of train with the chosen penalty (or epoch) after the choice.
+    #[arg(long)]
+    pub no_refit: bool,
 }
 
 /// `--schedule`.

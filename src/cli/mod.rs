@@ -115,6 +115,7 @@ fn train_config(h: &HeadArgs, lr: f64, weight_decay: args::WeightDecayArg) -> Tr
             ScheduleArg::Cosine => Schedule::Cosine,
             ScheduleArg::Constant => Schedule::Constant,
         },
+        refit: !h.no_refit,
     }
 }
 
@@ -418,8 +419,12 @@ fn report_training(out: &pipeline::TrainOutcome, json: bool) -> Result<()> {
     }
     print!("{}", output::features(&out.features));
     let l2 = out.report.l2.map(|l2| format!(", L2 penalty {l2:e} (tuned)")).unwrap_or_default();
+    let refit = match &out.report.refit {
+        Some(r) => format!("; then refit on all {} training rows ({} epochs)", r.rows, r.epochs),
+        None => String::new(),
+    };
     println!(
-        "\nhead: best epoch {} of {} run{l2}, validation accuracy {:.2}%, trained in {:.2}s",
+        "\nhead: best epoch {} of {} run{l2}, validation accuracy {:.2}%{refit}, trained in {:.2}s",
         out.report.best_epoch,
         out.report.history.len(),
         100.0 * out.val_accuracy,

@@ -2,10 +2,12 @@
 //! evaluation (accuracy, per-class accuracy, confusion matrix).
 
 mod metrics;
+mod path;
 mod train;
 
 pub use metrics::{evaluate, ClassAccuracy, Evaluation};
-pub use train::{train_head, EpochRecord, OptimizerKind, Schedule, TrainConfig, TrainReport};
+pub use path::{L2_BATCHES_PER_EPOCH, L2_BATCH_ROWS, L2_EPOCHS_PER_STEP, L2_PATH, L2_PATIENCE_STEPS, L2_UPDATES_PER_STEP};
+pub use train::{train_head, EpochRecord, OptimizerKind, RefitRecord, Schedule, TrainConfig, TrainReport};
 
 use std::path::Path;
 

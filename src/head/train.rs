@@ -1,21 +1,14 @@
-//! Training the head: softmax regression on standardised features, minibatch AdamW (or Adam,
-//! SGD) with a cosine learning-rate schedule, and a stratified validation split held out of
-//! train for early stopping and for choosing the epoch whose weights are kept (the lowest
-//! validation loss). Zero initialisation and seeded shuffles make the
-//! same seed give the same head.
+//! Training the head: softmax regression on standardised features, with a stratified
+//! validation split held out of train.
 //!
 //! With `weight_decay_auto` (the CLI's default, `--weight-decay auto`), the L2 penalty is tuned
-//! on the validation split as scikit-learn users tune `C`: training walks down [`L2_PATH`],
-//! strongest penalty first, [`L2_EPOCHS_PER_STEP`] epochs each (more on small data, to make
-//! [`L2_UPDATES_PER_STEP`] updates), every step warm-started from the last (a regularisation
-//! path). Each step's last epoch (the learning rate has decayed, the weights have settled) is
-//! a candidate, and the candidate with the lowest *calibrated* validation loss is kept.
-//! Calibrated: at the softmax temperature that fits the validation rows best,
-//! which is then folded into the head. (A strong penalty gives underconfident probabilities
-//! whose raw cross-entropy is high even where its accuracy is the best; the calibrated loss
-//! judges the ranking, and is smoother than accuracy on a small split.) After
-//! [`L2_PATIENCE_STEPS`] steps without a better candidate the weaker penalties are skipped.
-//! `epochs` and `patience` do not apply.
+//! on the validation split along a regularisation path, and the head is then refit on all of
+//! train: see [`super::path`]. With a fixed weight decay (what `sweep` tries), minibatch AdamW
+//! (or Adam, SGD) with a cosine learning-rate schedule runs for up to `epochs`, the epoch with
+//! the lowest validation loss is kept (early stopping after `patience` epochs without a lower
+//! one), and with `refit` the same training is run again on all of train, for as many epochs
+//! as the kept one had. Zero initialisation and seeded shuffles make the same seed give the
+//! same head.
 
 use std::time::Instant;
 
@@ -53,17 +46,6 @@ pub enum Schedule {
     Constant,
 }
 
-/// The L2 penalties (`λ` in `mean cross-entropy + λ/2 · |W|²`, on standardised features)
-/// that `weight_decay_auto` walks down, strongest first. scikit-learn's `C` is `1 / (λ · n)`.
-pub const L2_PATH: [f64; 9] = [1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 3e-4, 1e-4];
-/// Epochs at each penalty of [`L2_PATH`], at least (the learning rate follows a cosine
-/// within each).
-pub const L2_EPOCHS_PER_STEP: usize = 3;
-/// Optimiser updates at each penalty, at least: small data sets get more epochs per penalty.
-pub const L2_UPDATES_PER_STEP: usize = 300;
-/// Steps of [`L2_PATH`] without a better head after which the weaker penalties are skipped.
-pub const L2_PATIENCE_STEPS: usize = 2;
-
 /// Head training settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -89,6 +71,11 @@ pub struct TrainConfig {
     pub patience: usize,
     /// Learning-rate schedule.
     pub schedule: Schedule,
+    /// After choosing (the penalty, or the epoch), train once more on train and validation
+    /// rows together with that choice (`--no-refit` turns it off; head.json files written
+    /// before it existed read as `false`, which is what they did).
+    #[serde(default)]
+    pub refit: bool,
 }
 
 impl Default for TrainConfig {
@@ -104,6 +91,7 @@ impl Default for TrainConfig {
             seed: 0,
             patience: 10,
             schedule: Schedule::Cosine,
+            refit: true,
         }
     }
 }
@@ -151,7 +139,7 @@ pub struct EpochRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub l2: Option<f64>,
     /// Validation loss at the best-fitting temperature, and that temperature's inverse as a
-    /// logit scale (tuned penalties only).
+    /// logit scale (tuned penalties only, the last epoch of each penalty: the candidates).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_loss_calibrated: Option<(f64, f64)>,
 }
@@ -177,14 +165,32 @@ pub struct TrainReport {
     pub train_rows: usize,
     /// Rows held out for validation.
     pub val_rows: usize,
-    /// Wall-clock seconds.
+    /// The refit on train and validation rows after the choice, when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refit: Option<RefitRecord>,
+    /// Wall-clock seconds (path and refit).
     pub seconds: f64,
+}
+
+/// The refit on all training rows (train and validation) that produced the kept head.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefitRecord {
+    /// Rows it trained on.
+    pub rows: usize,
+    /// Epochs it ran.
+    pub epochs: usize,
+    /// The L2 penalty it used (tuned penalties only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l2: Option<f64>,
+    /// Mean training loss of its last epoch.
+    pub train_loss: f64,
+    /// Training accuracy of its last epoch.
+    pub train_accuracy: f64,
 }
 
 /// Trains a head on `features` `[N, D]` and `labels` `[N]` (values in `0..classes`).
 pub fn train_head(features: &Tensor, labels: &Tensor, classes: usize, cfg: &TrainConfig, progress: &Progress) -> Result<(LinearHead, TrainReport)> {
     cfg.validate()?;
-    let start = Instant::now();
     let x = features.to_kind(Kind::Float).to_device(Device::Cpu);
     let y = labels.to_kind(Kind::Int64).to_device(Device::Cpu);
     let label_vec: Vec<i64> = Vec::<i64>::try_from(&y).map_err(Error::Torch)?;
@@ -195,12 +201,49 @@ pub fn train_head(features: &Tensor, labels: &Tensor, classes: usize, cfg: &Trai
         return Err(Error::usage("--data", format!("label {bad} is outside the {classes} classes")));
     }
     let (train_rows, val_rows) = stratified_holdout(&label_vec, cfg.val_fraction, cfg.seed);
+    if cfg.weight_decay_auto {
+        return Ok(tch::no_grad(|| super::path::fit(&x, &y, &train_rows, &val_rows, classes, cfg, progress)));
+    }
+    let start = Instant::now();
+    let (head, mut report) = fit_fixed(&x, &y, &train_rows, &val_rows, classes, cfg, None, progress)?;
+    if cfg.refit && !val_rows.is_empty() {
+        let all: Vec<usize> = (0..label_vec.len()).collect();
+        let (refit_head, refit_report) = fit_fixed(&x, &y, &all, &[], classes, cfg, Some(report.best_epoch), progress)?;
+        let last = refit_report.history.last().expect("the refit ran");
+        report.refit = Some(RefitRecord {
+            rows: all.len(),
+            epochs: refit_report.history.len(),
+            l2: None,
+            train_loss: last.train_loss,
+            train_accuracy: last.train_accuracy,
+        });
+        report.seconds = start.elapsed().as_secs_f64();
+        return Ok((refit_head, report));
+    }
+    Ok((head, report))
+}
+
+/// Minibatch training with a fixed weight decay on `train_rows`, the epoch of lowest
+/// validation loss kept; or, with `refit_epochs`, exactly that many epochs (of the same
+/// schedule), the last kept.
+#[allow(clippy::too_many_arguments)]
+fn fit_fixed(
+    x: &Tensor,
+    y: &Tensor,
+    train_rows: &[usize],
+    val_rows: &[usize],
+    classes: usize,
+    cfg: &TrainConfig,
+    refit_epochs: Option<usize>,
+    progress: &Progress,
+) -> Result<(LinearHead, TrainReport)> {
+    let start = Instant::now();
     let take = |rows: &[usize]| {
         let idx = Tensor::from_slice(&rows.iter().map(|&r| r as i64).collect::<Vec<_>>());
         (x.index_select(0, &idx), y.index_select(0, &idx))
     };
-    let (xt, yt) = take(&train_rows);
-    let (xv, yv) = take(&val_rows);
+    let (xt, yt) = take(train_rows);
+    let (xv, yv) = take(val_rows);
 
     // Standardise with the training rows' statistics; folded into the weights at the end.
     let mean = xt.mean_dim(0, false, Kind::Float);
@@ -213,8 +256,7 @@ pub fn train_head(features: &Tensor, labels: &Tensor, classes: usize, cfg: &Trai
     let root = vs.root();
     let w = root.zeros("weight", &[classes as i64, d]);
     let b = root.zeros("bias", &[classes as i64]);
-    // A tuned penalty is in the loss; the optimiser then has none of its own.
-    let wd = if cfg.weight_decay_auto { 0.0 } else { cfg.weight_decay };
+    let wd = cfg.weight_decay;
     let mut opt = match cfg.optimizer {
         OptimizerKind::Adamw => nn::AdamW { wd, ..Default::default() }.build(&vs, cfg.lr),
         OptimizerKind::Adam => nn::Adam { wd, ..Default::default() }.build(&vs, cfg.lr),
@@ -223,23 +265,16 @@ pub fn train_head(features: &Tensor, labels: &Tensor, classes: usize, cfg: &Trai
 
     let n = train_rows.len();
     let steps_per_epoch = n.div_ceil(cfg.batch_size);
-    // Epochs of one cosine cycle, and the L2 penalty of an epoch.
-    let per_step = L2_EPOCHS_PER_STEP.max(L2_UPDATES_PER_STEP.div_ceil(steps_per_epoch));
-    let (epochs, cycle, patience) = if cfg.weight_decay_auto {
-        (L2_PATH.len() * per_step, per_step, L2_PATIENCE_STEPS * per_step)
-    } else {
-        (cfg.epochs, cfg.epochs, cfg.patience)
-    };
-    let l2_of = |epoch: usize| cfg.weight_decay_auto.then(|| L2_PATH[(epoch - 1) / per_step]);
-    let cycle_steps = (cycle * steps_per_epoch) as f64;
+    let epochs = refit_epochs.unwrap_or(cfg.epochs);
+    let cycle_steps = (cfg.epochs * steps_per_epoch) as f64;
     let mut order: Vec<i64> = (0..n as i64).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut history = Vec::new();
     let mut best: Option<(f64, f64, usize, Tensor, Tensor)> = None; // (acc, loss, epoch, w, b)
-    let mut task = progress.task("train head", epochs as u64, Unit::Epochs);
+    let label = if refit_epochs.is_some() { "refit head" } else { "train head" };
+    let mut task = progress.task(label, epochs as u64, Unit::Epochs);
     let mut stopped_early = false;
     for epoch in 1..=epochs {
-        let l2 = l2_of(epoch);
         order.shuffle(&mut rng);
         let perm = Tensor::from_slice(&order);
         let (mut loss_sum, mut correct) = (0.0, 0i64);
@@ -248,17 +283,13 @@ pub fn train_head(features: &Tensor, labels: &Tensor, classes: usize, cfg: &Trai
             let idx = perm.narrow(0, start as i64, len);
             let (xb, yb) = (xt.index_select(0, &idx), yt.index_select(0, &idx));
             let logits = xb.matmul(&w.tr()) + &b;
-            let ce = logits.cross_entropy_for_logits(&yb);
-            let loss = match l2 {
-                Some(l2) => &ce + w.square().sum(Kind::Float) * (0.5 * l2),
-                None => ce.shallow_clone(),
-            };
+            let loss = logits.cross_entropy_for_logits(&yb);
             if cfg.schedule == Schedule::Cosine {
-                let step = (((epoch - 1) % cycle) * steps_per_epoch + start / cfg.batch_size) as f64;
+                let step = ((epoch - 1) * steps_per_epoch + start / cfg.batch_size) as f64;
                 opt.set_lr(cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * step / cycle_steps).cos()));
             }
             opt.backward_step(&loss);
-            loss_sum += ce.double_value(&[]) * len as f64;
+            loss_sum += loss.double_value(&[]) * len as f64;
             correct += logits.argmax(-1, false).eq_tensor(&yb).sum(Kind::Int64).int64_value(&[]);
         }
         let (train_loss, train_accuracy) = (loss_sum / n as f64, correct as f64 / n as f64);
@@ -271,22 +302,18 @@ pub fn train_head(features: &Tensor, labels: &Tensor, classes: usize, cfg: &Trai
                 (Some(logits.cross_entropy_for_logits(&yv).double_value(&[])), Some(acc))
             })
         };
-        let val_loss_calibrated = (cfg.weight_decay_auto && !val_rows.is_empty())
-            .then(|| tch::no_grad(|| calibrated_cross_entropy(&(xv.matmul(&w.tr()) + &b), &yv)));
-        history.push(EpochRecord { epoch, train_loss, train_accuracy, val_loss, val_accuracy, l2, val_loss_calibrated });
+        history.push(EpochRecord { epoch, train_loss, train_accuracy, val_loss, val_accuracy, l2: None, val_loss_calibrated: None });
         let score = val_accuracy.unwrap_or(train_accuracy);
-        let (tie, scale) = match val_loss_calibrated {
-            Some((loss, scale)) => (loss, scale),
-            None => (val_loss.unwrap_or(train_loss), 1.0),
-        };
+        let tie = val_loss.unwrap_or(train_loss);
         // The epoch with the lowest validation loss is kept: a smoother criterion than accuracy
         // on a small validation split, so near-identical features give near-identical heads.
-        // A tuned penalty is judged at the end of its step, where the learning rate has decayed
-        // and the weights have settled: fewer, steadier candidates than every epoch.
-        let candidate = !cfg.weight_decay_auto || epoch % per_step == 0;
-        let better = candidate && best.as_ref().is_none_or(|(_, l, ..)| tie < *l);
+        // A refit keeps its last epoch.
+        let better = match refit_epochs {
+            Some(_) => epoch == epochs,
+            None => best.as_ref().is_none_or(|(_, l, ..)| tie < *l),
+        };
         if better {
-            best = Some((score, tie, epoch, w.detach() * scale, b.detach() * scale));
+            best = Some((score, tie, epoch, w.detach().copy(), b.detach().copy()));
         }
         task.set_message(match val_accuracy {
             Some(va) => format!("loss {train_loss:.4} val_acc {:.2}%", 100.0 * va),
@@ -294,7 +321,7 @@ pub fn train_head(features: &Tensor, labels: &Tensor, classes: usize, cfg: &Trai
         });
         task.inc(1);
         let best_epoch = best.as_ref().map_or(epoch, |b| b.2);
-        if epoch - best_epoch >= patience && epoch < epochs {
+        if refit_epochs.is_none() && epoch - best_epoch >= cfg.patience && epoch < epochs {
             stopped_early = true;
             break;
         }
@@ -304,47 +331,24 @@ pub fn train_head(features: &Tensor, labels: &Tensor, classes: usize, cfg: &Trai
     // Fold the standardisation in: W' = W / std, b' = b - W' · mean.
     let weight = &bw / std.unsqueeze(0);
     let bias = &bb - weight.matmul(&mean);
-    let logit_scale = history[best_epoch - 1].val_loss_calibrated.map(|(_, scale)| scale);
     let report = TrainReport {
         history,
         best_epoch,
         best_val_accuracy: best_acc,
         stopped_early,
-        l2: l2_of(best_epoch),
-        logit_scale,
+        l2: None,
+        logit_scale: None,
         train_rows: n,
         val_rows: val_rows.len(),
+        refit: None,
         seconds: start.elapsed().as_secs_f64(),
     };
     Ok((LinearHead { weight, bias }, report))
 }
 
-/// The cross-entropy of `logits · s` at the scale `s` (inverse temperature) in [0.05, 20] that
-/// minimises it, and that `s`. The loss is convex in `s`, so a golden-section search on `ln s`
-/// finds it.
-fn calibrated_cross_entropy(logits: &Tensor, labels: &Tensor) -> (f64, f64) {
-    let loss = |ln_s: f64| (logits * ln_s.exp()).cross_entropy_for_logits(labels).double_value(&[]);
-    let phi = (5f64.sqrt() - 1.0) / 2.0;
-    let (mut a, mut b) = (0.05f64.ln(), 20f64.ln());
-    let (mut c, mut d) = (b - phi * (b - a), a + phi * (b - a));
-    let (mut fc, mut fd) = (loss(c), loss(d));
-    for _ in 0..30 {
-        if fc <= fd {
-            (b, d, fd) = (d, c, fc);
-            c = b - phi * (b - a);
-            fc = loss(c);
-        } else {
-            (a, c, fc) = (c, d, fd);
-            d = a + phi * (b - a);
-            fd = loss(d);
-        }
-    }
-    let ln_s = (a + b) / 2.0;
-    (loss(ln_s), ln_s.exp())
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::L2_EPOCHS_PER_STEP;
     use super::*;
 
     /// Standard normal samples from a local seeded generator (libtorch's global RNG is shared
@@ -422,6 +426,50 @@ mod tests {
         assert_eq!(a.history[a.best_epoch - 1].l2, Some(la));
         assert!(la >= 10.0 * lb, "noisy data chose {la}, correlated data {lb}");
         assert!(b.best_val_accuracy > 0.9, "{}", b.best_val_accuracy);
+    }
+
+    /// Cross-entropy of `head` on the rows `rows` of `(x, y)`.
+    fn loss_on(head: &LinearHead, x: &Tensor, y: &Tensor, rows: &[usize]) -> f64 {
+        let idx = Tensor::from_slice(&rows.iter().map(|&r| r as i64).collect::<Vec<_>>());
+        head.logits(&x.index_select(0, &idx)).cross_entropy_for_logits(&y.index_select(0, &idx)).double_value(&[])
+    }
+
+    /// The refit trains on the validation rows too (recorded in the report), with the penalty
+    /// the path chose; `refit: false` keeps the head that never saw them.
+    #[test]
+    fn refit_trains_on_the_validation_rows_with_the_chosen_penalty() {
+        // Overlapping classes, so that no head fits the validation rows perfectly.
+        let centers = randn(&mut ChaCha8Rng::seed_from_u64(4), [3, 16]) * 0.5;
+        let y = Tensor::arange(3, (Kind::Int64, Device::Cpu)).repeat_interleave_self_int(60, None, None);
+        let x = centers.index_select(0, &y) + randn(&mut ChaCha8Rng::seed_from_u64(40), [180, 16]);
+        let cfg = TrainConfig::default();
+        assert!(cfg.refit, "refit is the default");
+        let (refit, a) = train_head(&x, &y, 3, &cfg, &Progress::hidden()).unwrap();
+        let (kept, b) = train_head(&x, &y, 3, &TrainConfig { refit: false, ..cfg.clone() }, &Progress::hidden()).unwrap();
+        let r = a.refit.as_ref().expect("refit recorded");
+        assert_eq!((r.rows, a.train_rows + a.val_rows), (180, 180));
+        assert_eq!(r.l2, a.l2);
+        assert!(r.epochs >= L2_EPOCHS_PER_STEP);
+        assert!(b.refit.is_none());
+        // The same path chose the same penalty; only the refit differs.
+        assert_eq!((a.l2, a.best_epoch), (b.l2, b.best_epoch));
+        let labels: Vec<i64> = Vec::try_from(&y).unwrap();
+        let (_, val_rows) = stratified_holdout(&labels, cfg.val_fraction, cfg.seed);
+        let (with, without) = (loss_on(&refit, &x, &y, &val_rows), loss_on(&kept, &x, &y, &val_rows));
+        println!("validation-row loss: refit head {with:.4}, head without refit {without:.4}");
+        assert!(with < without, "refit {with} vs {without}");
+    }
+
+    /// With a fixed weight decay the refit repeats the kept epoch count on all rows.
+    #[test]
+    fn fixed_weight_decay_refit_runs_the_kept_number_of_epochs() {
+        let (x, y) = blobs(40, 5, 50);
+        let cfg = TrainConfig { weight_decay_auto: false, epochs: 8, ..Default::default() };
+        let (_, report) = train_head(&x, &y, 3, &cfg, &Progress::hidden()).unwrap();
+        let r = report.refit.expect("refit recorded");
+        assert_eq!((r.rows, r.epochs, r.l2), (120, report.best_epoch, None));
+        let (_, no_val) = train_head(&x, &y, 3, &TrainConfig { val_fraction: 0.0, ..cfg }, &Progress::hidden()).unwrap();
+        assert!(no_val.refit.is_none(), "nothing to refit on without validation rows");
     }
 
     #[test]

@@ -42,8 +42,8 @@ impl Finished for SweepOutcome {
 }
 
 /// Trains a head for every setting of `grid` on the same cached features (the backbone runs
-/// at most once, to fill the cache), ranks them by validation accuracy, and exports the best
-/// to `out` (with `sweep.json`). The test split is used only for the best head's report.
+/// at most once, to fill the cache), ranks them by validation accuracy (trials are not refit),
+/// and exports the best, trained again with its refit setting, to `out` (with `sweep.json`). The test split is used only for the best head's report.
 pub fn sweep(session: &Session, req: &FeatureRequest, grid: &[TrainConfig], out: &Path) -> Result<SweepOutcome> {
     if grid.is_empty() {
         return Err(Error::usage("--lr", "the grid is empty"));
@@ -52,7 +52,9 @@ pub fn sweep(session: &Session, req: &FeatureRequest, grid: &[TrainConfig], out:
     let (x, y) = fs.split("train").ok_or_else(|| Error::usage("--split", "sweep needs the train split"))?.load()?;
     let mut trials = Vec::with_capacity(grid.len());
     for cfg in grid {
-        let (_, report) = train_head(&x, &y, fs.classes.len(), cfg, &Progress::hidden())?;
+        // A trial is judged on validation, before any refit; only the best is refit (by `train`).
+        let trial = TrainConfig { refit: false, ..cfg.clone() };
+        let (_, report) = train_head(&x, &y, fs.classes.len(), &trial, &Progress::hidden())?;
         let kept = &report.history[report.best_epoch - 1];
         tracing::info!("lr {:e} weight decay {:e}: validation accuracy {:.2}%", cfg.lr, cfg.weight_decay, 100.0 * report.best_val_accuracy);
         trials.push(Trial {
