@@ -39,8 +39,10 @@ void* ll_frozen_from_traced(void* traced, int fuse, char** error) {
     torch::jit::Module module = static_cast<torch::jit::Module*>(traced)->clone();
     module.eval();
     torch::jit::Module frozen = torch::jit::freeze(module);
+    // The fuser's switch is process-wide: set it either way, so that a module frozen without
+    // fusion (after the fuser failed on it) is not fused all the same.
+    torch::jit::RegisterLlgaFuseGraph::setEnabled(fuse != 0);
     if (fuse != 0) {
-      torch::jit::RegisterLlgaFuseGraph::setEnabled(true);
       return new torch::jit::Module(std::move(frozen));
     }
     torch::jit::Module optimised = torch::jit::optimize_for_inference(frozen);

@@ -24,7 +24,7 @@ fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let weights = dir.path().join("w.safetensors");
     Backbone::random(entry.architecture, Device::Cpu).save(&weights)?;
-    let mut backbone = Backbone::load(entry.architecture, &weights, Device::Cpu, precision)?;
+    let mut backbone = Backbone::load_for_size(entry.architecture, &weights, Some(entry.input_size), Device::Cpu, precision)?;
     let x = Tensor::randn([batch, 3, entry.input_size, entry.input_size], (Kind::Float, Device::Cpu));
     // Each engine: one warm-up batch (which also traces and freezes), then `batches` timed;
     // the two alternate twice and the best of each is printed.

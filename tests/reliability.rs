@@ -129,8 +129,14 @@ fn kill_after_chunks(sb: &Sandbox, args: &[&str], cache: &Path, model: &str, chu
 /// uninterrupted one.
 #[test]
 fn killed_twice_bf16_and_vit_extractions_resume_to_identical_features() {
-    for (model, precision, size) in [("resnet18", "bf16", "112"), ("vit_small_patch14_dinov2", "bf16", "56"), ("vit_small_patch14_dinov2", "fp32", "56")] {
+    // The ViT runs eagerly by default; the second forces the frozen engine, warm-up and all.
+    for (model, precision, size, engine) in
+        [("resnet18", "bf16", "112", "auto"), ("vit_small_patch14_dinov2", "bf16", "56", "auto"), ("vit_small_patch14_dinov2", "bf16", "56", "frozen")]
+    {
         let mut sb = Sandbox::new();
+        if engine != "auto" {
+            sb.set("LASTLAYER_ENGINE", engine.to_string());
+        }
         let w = random_weights(model, sb.path()).0.display().to_string();
         let data = cifar_copy(&sb);
         // 200 rows: batches of 16 end in a short one of 8.

@@ -51,18 +51,21 @@ impl Engine {
     /// under a second, and the first two batches run unfused while the executor profiles them.
     pub const FROZEN_MIN_PICTURES: usize = 64;
 
-    /// The engine for `pictures` pictures on `device`: [`Engine::Frozen`] on the CPU from
-    /// [`Engine::FROZEN_MIN_PICTURES`] on, else [`Engine::Eager`]. Measured on a 2-core AVX512
-    /// CPU (docs/performance.md), frozen with oneDNN Graph fusion against eager: ResNet-50 fp32
-    /// 1.48x, Inception-v3 fp32 1.14x, EfficientNet-Lite0 1.61x in fp32 and 1.35x in bf16. The
-    /// environment variable `LASTLAYER_ENGINE=eager|frozen` overrides the choice (`frozen`
-    /// still needs the CPU).
-    pub fn choose(device: Device, pictures: usize) -> Engine {
+    /// The engine for `pictures` pictures of `architecture` on `device`: [`Engine::Frozen`] on
+    /// the CPU from [`Engine::FROZEN_MIN_PICTURES`] on for the families it speeds up, else
+    /// [`Engine::Eager`]. Measured on a 2-core AVX512 CPU (docs/performance.md), frozen against
+    /// eager: ResNet-50 fp32 1.48x, Inception-v3 fp32 1.14x, EfficientNet-Lite0 1.61x in fp32
+    /// and 1.35x in bf16 (oneDNN Graph fusion); DINOv2 ViT-S/14 0.90x and ConvNeXt-T 0.79x (the
+    /// fuser cannot take their graphs, so they freeze with `optimize_for_inference`), which
+    /// therefore stay eager. The environment variable `LASTLAYER_ENGINE=eager|frozen` overrides
+    /// the choice (`frozen` still needs the CPU).
+    pub fn choose(device: Device, pictures: usize, architecture: Architecture) -> Engine {
         let possible = device == Device::Cpu;
+        let worth_it = !matches!(architecture.family(), Family::VisionTransformer(_) | Family::ConvNext(_));
         match std::env::var("LASTLAYER_ENGINE").as_deref() {
             Ok("eager") => Engine::Eager,
             Ok("frozen") if possible => Engine::Frozen,
-            _ if possible && pictures >= Self::FROZEN_MIN_PICTURES => Engine::Frozen,
+            _ if possible && worth_it && pictures >= Self::FROZEN_MIN_PICTURES => Engine::Frozen,
             _ => Engine::Eager,
         }
     }
@@ -271,7 +274,7 @@ impl Backbone {
             tch::Cuda::cudnn_set_benchmark(true);
         }
         backbone.precision = precision;
-        backbone.engine = Engine::choose(device, 0);
+        backbone.engine = Engine::choose(device, 0, architecture);
         Ok(backbone)
     }
 
@@ -355,6 +358,16 @@ impl Backbone {
             Precision::Fp32 => Kind::Float,
             Precision::Bf16 => Kind::BFloat16,
         };
+        if let Net::VisionTransformer(vit) = &self.net {
+            let side = vit.grid() * vit.config().patch;
+            let size = batch.size();
+            if size.len() != 4 || size[2] != side || size[3] != side {
+                return Err(Error::usage(
+                    "--input-size",
+                    format!("{:?} was prepared for {side}x{side} pictures, got a batch of shape {size:?}", self.architecture),
+                ));
+            }
+        }
         let out = tch::no_grad(|| -> Result<Tensor> {
             let xs = batch.f_to_device(self.vs.device())?.f_to_kind(kind)?;
             let xs = channels_last(&xs);
@@ -384,14 +397,31 @@ impl Backbone {
         }
         self.frozen
             .get_or_init(|| {
-                let warmed = self.freeze(&xs.narrow(0, 0, 1)).and_then(|m| {
-                    let zeros = xs.zeros_like();
-                    for _ in 0..FROZEN_WARMUP_RUNS {
-                        let _ = m.forward(&zeros)?;
+                let warmed = |fuse: bool| {
+                    self.freeze(&xs.narrow(0, 0, 1), fuse).and_then(|m| {
+                        let zeros = xs.zeros_like();
+                        for _ in 0..FROZEN_WARMUP_RUNS {
+                            let _ = m.forward(&zeros)?;
+                        }
+                        Ok(m)
+                    })
+                };
+                // oneDNN Graph fusion first (unless LASTLAYER_FROZEN=optimize); where the fuser
+                // cannot take a graph (measured: DINOv2's class-token graph), the frozen graph
+                // with optimize_for_inference; else eager.
+                let fused = match std::env::var("LASTLAYER_FROZEN").as_deref() {
+                    Ok("optimize") => None,
+                    _ => Some(warmed(true)),
+                };
+                let module = match fused {
+                    Some(Ok(m)) => Ok(m),
+                    Some(Err(e)) => {
+                        tracing::info!("oneDNN Graph fusion cannot run this backbone ({e}); freezing it with optimize_for_inference");
+                        warmed(false)
                     }
-                    Ok(m)
-                });
-                match warmed {
+                    None => warmed(false),
+                };
+                match module {
                     Ok(m) => Some(m),
                     Err(e) => {
                         tracing::warn!("could not freeze the backbone, running it eagerly: {e}");
@@ -402,12 +432,11 @@ impl Backbone {
             .as_ref()
     }
 
-    fn freeze(&self, example: &Tensor) -> Result<FrozenModule> {
+    fn freeze(&self, example: &Tensor, fuse: bool) -> Result<FrozenModule> {
         let started = std::time::Instant::now();
         // One eager pass first: it computes the folded BatchNorm weights outside the trace
         // (tensors made from Rust data inside a trace are recorded without their values).
         let _ = self.forward(&mut Eager, example);
-        let fuse = std::env::var("LASTLAYER_FROZEN").as_deref() != Ok("optimize");
         let frozen = FrozenModule::trace(example, fuse, |x| self.forward(&mut Eager, x))?;
         tracing::debug!("backbone traced and frozen in {:.1} s", started.elapsed().as_secs_f64());
         Ok(frozen)

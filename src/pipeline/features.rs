@@ -217,7 +217,7 @@ pub fn features(session: &Session, req: &FeatureRequest) -> Result<FeatureSet> {
         // The whole splits count, not what a resumed run has left, so that every chunk of an
         // entry comes from the same engine.
         let pictures: usize = splits.iter().zip(&found).filter(|(_, f)| f.is_none()).map(|((s, _), _)| s.len()).sum();
-        backbone.set_engine(Engine::choose(device, pictures));
+        backbone.set_engine(Engine::choose(device, pictures, entry.architecture));
         tracing::info!("backbone {} in {precision:?} on {device:?}, engine {:?}", entry.name, backbone.engine());
         tracing::info!("{}; batches of {batch_size}, the next one decoded on another thread", on_device::describe(device));
         for ((split, identity), slot) in splits.iter().zip(found.iter_mut()) {
