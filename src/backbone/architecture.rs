@@ -105,6 +105,14 @@ impl Architecture {
         }
     }
 
+    /// Whether bf16 beats fp32 on a CPU with AVX512-BF16 but no AMX, as measured there
+    /// (docs/performance.md): EfficientNet-Lite0 1.5x, DINOv2 ViT-S/14 2.2x, ConvNeXt-T 3.2x
+    /// (PyTorch's own bf16 against fp32 on the same machine); ResNets and Inception-v3 were
+    /// 5-25% slower in bf16.
+    pub fn bf16_faster_on_avx512(self) -> bool {
+        matches!(self.family(), Family::EfficientNetLite | Family::VisionTransformer(_) | Family::ConvNext(_))
+    }
+
     /// The input size must be a multiple of this (the ViT patch), 1 for convolutional networks.
     pub fn input_multiple(self) -> i64 {
         match self.family() {

@@ -87,8 +87,9 @@ pub enum PrecisionChoice {
     /// Use this precision.
     Fixed(Precision),
     /// bf16 where it is faster: on CUDA, on a CPU with AMX (bf16 matrix units), and, on a CPU
-    /// with AVX512-BF16 but no AMX, for EfficientNet-Lite0 only (measured there: 1.5x faster in
-    /// bf16, while ResNets and Inception-v3 were 5-25% slower; see docs/performance.md).
+    /// with AVX512-BF16 but no AMX, for the networks measured faster there
+    /// ([`Architecture::bf16_faster_on_avx512`]: EfficientNet-Lite0, the Vision Transformers
+    /// and ConvNeXt; ResNets and Inception-v3 were 5-25% slower; see docs/performance.md).
     Auto,
 }
 
@@ -100,7 +101,7 @@ impl PrecisionChoice {
             PrecisionChoice::Auto if device.is_cuda() => Precision::Bf16,
             PrecisionChoice::Auto => match cpu_bf16() {
                 CpuBf16::Amx => Precision::Bf16,
-                CpuBf16::Avx512 if architecture == Architecture::EfficientnetLite0 => Precision::Bf16,
+                CpuBf16::Avx512 if architecture.bf16_faster_on_avx512() => Precision::Bf16,
                 _ => Precision::Fp32,
             },
         }
