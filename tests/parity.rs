@@ -202,8 +202,8 @@ fn convnext_tiny_matches_timm() {
     check_sized("convnext_tiny", Engine::Frozen, Some(160));
 }
 
-/// The larger models, run by hand (`LASTLAYER_PARITY_ALL=1 cargo test --release --test parity
-/// larger -- --nocapture`): minutes of CPU each, too slow for every CI run.
+/// The larger models, run by hand (`LASTLAYER_PARITY_ALL=1 cargo test --test parity larger --
+/// --nocapture`): minutes of CPU each, too slow for every CI run.
 #[test]
 fn larger_modern_models_match_timm() {
     if std::env::var("LASTLAYER_PARITY_ALL").is_err() {
