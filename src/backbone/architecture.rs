@@ -62,26 +62,6 @@ pub enum Family {
 }
 
 impl Architecture {
-    /// Every architecture, in declaration order.
-    pub const ALL: [Architecture; 16] = [
-        Architecture::Resnet18,
-        Architecture::Resnet34,
-        Architecture::Resnet50,
-        Architecture::Resnet101,
-        Architecture::Resnet152,
-        Architecture::InceptionV3,
-        Architecture::EfficientnetLite0,
-        Architecture::VitSmallPatch14Dinov2,
-        Architecture::VitBasePatch14Dinov2,
-        Architecture::VitLargePatch14Dinov2,
-        Architecture::VitSmallPatch14Reg4Dinov2,
-        Architecture::VitBasePatch14Reg4Dinov2,
-        Architecture::VitLargePatch14Reg4Dinov2,
-        Architecture::VitBasePatch16Siglip224,
-        Architecture::ConvnextTiny,
-        Architecture::ConvnextBase,
-    ];
-
     /// The family and its configuration.
     pub fn family(self) -> Family {
         use Architecture as A;

@@ -332,11 +332,6 @@ impl Backbone {
         Ok(())
     }
 
-    /// The architecture.
-    pub fn architecture(&self) -> Architecture {
-        self.architecture
-    }
-
     /// Every tensor the network needs: name (the registry's key) and shape, sorted by name.
     pub fn parameter_shapes(&self) -> Vec<(String, Vec<i64>)> {
         let mut v: Vec<(String, Vec<i64>)> = self.vs.variables().into_iter().map(|(n, t)| (n, t.size())).collect();

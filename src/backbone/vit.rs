@@ -306,12 +306,12 @@ impl VisionTransformer {
     }
 
     /// Resamples the position embeddings for `size x size` pictures, as timm does when a
-    /// checkpoint is loaded for another input size. `size` must be a multiple of the patch.
+    /// checkpoint is loaded for another input size. `size` must be a positive multiple of the
+    /// patch (the pipeline checks a user's `--input-size` first and suggests sizes that are).
     pub fn set_input_size(&mut self, size: i64) -> Result<(), String> {
         let patch = self.cfg.patch;
         if size < patch || size % patch != 0 {
-            let (lo, hi) = ((size / patch).max(1) * patch, (size / patch + 1) * patch);
-            return Err(format!("{size} is not a multiple of the patch size {patch}; try {lo} or {hi}"));
+            return Err(format!("{size} is not a multiple of the patch size {patch}"));
         }
         let (old, new) = (self.grid(), size / patch);
         if old == new {
