@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 
 use lastlayer::backbone::{DeviceChoice, PrecisionChoice};
-use lastlayer::data::{sample::Subset, DataSpec};
+use lastlayer::data::{sample::Subset, views::Tta, DataSpec};
 use lastlayer::head::TrainConfig;
 use lastlayer::hub::Registry;
 use lastlayer::pipeline::{self, FeatureRequest, Session, DEFAULT_CHUNK_ROWS};
@@ -38,6 +38,8 @@ fn main() -> anyhow::Result<()> {
         input_size: None, // the registry's default
         batch_size: None,
         chunk_rows: DEFAULT_CHUNK_ROWS,
+        augment: None,  // or views::Augment::parse("flip,crops=4")?: more views of each picture
+        tta: Tta::None, // or Tta::Flip: test pictures averaged with their mirror
     };
     let outcome = pipeline::train(&session, &request, &TrainConfig::default(), "runs/example".as_ref())?;
     println!("test accuracy {:.2}% ({} backbone runs); run folder {}", 100.0 * outcome.test_accuracy, outcome.features.backbone_runs, outcome.run_dir.display());

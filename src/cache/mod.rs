@@ -24,6 +24,7 @@ use tch::{Kind, Tensor};
 use crate::backbone::Precision;
 use crate::data::preprocess::Preprocessing;
 use crate::data::sample::Subset;
+use crate::data::views::Views;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{blake3_file, write_json_atomic, write_safetensors};
 use crate::backbone::Architecture;
@@ -60,6 +61,10 @@ pub struct FeatureKey {
     pub sample_seed: u64,
     /// Number of rows.
     pub rows: usize,
+    /// The views of each picture (`--augment` rows, or `--tta flip` averaged); absent: one
+    /// row a picture, as before views existed (so older entries keep their digests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub views: Option<Views>,
 }
 
 impl FeatureKey {

@@ -242,6 +242,25 @@ pub struct DataArgs {
     /// Extraction saves its progress every this many rows; a killed run resumes from there.
     #[arg(long, default_value_t = lastlayer::pipeline::DEFAULT_CHUNK_ROWS)]
     pub chunk_rows: usize,
+    /// Extra views of every training picture, extracted once and cached (the head trains on
+    /// all of them): `flip` (the mirror image), `crops=N` (random resized crops),
+    /// `jitter=X` (the crops' colour), `scale=X` (a crop's smallest share of the area, 0.35),
+    /// `seed=N`; comma separated, e.g. `flip,crops=4`. Part of the cache key.
+    #[arg(long, value_name = "SPEC")]
+    pub augment: Option<String>,
+    /// Test-time augmentation: `flip` averages each test picture's features with its mirror
+    /// image's; predict, serve and the exports of the run then do the same.
+    #[arg(long, value_enum, default_value = "none")]
+    pub tta: TtaArg,
+}
+
+/// `--tta`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TtaArg {
+    /// The picture alone.
+    None,
+    /// The mean of the picture's and its mirror image's features.
+    Flip,
 }
 
 /// Head training settings.

@@ -12,6 +12,7 @@ use serde_json::json;
 use args::{Cli, Command, DataArgs, DeviceArg, HeadArgs, OptimizerArg, PrecisionArg, ScheduleArg};
 use lastlayer::backbone::{DeviceChoice, Precision, PrecisionChoice};
 use lastlayer::data::sample::Subset;
+use lastlayer::data::views::{Augment, Tta};
 use lastlayer::data::DataSpec;
 use lastlayer::head::{OptimizerKind, Schedule, TrainConfig};
 use lastlayer::hub::{Pins, Registry};
@@ -89,6 +90,11 @@ fn feature_request(d: &DataArgs, splits: Vec<String>) -> Result<FeatureRequest> 
         input_size: d.input_size,
         batch_size: d.extract_batch_size,
         chunk_rows: d.chunk_rows,
+        augment: d.augment.as_deref().map(Augment::parse).transpose()?.flatten(),
+        tta: match d.tta {
+            args::TtaArg::None => Tta::None,
+            args::TtaArg::Flip => Tta::Flip,
+        },
     })
 }
 

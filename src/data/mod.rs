@@ -7,6 +7,7 @@ pub mod folder;
 pub mod on_device;
 pub mod preprocess;
 pub mod sample;
+pub mod views;
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::progress::Progress;
 use on_device::Pixels;
 use preprocess::Preprocessing;
+use views::Views;
 
 /// What `--data` (with `--data-dir`, `--test-fraction`) names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,6 +86,8 @@ pub struct Split {
     /// Class index of each row.
     pub labels: Vec<i64>,
     pictures: Pictures,
+    /// With views, each picture is `views.count()` rows (see [`views`]).
+    views: Option<Views>,
 }
 
 impl Split {
@@ -97,13 +101,48 @@ impl Split {
         self.labels.is_empty()
     }
 
-    /// The rows `rows` (indices into this split), in that order.
+    /// The rows `rows` (indices into this split, which has no views yet), in that order.
     pub fn subset(&self, rows: &[usize]) -> Split {
+        debug_assert!(self.views.is_none(), "a sample is taken of pictures, before their views");
         let pictures = match &self.pictures {
             Pictures::Cifar(rec, idx) => Pictures::Cifar(rec.clone(), rows.iter().map(|&r| idx[r]).collect()),
             Pictures::Files(entries) => Pictures::Files(rows.iter().map(|&r| entries[r].clone()).collect()),
         };
-        Split { name: self.name.clone(), labels: rows.iter().map(|&r| self.labels[r]).collect(), pictures }
+        Split { name: self.name.clone(), labels: rows.iter().map(|&r| self.labels[r]).collect(), pictures, views: None }
+    }
+
+    /// This split with `views` of every picture: row `p * V + v` is view `v` of picture `p`.
+    pub fn with_views(&self, views: Views) -> Split {
+        let v = views.count();
+        let labels = self.labels.iter().flat_map(|&l| std::iter::repeat_n(l, v)).collect();
+        Split { name: self.name.clone(), labels, pictures: self.pictures.clone(), views: Some(views) }
+    }
+
+    /// The views of its pictures, if any.
+    pub fn views(&self) -> Option<&Views> {
+        self.views.as_ref()
+    }
+
+    /// Number of pictures (rows, unless the split has views).
+    pub fn pictures(&self) -> usize {
+        self.len() / self.views.map_or(1, |v| v.count())
+    }
+
+    /// The name of picture `p` within its data set (a view's seed): `cifar10:<record>` or the
+    /// file's `<class>/<file>`.
+    fn picture_key(&self, p: usize) -> String {
+        match &self.pictures {
+            Pictures::Cifar(_, idx) => format!("cifar10:{}:{}", self.name, idx[p]),
+            Pictures::Files(entries) => entries[p].key.clone(),
+        }
+    }
+
+    /// Picture `p`, decoded `[1, 3, h, w]` uint8.
+    fn picture(&self, p: usize) -> Result<Tensor> {
+        match &self.pictures {
+            Pictures::Cifar(rec, idx) => Ok(cifar_pixels(rec, &idx[p..p + 1])),
+            Pictures::Files(entries) => load_picture(&entries[p].path),
+        }
     }
 
     /// A content hash of exactly these rows: their pictures' bytes and labels (and, for files,
@@ -136,6 +175,14 @@ impl Split {
 
     /// Normalised input `[len, 3, S, S]` for `rows`.
     pub fn batch(&self, rows: Range<usize>, pre: &Preprocessing) -> Result<Tensor> {
+        if let Some(views) = &self.views {
+            let v = views.count();
+            let inputs: Vec<Result<Tensor>> = rows
+                .into_par_iter()
+                .map(|r| Ok(views.input(&self.picture(r / v)?, &self.picture_key(r / v), r % v, pre)))
+                .collect();
+            return Ok(Tensor::cat(&inputs.into_iter().collect::<Result<Vec<_>>>()?, 0));
+        }
         match &self.pictures {
             Pictures::Cifar(rec, idx) => Ok(pre.batch(&cifar_pixels(rec, &idx[rows]))),
             Pictures::Files(entries) => {
@@ -148,8 +195,12 @@ impl Split {
     }
 
     /// The decoded uint8 pictures of `rows`, at their stored size, for
-    /// [`Preprocessing::batch_on`] (files are decoded in parallel).
+    /// [`Preprocessing::batch_on`] (files are decoded in parallel). A split with views has
+    /// none: its views are made on the CPU ([`Split::batch`]).
     pub fn pixels(&self, rows: Range<usize>) -> Result<Pixels> {
+        if self.views.is_some() {
+            return Err(Error::usage("--augment", "views are made on the CPU; this split's rows are not plain pictures"));
+        }
         match &self.pictures {
             Pictures::Cifar(rec, idx) => Pixels::batch(&cifar_pixels(rec, &idx[rows])),
             Pictures::Files(entries) => {
@@ -294,7 +345,7 @@ impl Dataset {
                 (entries.iter().map(|e| e.label).collect(), Pictures::Files(entries))
             }
         };
-        Ok(Split { name: name.to_string(), labels, pictures })
+        Ok(Split { name: name.to_string(), labels, pictures, views: None })
     }
 
     fn root(&self) -> PathBuf {

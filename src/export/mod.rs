@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::backbone::Precision;
 use crate::data::preprocess::Preprocessing;
 use crate::data::sample::Subset;
+use crate::data::views::{average_pair, mirror, Augment, Tta};
 use crate::data::DataSpec;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::write_json_atomic;
@@ -62,6 +63,13 @@ pub struct DataCard {
     pub train_rows: usize,
     /// Rows of test.
     pub test_rows: usize,
+    /// `--augment`: the views of each training picture (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augment: Option<Augment>,
+    /// `--tta`: test features averaged with their mirror's; predict, serve and the exports do
+    /// the same (absent: none).
+    #[serde(default, skip_serializing_if = "Tta::is_none")]
+    pub tta: Tta,
 }
 
 /// Headline figures.
@@ -193,7 +201,8 @@ impl ExportFormat {
 /// The whole classifier as one TorchScript module: input `[N, 3, S, S]` float32 RGB values in
 /// 0-255, already resized (and cropped) as `head.json`'s `preprocessing` says; output `[N,
 /// classes]` probabilities. Normalisation, the backbone (fp32, BatchNorm folded) and the head
-/// are inside. Written atomically.
+/// are inside, and with `--tta flip` the mirror image's features averaged in. Written
+/// atomically.
 pub fn export_torchscript(backbone: &crate::backbone::Backbone, head: &LinearHead, card: &HeadCard, out: &Path) -> Result<()> {
     let size = card.preprocessing.input_size;
     let example = tch::Tensor::full([2, 3, size, size], 128.0, (tch::Kind::Float, tch::Device::Cpu));
@@ -203,9 +212,19 @@ pub fn export_torchscript(backbone: &crate::backbone::Backbone, head: &LinearHea
     let (mean, scale) = card.preprocessing.normalization();
     let _ = backbone.features(&card.preprocessing.normalize(&example))?;
     let mut failure = None;
+    let tta = card.data.tta;
     let mut forward = |inputs: &[tch::Tensor]| -> Vec<tch::Tensor> {
         let x = (&inputs[0] - &mean) * &scale;
-        match backbone.features(&x) {
+        // `--tta flip`: the pictures and their mirror images in one batch, their features
+        // averaged, as `eval` and `predict` do (`chunk` keeps the batch size free in the trace).
+        let features = match tta {
+            Tta::None => backbone.features(&x),
+            Tta::Flip => backbone.features(&tch::Tensor::cat(&[x.shallow_clone(), mirror(&x)], 0)).map(|both| {
+                let halves = both.chunk(2, 0);
+                average_pair(&halves[0], &halves[1])
+            }),
+        };
+        match features {
             Ok(f) => vec![head.probabilities(&f)],
             Err(e) => {
                 failure = Some(e);

@@ -32,7 +32,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tch::{Kind, Tensor};
 
-use super::train::{EpochRecord, RefitRecord, Schedule, TrainConfig, TrainReport};
+use super::train::{EpochRecord, RefitRecord, Schedule, TrainConfig, TrainReport, ValidationSet};
 use super::LinearHead;
 use crate::progress::{Progress, Unit};
 
@@ -146,8 +146,20 @@ impl Drop for OneThread {
 }
 
 /// Runs the path (and the refit) on `x` `[N, D]` (f32, CPU) and `y` `[N]`, split into
-/// `train_rows` and `val_rows`; `cfg` is already validated.
-pub(super) fn fit(x: &Tensor, y: &Tensor, train_rows: &[usize], val_rows: &[usize], classes: usize, cfg: &TrainConfig, progress: &Progress) -> (LinearHead, TrainReport) {
+/// `train_rows` and `val_rows` (which the refit adds); the penalties are judged on
+/// `validation` when given (views averaged per picture), else on `val_rows`. `cfg` is
+/// already validated.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn fit(
+    x: &Tensor,
+    y: &Tensor,
+    train_rows: &[usize],
+    val_rows: &[usize],
+    validation: Option<&ValidationSet>,
+    classes: usize,
+    cfg: &TrainConfig,
+    progress: &Progress,
+) -> (LinearHead, TrainReport) {
     let start = Instant::now();
     let _threads = OneThread::set();
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
@@ -165,7 +177,10 @@ pub(super) fn fit(x: &Tensor, y: &Tensor, train_rows: &[usize], val_rows: &[usiz
     let labels = y.index_select(0, &idx);
     let onehot = labels.one_hot(classes as i64).to_kind(Kind::Float);
     let rows = Rows { z, onehot, labels, all: nt + nv };
-    let (zv, yv) = (rows.z.narrow(0, nt, nv), rows.labels.narrow(0, nt, nv));
+    let (zv, yv) = match validation {
+        Some((xv, yv)) => ((xv - &mean) / &std, yv.shallow_clone()),
+        None => (rows.z.narrow(0, nt, nv), rows.labels.narrow(0, nt, nv)),
+    };
 
     let batch = train_rows.len().div_ceil(L2_BATCHES_PER_EPOCH).clamp(cfg.batch_size, L2_BATCH_ROWS.max(cfg.batch_size)).min(train_rows.len()) as i64;
     let per_step = |n: i64| L2_EPOCHS_PER_STEP.max(L2_UPDATES_PER_STEP.div_ceil((n as usize).div_ceil(batch as usize)));

@@ -21,6 +21,7 @@ use tch::{nn, Device, Kind, Tensor};
 
 use super::LinearHead;
 use crate::data::sample::stratified_holdout;
+use crate::data::views::average_views;
 use crate::error::{Error, Result};
 use crate::progress::{Progress, Unit};
 
@@ -188,8 +189,38 @@ pub struct RefitRecord {
     pub train_accuracy: f64,
 }
 
-/// Trains a head on `features` `[N, D]` and `labels` `[N]` (values in `0..classes`).
+/// How the rows of a training matrix relate to pictures: `views` consecutive rows a picture
+/// (`--augment`, see [`crate::data::views`]). The validation split is drawn by picture, so no
+/// view of a validation picture is trained on before the refit; a validation picture is
+/// judged on the mean of its views `validate_on` (view 0, the picture itself; with `--tta
+/// flip` and a mirror view, views 0 and 1, as test pictures are). Every picture has the same
+/// number of views, so the mean loss over rows weighs every picture once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewLayout {
+    /// Rows a picture.
+    pub views: usize,
+    /// Views averaged for validation.
+    pub validate_on: Vec<usize>,
+}
+
+impl ViewLayout {
+    /// One row a picture.
+    pub fn single() -> Self {
+        ViewLayout { views: 1, validate_on: vec![0] }
+    }
+}
+
+/// Trains a head on `features` `[N, D]` and `labels` `[N]` (values in `0..classes`), one row a
+/// picture.
 pub fn train_head(features: &Tensor, labels: &Tensor, classes: usize, cfg: &TrainConfig, progress: &Progress) -> Result<(LinearHead, TrainReport)> {
+    train_head_views(features, labels, classes, cfg, &ViewLayout::single(), progress)
+}
+
+/// Validation rows as they are judged: features `[pictures, D]` and labels.
+pub(super) type ValidationSet = (Tensor, Tensor);
+
+/// Trains a head on rows laid out as `layout` says (see [`ViewLayout`]).
+pub fn train_head_views(features: &Tensor, labels: &Tensor, classes: usize, cfg: &TrainConfig, layout: &ViewLayout, progress: &Progress) -> Result<(LinearHead, TrainReport)> {
     cfg.validate()?;
     let x = features.to_kind(Kind::Float).to_device(Device::Cpu);
     let y = labels.to_kind(Kind::Int64).to_device(Device::Cpu);
@@ -200,15 +231,28 @@ pub fn train_head(features: &Tensor, labels: &Tensor, classes: usize, cfg: &Trai
     if let Some(&bad) = label_vec.iter().find(|&&l| l < 0 || l as usize >= classes) {
         return Err(Error::usage("--data", format!("label {bad} is outside the {classes} classes")));
     }
-    let (train_rows, val_rows) = stratified_holdout(&label_vec, cfg.val_fraction, cfg.seed);
+    let v = layout.views.max(1);
+    if label_vec.len() % v != 0 || layout.validate_on.iter().any(|&w| w >= v) || layout.validate_on.is_empty() {
+        return Err(Error::usage("--augment", format!("{} rows are not whole pictures of {v} views", label_vec.len())));
+    }
+    let picture_labels: Vec<i64> = label_vec.iter().step_by(v).copied().collect();
+    let (train_pictures, val_pictures) = stratified_holdout(&picture_labels, cfg.val_fraction, cfg.seed);
+    let rows_of = |pictures: &[usize]| -> Vec<usize> { pictures.iter().flat_map(|&p| p * v..(p + 1) * v).collect() };
+    let (train_rows, val_rows) = (rows_of(&train_pictures), rows_of(&val_pictures));
+    let validation: Option<ValidationSet> = (v > 1 && !val_pictures.is_empty()).then(|| {
+        let idx = Tensor::from_slice(&val_rows.iter().map(|&r| r as i64).collect::<Vec<_>>());
+        let judged = average_views(&x.index_select(0, &idx), v, &layout.validate_on);
+        let idx = Tensor::from_slice(&val_pictures.iter().map(|&p| (p * v) as i64).collect::<Vec<_>>());
+        (judged, y.index_select(0, &idx))
+    });
     if cfg.weight_decay_auto {
-        return Ok(tch::no_grad(|| super::path::fit(&x, &y, &train_rows, &val_rows, classes, cfg, progress)));
+        return Ok(tch::no_grad(|| super::path::fit(&x, &y, &train_rows, &val_rows, validation.as_ref(), classes, cfg, progress)));
     }
     let start = Instant::now();
-    let (head, mut report) = fit_fixed(&x, &y, &train_rows, &val_rows, classes, cfg, None, progress)?;
+    let (head, mut report) = fit_fixed(&x, &y, &train_rows, &val_rows, validation.as_ref(), classes, cfg, None, progress)?;
     if cfg.refit && !val_rows.is_empty() {
         let all: Vec<usize> = (0..label_vec.len()).collect();
-        let (refit_head, refit_report) = fit_fixed(&x, &y, &all, &[], classes, cfg, Some(report.best_epoch), progress)?;
+        let (refit_head, refit_report) = fit_fixed(&x, &y, &all, &[], None, classes, cfg, Some(report.best_epoch), progress)?;
         let last = refit_report.history.last().expect("the refit ran");
         report.refit = Some(RefitRecord {
             rows: all.len(),
@@ -224,14 +268,15 @@ pub fn train_head(features: &Tensor, labels: &Tensor, classes: usize, cfg: &Trai
 }
 
 /// Minibatch training with a fixed weight decay on `train_rows`, the epoch of lowest
-/// validation loss kept; or, with `refit_epochs`, exactly that many epochs (of the same
-/// schedule), the last kept.
+/// validation loss kept (on `validation` when given, else on `val_rows`); or, with
+/// `refit_epochs`, exactly that many epochs (of the same schedule), the last kept.
 #[allow(clippy::too_many_arguments)]
 fn fit_fixed(
     x: &Tensor,
     y: &Tensor,
     train_rows: &[usize],
     val_rows: &[usize],
+    validation: Option<&ValidationSet>,
     classes: usize,
     cfg: &TrainConfig,
     refit_epochs: Option<usize>,
@@ -243,7 +288,10 @@ fn fit_fixed(
         (x.index_select(0, &idx), y.index_select(0, &idx))
     };
     let (xt, yt) = take(train_rows);
-    let (xv, yv) = take(val_rows);
+    let (xv, yv) = match validation {
+        Some((xv, yv)) => (xv.shallow_clone(), yv.shallow_clone()),
+        None => take(val_rows),
+    };
 
     // Standardise with the training rows' statistics; folded into the weights at the end.
     let mean = xt.mean_dim(0, false, Kind::Float);

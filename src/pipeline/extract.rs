@@ -11,6 +11,7 @@ use crate::backbone::Backbone;
 use crate::cache::{CachedFeatures, FeatureCache, FeatureKey, Partial, PartialPlan};
 use crate::data::on_device::{self, Pixels};
 use crate::data::preprocess::Preprocessing;
+use crate::data::views::average_views;
 use crate::data::Split;
 use crate::error::{Error, Result};
 use crate::progress::{Progress, Task, Unit};
@@ -26,7 +27,7 @@ enum Prepared {
 /// Prepares rows `rows` of `split` for a backbone on `device`: preprocessed here on the CPU,
 /// or decoded and staged (pinned) for preprocessing on a GPU (see [`on_device`]).
 fn prepare(split: &Split, rows: Range<usize>, pre: &Preprocessing, device: Device) -> Result<Prepared> {
-    if on_device::preprocesses_on(device) {
+    if on_device::preprocesses_on(device) && split.views().is_none() {
         Ok(Prepared::Pixels(split.pixels(rows)?.staged_for(device)?))
     } else {
         Ok(Prepared::Input(split.batch(rows, pre)?))
@@ -140,7 +141,13 @@ pub(super) fn extract_resumable(
     })?;
     task.finish();
     let secs = start.elapsed().as_secs_f64();
-    let (features, labels) = partial.join()?;
+    let (mut features, mut labels) = partial.join()?;
+    if let Some(views) = split.views().filter(|v| v.averaged()) {
+        // `--tta flip`: the picture's and its mirror's features, averaged into its row.
+        let v = views.count();
+        features = average_views(&features, v, &(0..v).collect::<Vec<_>>());
+        labels = labels.view([-1, v as i64]).select(1, 0).contiguous();
+    }
     let stored = cache.store(key, &features, &labels, classes, secs)?;
     partial.remove()?;
     Ok((stored, done, secs))

@@ -12,6 +12,7 @@ use crate::cache::{CachedFeatures, EntryLock, FeatureCache, FeatureKey, FORMAT_V
 use crate::data::on_device;
 use crate::data::preprocess::{InputSpec, Preprocessing};
 use crate::data::sample::{stratified_subset, Subset};
+use crate::data::views::{Augment, Tta, Views};
 use crate::data::{DataSpec, Dataset, OpenOptions, PictureKind, Split};
 use crate::error::{Error, Result};
 use crate::hub::{fetch_weights, resolve_weights, ModelEntry, Pins, ResolvedWeights, WeightsOrigin};
@@ -43,6 +44,10 @@ pub struct FeatureRequest {
     /// Rows per saved chunk during extraction (rounded up to whole batches): how much a
     /// killed run can lose.
     pub chunk_rows: usize,
+    /// `--augment`: views of each training picture, each a cached row.
+    pub augment: Option<Augment>,
+    /// `--tta`: test features averaged with their mirror image's.
+    pub tta: Tta,
 }
 
 impl FeatureRequest {
@@ -118,6 +123,10 @@ pub struct FeatureSet {
     pub splits: Vec<SplitFeatures>,
     /// How many splits the backbone had to run for.
     pub backbone_runs: usize,
+    /// The training pictures' views (`--augment`): `train` has that many rows a picture.
+    pub augment: Option<Augment>,
+    /// Test-time augmentation of `test`.
+    pub tta: Tta,
 }
 
 impl FeatureSet {
@@ -167,6 +176,10 @@ pub fn features(session: &Session, req: &FeatureRequest) -> Result<FeatureSet> {
         let rows = stratified_subset(&split.labels, req.subset, req.sample_seed);
         let split = split.subset(&rows);
         let identity = split.identity()?;
+        let split = match views_of(name, req) {
+            Some(views) => split.with_views(views),
+            None => split,
+        };
         splits.push((split, identity));
     }
     let key_for = |split: &Split, identity: &str, sha: &str| FeatureKey {
@@ -181,7 +194,8 @@ pub fn features(session: &Session, req: &FeatureRequest) -> Result<FeatureSet> {
         split: split.name.clone(),
         sample: req.subset,
         sample_seed: req.sample_seed,
-        rows: split.len(),
+        rows: if split.views().is_some_and(Views::averaged) { split.pictures() } else { split.len() },
+        views: split.views().copied(),
     };
 
     let mut found: Vec<Option<SplitFeatures>> = Vec::new();
@@ -191,7 +205,7 @@ pub fn features(session: &Session, req: &FeatureRequest) -> Result<FeatureSet> {
             None => None,
         };
         found.push(hit.map(|entry| {
-            tracing::info!("{} features: {} rows from the cache ({})", split.name, split.len(), entry.dir.display());
+            tracing::info!("{} features: {} rows from the cache ({})", split.name, entry.manifest.rows, entry.dir.display());
             split_features(&split.name, "cache", 0.0, entry)
         }));
     }
@@ -268,7 +282,18 @@ pub fn features(session: &Session, req: &FeatureRequest) -> Result<FeatureSet> {
         classes: dataset.classes.clone(),
         splits: found.into_iter().map(|s| s.expect("every split was found or extracted")).collect(),
         backbone_runs,
+        augment: req.augment,
+        tta: req.tta,
     })
+}
+
+/// The views split `name` is extracted with: `--augment` on train, `--tta flip` on test.
+fn views_of(name: &str, req: &FeatureRequest) -> Option<Views> {
+    match name {
+        "train" => req.augment.map(Views::Augment),
+        "test" if req.tta == Tta::Flip => Some(Views::TtaFlip),
+        _ => None,
+    }
 }
 
 fn split_features(split: &str, source: &'static str, seconds: f64, entry: CachedFeatures) -> SplitFeatures {

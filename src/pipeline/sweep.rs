@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::{features, train, FeatureRequest, Finished, Session, TrainOutcome};
 use crate::error::{Error, Result};
-use crate::head::{train_head, TrainConfig};
+use crate::head::{train_head_views, TrainConfig};
 use crate::progress::Progress;
 
 /// One setting of a sweep.
@@ -54,7 +54,7 @@ pub fn sweep(session: &Session, req: &FeatureRequest, grid: &[TrainConfig], out:
     for cfg in grid {
         // A trial is judged on validation, before any refit; only the best is refit (by `train`).
         let trial = TrainConfig { refit: false, ..cfg.clone() };
-        let (_, report) = train_head(&x, &y, fs.classes.len(), &trial, &Progress::hidden())?;
+        let (_, report) = train_head_views(&x, &y, fs.classes.len(), &trial, &super::train::view_layout(&fs), &Progress::hidden())?;
         let kept = &report.history[report.best_epoch - 1];
         tracing::info!("lr {:e} weight decay {:e}: validation accuracy {:.2}%", cfg.lr, cfg.weight_decay, 100.0 * report.best_val_accuracy);
         trials.push(Trial {

@@ -7,7 +7,8 @@ use serde::Serialize;
 use super::{features, FeatureRequest, FeatureSet, Finished, Session};
 use crate::error::{Error, Result};
 use crate::export::{write_run, BackboneCard, DataCard, HeadCard, Metrics, HEAD_FORMAT, HEAD_FORMAT_VERSION};
-use crate::head::{evaluate, train_head, Evaluation, TrainConfig, TrainReport};
+use crate::data::views::Tta;
+use crate::head::{evaluate, train_head_views, Evaluation, TrainConfig, TrainReport, ViewLayout};
 use crate::hub::WeightsOrigin;
 
 /// What [`train`] did.
@@ -43,7 +44,7 @@ pub fn train(session: &Session, req: &FeatureRequest, cfg: &TrainConfig, out: &P
     let (xtr, ytr) = fs.split("train").expect("train was requested").load()?;
     let (xte, yte) = fs.split("test").expect("test was requested").load()?;
     tracing::info!("head: trained on the CPU, {} x {} features (whatever --device is)", xtr.size()[0], xtr.size().get(1).copied().unwrap_or(0));
-    let (head, report) = train_head(&xtr, &ytr, fs.classes.len(), cfg, &session.progress)?;
+    let (head, report) = train_head_views(&xtr, &ytr, fs.classes.len(), cfg, &view_layout(&fs), &session.progress)?;
     let test = evaluate(&head, &xte, &yte, &fs.classes);
     let entry = session.registry.get(&req.model)?;
     let card = HeadCard {
@@ -70,6 +71,8 @@ pub fn train(session: &Session, req: &FeatureRequest, cfg: &TrainConfig, out: &P
             sample_seed: req.sample_seed,
             train_rows: fs.split("train").map_or(0, |s| s.rows),
             test_rows: fs.split("test").map_or(0, |s| s.rows),
+            augment: fs.augment,
+            tta: fs.tta,
         },
         training: cfg.clone(),
         report: report.clone(),
@@ -88,6 +91,16 @@ pub fn train(session: &Session, req: &FeatureRequest, cfg: &TrainConfig, out: &P
         head: files.head,
         head_json: files.card,
     })
+}
+
+/// How `fs`'s training rows relate to pictures: with `--augment`, its views; a validation
+/// picture is judged as a test picture is (with `--tta flip` and a mirror view, on the mean of
+/// the picture and its mirror).
+pub(super) fn view_layout(fs: &FeatureSet) -> ViewLayout {
+    match fs.augment {
+        None => ViewLayout::single(),
+        Some(a) => ViewLayout { views: a.views(), validate_on: if a.flip && fs.tta == Tta::Flip { vec![0, 1] } else { vec![0] } },
+    }
 }
 
 impl Finished for TrainOutcome {

@@ -4,7 +4,9 @@
 //! each operation as an ONNX node instead of computing it (see [`crate::backbone::ops`]), so
 //! the graph is the network the features came from. Convolutions carry their BatchNorm folded
 //! in (exact up to float rounding, as in extraction). Around the backbone: the normalisation
-//! (`Sub`, `Mul`) in front, the head (`Gemm`) and `Softmax` behind.
+//! (`Sub`, `Mul`) in front, the head (`Gemm`) and `Softmax` behind. A `--tta flip` run
+//! runs the backbone on the pictures and their mirror images together (`Slice` with step -1,
+//! `Concat`) and averages the two halves of the features.
 //!
 //! Input `image`: float32 `[N, 3, S, S]`, RGB values 0-255, resized (and cropped) as
 //! `head.json`'s `preprocessing` says, `N` free. Output `probabilities`: float32
@@ -23,6 +25,7 @@ use tch::{Kind, Tensor};
 use crate::backbone::layers::{Conv, ConvBn, ConvSpec, LayerNorm, Linear};
 use crate::backbone::{Backbone, Ops, Precision};
 use crate::error::{Error, IoContext, Result};
+use crate::data::views::Tta;
 use crate::export::HeadCard;
 use crate::head::LinearHead;
 use proto::{
@@ -412,6 +415,36 @@ impl Ops for OnnxGraph {
     }
 }
 
+impl OnnxGraph {
+    /// `[2N, ...]`: the pictures `x` (`[N, C, H, W]`), then their mirror images (a `Slice` of
+    /// the width axis with step -1).
+    fn with_mirror_images(&mut self, x: &Symbol) -> Symbol {
+        let starts = self.int64_initializer("mirror_starts", &[-1], &[1]);
+        let ends = self.int64_initializer("mirror_ends", &[i64::MIN], &[1]);
+        let axes = self.int64_initializer("mirror_axes", &[3], &[1]);
+        let steps = self.int64_initializer("mirror_steps", &[-1], &[1]);
+        let mirrored = self.node("Slice", vec![x.name.clone(), starts, ends, axes, steps], vec![], x.shape.clone());
+        self.node("Concat", vec![x.name.clone(), mirrored.name], vec![int_attr("axis", 0)], x.shape.clone())
+    }
+
+    /// `[N, D]` from `[2N, D]`: `(first half + second half) * 0.5`, as `--tta flip` averages
+    /// a picture's and its mirror's features everywhere else.
+    fn average_halves(&mut self, x: &Symbol) -> Symbol {
+        let mut target = vec![2, -1];
+        target.extend_from_slice(&x.shape);
+        let shape = self.int64_initializer("halves_shape", &target, &[target.len() as i64]);
+        let pairs = self.node("Reshape", vec![x.name.clone(), shape], vec![], x.shape.clone());
+        let mut half = |i: i64| {
+            let index = self.int64_initializer("half", &[i], &[]);
+            self.node("Gather", vec![pairs.name.clone(), index], vec![int_attr("axis", 0)], x.shape.clone())
+        };
+        let (a, b) = (half(0), half(1));
+        let sum = self.node("Add", vec![a.name, b.name], vec![], x.shape.clone());
+        let half_scale = self.scalar("half_scale", 0.5);
+        self.node("Mul", vec![sum.name, half_scale], vec![], x.shape.clone())
+    }
+}
+
 /// The whole classifier (normalisation, backbone, head, softmax) as an ONNX model; see the
 /// module documentation for its input and output. The backbone must be fp32.
 pub fn classifier_model(backbone: &Backbone, head: &LinearHead, card: &HeadCard) -> Result<ModelProto> {
@@ -426,7 +459,14 @@ pub fn classifier_model(backbone: &Backbone, head: &LinearHead, card: &HeadCard)
     let input = Symbol { name: INPUT.into(), shape: vec![3, size, size] };
     let centred = g.node("Sub", vec![input.name.clone(), mean], vec![], input.shape.clone());
     let normalised = g.node("Mul", vec![centred.name, scale], vec![], input.shape.clone());
-    let features = backbone.forward(&mut g, &normalised);
+    let features = match card.data.tta {
+        Tta::None => backbone.forward(&mut g, &normalised),
+        Tta::Flip => {
+            let both = g.with_mirror_images(&normalised);
+            let features = backbone.forward(&mut g, &both);
+            g.average_halves(&features)
+        }
+    };
     if features.shape != [head.feature_width()] {
         return Err(Error::Export { message: format!("the backbone gives {:?} features, the head takes {}", features.shape, head.feature_width()) });
     }
