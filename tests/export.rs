@@ -31,6 +31,11 @@ fn fixture(model: &str) -> Fixture {
 /// [`fixture`] at `--input-size size` (a smaller one keeps the transformers quick, and makes
 /// their position embeddings resampled).
 fn fixture_sized(model: &str, size: Option<&str>) -> Fixture {
+    fixture_with(model, size, &[])
+}
+
+/// [`fixture_sized`] trained with `extra` flags.
+fn fixture_with(model: &str, size: Option<&str>, extra: &[&str]) -> Fixture {
     let sb = Sandbox::new();
     let w = random_weights(model, sb.path()).0.display().to_string();
     let data = cifar_sample_dir();
@@ -39,6 +44,7 @@ fn fixture_sized(model: &str, size: Option<&str>) -> Fixture {
     if let Some(size) = size {
         args.extend(["--input-size", size]);
     }
+    args.extend_from_slice(extra);
     sb.run_json(&args);
 
     let pictures: Vec<_> = ["chelsea.png", "coffee.png"].iter().map(|f| shared_data().join("imagenet-check").join(f)).collect();
@@ -181,4 +187,39 @@ fn export_of_a_folder_that_is_not_a_run_fails_clearly() {
     let out = sb.run(&["export", "empty", "--format", "onnx"]);
     assert_fails(&out, 3, &["empty", "head.json", "not a lastlayer run folder"]);
     assert!(!sb.path().join("empty/model.onnx").exists());
+}
+
+/// A `--tta flip` run: predict averages each picture's features with its mirror image's (so a
+/// picture and its mirror image get the same probabilities), and the TorchScript and ONNX
+/// exports do the same.
+#[test]
+fn exports_of_a_tta_flip_run_match_predict() {
+    let f = fixture_with("resnet18", Some("96"), &["--tta", "flip"]);
+    let (card, _) = lastlayer::export::read_run(&f.sb.path().join("run")).unwrap();
+    assert_eq!(card.data.tta, lastlayer::data::views::Tta::Flip);
+
+    // The mirror image of the cat: the same probabilities under --tta flip.
+    let cat = load_picture(&shared_data().join("imagenet-check/chelsea.png")).unwrap();
+    let mirrored = f.sb.path().join("chelsea-mirrored.png");
+    let hwc = cat.squeeze_dim(0).flip([2]).permute([1, 2, 0]).contiguous();
+    let (h, w) = (hwc.size()[0] as u32, hwc.size()[1] as u32);
+    image::RgbImage::from_raw(w, h, Vec::<u8>::try_from(hwc.flatten(0, -1)).unwrap()).unwrap().save(&mirrored).unwrap();
+    let k = f.classes.len().to_string();
+    let preds = f.sb.run_json(&["--json", "predict", "run", mirrored.to_str().unwrap(), "-k", &k]);
+    let mut probs = vec![f64::NAN; f.classes.len()];
+    for c in preds[0]["top"].as_array().unwrap() {
+        probs[c["index"].as_u64().unwrap() as usize] = c["probability"].as_f64().unwrap();
+    }
+    let diff = probs.iter().zip(&f.expected[0]).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    println!("--tta flip predict: the cat and its mirror image differ by {diff:.2e}");
+    assert!(diff <= 1e-5, "predict ignores --tta flip: the cat and its mirror image differ by {diff}");
+
+    f.sb.run_json(&["--json", "export", "run", "--format", "torchscript"]);
+    let py: Vec<Vec<f64>> = serde_json::from_value(f.python("run_torchscript.py", &f.sb.path().join("run/model.pt"))).unwrap();
+    f.check(&py, "--tta flip: python torch.jit.load");
+    f.sb.run_json(&["--json", "export", "run", "--format", "onnx"]);
+    let ort = f.python("run_onnx.py", &f.sb.path().join("run/model.onnx"));
+    assert_eq!(ort["output_dims"], serde_json::json!(["N", f.classes.len()]), "onnx shape inference");
+    let probs: Vec<Vec<f64>> = serde_json::from_value(ort["probabilities"].clone()).unwrap();
+    f.check(&probs, "--tta flip: onnxruntime");
 }

@@ -520,6 +520,32 @@ mod tests {
         assert!(no_val.refit.is_none(), "nothing to refit on without validation rows");
     }
 
+    /// Views of one picture never sit on both sides of the validation split. Each picture here
+    /// is a random point with a random label, repeated as its three views: a head that has
+    /// trained on a view has memorised its label, so a split by row would score validation far
+    /// above chance; split by picture it stays near chance (the labels cannot be learnt).
+    #[test]
+    fn views_of_a_picture_stay_on_one_side_of_the_validation_split() {
+        let (pictures, views) = (200i64, 3usize);
+        let x = randn(&mut ChaCha8Rng::seed_from_u64(11), [pictures, 256]).repeat_interleave_self_int(views as i64, 0, None);
+        let y: Vec<i64> = {
+            use rand::Rng;
+            let mut rng = ChaCha8Rng::seed_from_u64(12);
+            (0..pictures).map(|_| rng.gen_range(0..2)).collect()
+        };
+        let y = Tensor::from_slice(&y).repeat_interleave_self_int(views as i64, 0, None);
+        let layout = ViewLayout { views, validate_on: vec![0] };
+        let cfg = TrainConfig { val_fraction: 0.3, ..Default::default() };
+        let (_, by_picture) = train_head_views(&x, &y, 2, &cfg, &layout, &Progress::hidden()).unwrap();
+        let (_, by_row) = train_head(&x, &y, 2, &cfg, &Progress::hidden()).unwrap();
+        println!("validation accuracy: split by picture {:.3}, by row {:.3}", by_picture.best_val_accuracy, by_row.best_val_accuracy);
+        assert_eq!(by_picture.train_rows % views, 0);
+        assert!(by_row.best_val_accuracy > 0.9, "the control: rows of seen pictures are memorised ({})", by_row.best_val_accuracy);
+        assert!(by_picture.best_val_accuracy < 0.7, "validation saw views of trained pictures ({})", by_picture.best_val_accuracy);
+        let odd = train_head_views(&x.narrow(0, 0, 10), &y.narrow(0, 0, 10), 2, &cfg, &layout, &Progress::hidden()).unwrap_err();
+        assert!(odd.to_string().contains("not whole pictures of 3 views"), "{odd}");
+    }
+
     #[test]
     fn out_of_range_settings_name_their_flag() {
         let (x, y) = blobs(5, 3, 30);
