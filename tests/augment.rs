@@ -180,6 +180,14 @@ fn train_on_views_records_them_and_eval_agrees() {
     let eval = sb.run_json(&["--json", "eval", "run"]);
     assert_eq!(eval["test_accuracy"], run["test_accuracy"], "eval re-scores the --tta flip features: {eval}");
     assert_eq!(eval["features"]["source"], "cache");
+
+    // A sweep over the same views: every trial from the cache, the backbone never runs.
+    let sweep = sb.run_json(&["--json", "sweep", "--model", "resnet18", "--weights", &w, "--data", "cifar10", "--data-dir", data.to_str().unwrap(),
+        "--limit", "60", "--precision", "fp32", "--input-size", "64", "--augment", "flip,crops=1", "--tta", "flip", "--lr", "1e-3,1e-2",
+        "--weight-decay", "1e-4", "--epochs", "3", "--out", "swept"]);
+    assert_eq!(sweep["trials"].as_array().map(Vec::len), Some(2), "{sweep}");
+    assert_eq!(sweep["best"]["features"]["backbone_runs"], 0);
+    assert_eq!(sweep["best"]["report"]["train_rows"], 150);
 }
 
 #[test]
