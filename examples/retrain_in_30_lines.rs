@@ -38,6 +38,7 @@ fn main() -> anyhow::Result<()> {
         input_size: None, // the registry's default
         batch_size: None,
         chunk_rows: DEFAULT_CHUNK_ROWS,
+        shard: None,
     };
     let outcome = pipeline::train(&session, &request, &TrainConfig::default(), "runs/example".as_ref())?;
     println!("test accuracy {:.2}% ({} backbone runs); run folder {}", 100.0 * outcome.test_accuracy, outcome.features.backbone_runs, outcome.run_dir.display());

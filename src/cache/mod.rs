@@ -12,9 +12,11 @@
 
 mod lock;
 mod partial;
+pub mod shards;
 
 pub use lock::EntryLock;
 pub use partial::{Partial, PartialPlan};
+pub use shards::ShardOf;
 
 use std::path::{Path, PathBuf};
 
@@ -60,6 +62,10 @@ pub struct FeatureKey {
     pub sample_seed: u64,
     /// Number of rows.
     pub rows: usize,
+    /// For a shard entry, which rows it holds (see [`shards`]); absent for a whole split, so
+    /// that whole splits' digests are those of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardOf>,
 }
 
 impl FeatureKey {
@@ -143,7 +149,7 @@ impl FeatureCache {
 
     /// The folder of `key`'s entry.
     pub fn entry_dir(&self, key: &FeatureKey) -> PathBuf {
-        self.root.join(&key.model).join(format!("{}-{}", key.split, key.digest()))
+        self.root.join(&key.model).join(shards::entry_name(key))
     }
 
     /// The folder of `key`'s unfinished extraction.
@@ -235,7 +241,7 @@ impl FeatureCache {
         let manifest = Manifest {
             key: key.clone(),
             digest: key.digest(),
-            rows: key.rows,
+            rows: features.size()[0] as usize,
             feature_width: features.size()[1],
             dtype: "f32".into(),
             classes: classes.to_vec(),

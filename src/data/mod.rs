@@ -7,6 +7,7 @@ pub mod folder;
 pub mod on_device;
 pub mod preprocess;
 pub mod sample;
+pub mod webdataset;
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -41,11 +42,38 @@ pub enum DataSpec {
         #[serde(default)]
         strict: bool,
     },
+    /// WebDataset tar shards (see [`webdataset`]): train and test shard sets.
+    WebDataset {
+        /// The train shards: a folder of tars, a brace pattern or a tar (absolute); or a folder
+        /// with `train/` and `test/` folders of tars when `test` is `None`.
+        train: String,
+        /// The test shards (`--test-data`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        test: Option<String>,
+        /// Unusable samples are an error instead of being skipped.
+        #[serde(default)]
+        strict: bool,
+    },
 }
 
 impl DataSpec {
     /// Interprets `--data VALUE` with `--data-dir` and `--test-fraction`.
     pub fn parse(value: &str, data_dir: Option<&Path>, test_fraction: f64, strict: bool) -> Result<Self> {
+        Self::parse_with_test(value, None, data_dir, test_fraction, strict)
+    }
+
+    /// As [`DataSpec::parse`], with `--test-data` (WebDataset test shards).
+    pub fn parse_with_test(value: &str, test_data: Option<&str>, data_dir: Option<&Path>, test_fraction: f64, strict: bool) -> Result<Self> {
+        if webdataset::looks_like_webdataset(value) {
+            if data_dir.is_some() {
+                return Err(Error::usage("--data-dir", "only applies to --data cifar10"));
+            }
+            let abs = |v: &str| std::path::absolute(v).at(v).map(|p| p.display().to_string());
+            return Ok(DataSpec::WebDataset { train: abs(value)?, test: test_data.map(abs).transpose()?, strict });
+        }
+        if let Some(t) = test_data {
+            return Err(Error::usage("--test-data", format!("'{t}': only WebDataset --data (tar shards) takes separate test shards")));
+        }
         if !(0.0..1.0).contains(&test_fraction) {
             return Err(Error::usage("--test-fraction", format!("{test_fraction} is not in [0, 1)")));
         }
@@ -74,6 +102,8 @@ enum Pictures {
     Cifar(Arc<cifar10::Records>, Vec<usize>),
     /// Picture files.
     Files(Vec<folder::Entry>),
+    /// Samples in WebDataset tars.
+    Tar(Vec<webdataset::Sample>),
 }
 
 /// One split (train or test), possibly a sample of it.
@@ -102,6 +132,7 @@ impl Split {
         let pictures = match &self.pictures {
             Pictures::Cifar(rec, idx) => Pictures::Cifar(rec.clone(), rows.iter().map(|&r| idx[r]).collect()),
             Pictures::Files(entries) => Pictures::Files(rows.iter().map(|&r| entries[r].clone()).collect()),
+            Pictures::Tar(samples) => Pictures::Tar(rows.iter().map(|&r| samples[r].clone()).collect()),
         };
         Split { name: self.name.clone(), labels: rows.iter().map(|&r| self.labels[r]).collect(), pictures }
     }
@@ -130,6 +161,16 @@ impl Split {
                     h.update(&digest?);
                 }
             }
+            Pictures::Tar(samples) => {
+                h.update(b"webdataset\0");
+                let hashes: Vec<Result<[u8; 32]>> = samples.par_iter().map(|s| Ok(*blake3::hash(&s.read()?).as_bytes())).collect();
+                for (s, digest) in samples.iter().zip(hashes) {
+                    h.update(s.key.as_bytes());
+                    h.update(&[0]);
+                    h.update(&s.label.to_le_bytes());
+                    h.update(&digest?);
+                }
+            }
         }
         Ok(h.finalize().to_hex().to_string())
     }
@@ -141,6 +182,11 @@ impl Split {
             Pictures::Files(entries) => {
                 let inputs: Vec<Result<Tensor>> =
                     entries[rows].par_iter().map(|e| Ok(pre.batch(&load_picture(&e.path)?))).collect();
+                let inputs = inputs.into_iter().collect::<Result<Vec<_>>>()?;
+                Ok(Tensor::cat(&inputs, 0))
+            }
+            Pictures::Tar(samples) => {
+                let inputs: Vec<Result<Tensor>> = samples[rows].par_iter().map(|s| Ok(pre.batch(&tar_picture(s)?))).collect();
                 let inputs = inputs.into_iter().collect::<Result<Vec<_>>>()?;
                 Ok(Tensor::cat(&inputs, 0))
             }
@@ -156,8 +202,38 @@ impl Split {
                 let decoded: Vec<Result<Tensor>> = entries[rows].par_iter().map(|e| load_picture(&e.path)).collect();
                 Pixels::pictures(&decoded.into_iter().collect::<Result<Vec<_>>>()?)
             }
+            Pictures::Tar(samples) => {
+                let decoded: Vec<Result<Tensor>> = samples[rows].par_iter().map(tar_picture).collect();
+                Pixels::pictures(&decoded.into_iter().collect::<Result<Vec<_>>>()?)
+            }
         }
     }
+
+    /// Where the split may be cut between `--shard`s: `0 = b₀ < b₁ < … = len`, with the name of
+    /// the unit. Backbone batches of `batch_size` rows, or for WebDataset the tar files (rows of
+    /// one tar stay together).
+    pub fn shard_units(&self, batch_size: usize) -> (Vec<usize>, &'static str) {
+        let n = self.len();
+        match &self.pictures {
+            Pictures::Tar(samples) => {
+                let mut b = vec![0];
+                b.extend((1..n).filter(|&i| samples[i].tar_index != samples[i - 1].tar_index));
+                b.push(n);
+                (b, "tar file")
+            }
+            _ => {
+                let mut b: Vec<usize> = (0..n).step_by(batch_size.max(1)).collect();
+                b.push(n);
+                (b, "batch")
+            }
+        }
+    }
+}
+
+/// A WebDataset sample's picture as a `[1, 3, h, w]` uint8 RGB tensor.
+fn tar_picture(s: &webdataset::Sample) -> Result<Tensor> {
+    let bytes = s.read()?;
+    decode_picture(&bytes).map_err(|e| Error::bad_input(s.tar.as_path(), format!("sample {}: {e}", s.key)))
 }
 
 /// The records `rows` as one `[N, 3, 32, 32]` uint8 batch.
@@ -227,6 +303,7 @@ pub struct Dataset {
 enum Source {
     Cifar(PathBuf),
     Folder(folder::FolderData),
+    WebDataset(webdataset::WebData),
 }
 
 /// Options for opening a data set.
@@ -267,6 +344,21 @@ impl Dataset {
                     source: Source::Folder(data),
                 })
             }
+            DataSpec::WebDataset { train, test, strict } => {
+                let data = webdataset::scan(train, test.as_deref(), *strict)?;
+                let name = Path::new(train.split('{').next().unwrap_or(train))
+                    .file_name()
+                    .map(|n| n.to_string_lossy().trim_end_matches(['-', '_', '.']).to_string())
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| "webdataset".into());
+                Ok(Dataset {
+                    spec: spec.clone(),
+                    name,
+                    classes: data.classes.clone(),
+                    picture_kind: PictureKind::Photos,
+                    source: Source::WebDataset(data),
+                })
+            }
         }
     }
 
@@ -293,6 +385,14 @@ impl Dataset {
                 }
                 (entries.iter().map(|e| e.label).collect(), Pictures::Files(entries))
             }
+            Source::WebDataset(data) => {
+                let samples = match name {
+                    "train" => data.train.clone(),
+                    "test" => data.test.clone(),
+                    other => return Err(Error::usage("--split", format!("splits are train and test, not '{other}'"))),
+                };
+                (samples.iter().map(|s| s.label).collect(), Pictures::Tar(samples))
+            }
         };
         Ok(Split { name: name.to_string(), labels, pictures })
     }
@@ -300,8 +400,9 @@ impl Dataset {
     fn root(&self) -> PathBuf {
         match &self.source {
             Source::Cifar(d) => d.clone(),
-            Source::Folder(_) => match &self.spec {
+            Source::Folder(_) | Source::WebDataset(_) => match &self.spec {
                 DataSpec::Folder { root, .. } => root.clone(),
+                DataSpec::WebDataset { train, .. } => PathBuf::from(train),
                 DataSpec::Cifar10 { .. } => PathBuf::new(),
             },
         }

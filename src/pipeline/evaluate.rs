@@ -45,6 +45,7 @@ pub fn evaluate_run(session: &Session, run_dir: &Path, batch_size: Option<usize>
         input_size: Some(card.preprocessing.input_size),
         batch_size,
         chunk_rows: DEFAULT_CHUNK_ROWS,
+        shard: None,
     };
     let fs = features(session, &req)?;
     if fs.weights_sha256 != card.backbone.weights_sha256 {

@@ -6,9 +6,10 @@ use serde::Serialize;
 use tch::Tensor;
 
 use super::extract::extract_resumable;
+use super::shard::{find_or_merge, ShardSpec};
 use super::Session;
 use crate::backbone::{default_batch_size, Backbone, Engine, Precision, PrecisionChoice};
-use crate::cache::{CachedFeatures, EntryLock, FeatureCache, FeatureKey, FORMAT_VERSION};
+use crate::cache::{CachedFeatures, EntryLock, FeatureCache, FeatureKey, ShardOf, FORMAT_VERSION};
 use crate::data::on_device;
 use crate::data::preprocess::{InputSpec, Preprocessing};
 use crate::data::sample::{stratified_subset, Subset};
@@ -43,6 +44,8 @@ pub struct FeatureRequest {
     /// Rows per saved chunk during extraction (rounded up to whole batches): how much a
     /// killed run can lose.
     pub chunk_rows: usize,
+    /// `--shard I/N`: extract only this worker's share of each split (see [`super::shard`]).
+    pub shard: Option<ShardSpec>,
 }
 
 impl FeatureRequest {
@@ -182,16 +185,42 @@ pub fn features(session: &Session, req: &FeatureRequest) -> Result<FeatureSet> {
         sample: req.subset,
         sample_seed: req.sample_seed,
         rows: split.len(),
+        shard: None,
+    };
+    let batch_size = req.batch_size.unwrap_or_else(|| default_batch_size(device));
+    // The key of what this request extracts of `split`: the whole split, or this worker's shard.
+    let target = |split: &Split, whole: FeatureKey| -> Result<(FeatureKey, Option<ShardOf>)> {
+        match req.shard {
+            None => Ok((whole, None)),
+            Some(spec) => {
+                let (bounds, unit) = split.shard_units(batch_size);
+                let shard = spec.rows(&split.name, &bounds, unit, batch_size)?;
+                Ok((whole.for_shard(shard), Some(shard)))
+            }
+        }
+    };
+    // A finished entry for `whole` (merging complete shards), or for this worker's shard.
+    let find = |split: &Split, whole: FeatureKey| -> Result<Option<CachedFeatures>> {
+        if let Some((hit, merged)) = find_or_merge(session, req, &cache, &whole)? {
+            if merged {
+                tracing::info!("{} features: merged from their shards into {}", split.name, hit.dir.display());
+            }
+            return Ok(Some(hit));
+        }
+        match target(split, whole)? {
+            (key, Some(_)) => cache.lookup(&key),
+            (_, None) => Ok(None),
+        }
     };
 
     let mut found: Vec<Option<SplitFeatures>> = Vec::new();
     for (split, identity) in &splits {
         let hit = match &known {
-            Some((sha, _)) => cache.lookup(&key_for(split, identity, sha))?,
+            Some((sha, _)) => find(split, key_for(split, identity, sha))?,
             None => None,
         };
         found.push(hit.map(|entry| {
-            tracing::info!("{} features: {} rows from the cache ({})", split.name, split.len(), entry.dir.display());
+            tracing::info!("{} features: {} rows from the cache ({})", split.name, entry.manifest.rows, entry.dir.display());
             split_features(&split.name, "cache", 0.0, entry)
         }));
     }
@@ -212,7 +241,6 @@ pub fn features(session: &Session, req: &FeatureRequest) -> Result<FeatureSet> {
                 });
             }
         }
-        let batch_size = req.batch_size.unwrap_or_else(|| default_batch_size(device));
         let mut backbone = load_backbone(&entry, &weights, input.input_size, device, precision)?;
         // The whole splits count, not what a resumed run has left, so that every chunk of an
         // entry comes from the same engine.
@@ -221,8 +249,22 @@ pub fn features(session: &Session, req: &FeatureRequest) -> Result<FeatureSet> {
         tracing::info!("backbone {} in {precision:?} on {device:?}, engine {:?}", entry.name, backbone.engine());
         tracing::info!("{}; batches of {batch_size}, the next one decoded on another thread", on_device::describe(device));
         for ((split, identity), slot) in splits.iter().zip(found.iter_mut()) {
-            let key = key_for(split, identity, &weights.sha256);
+            let whole = key_for(split, identity, &weights.sha256);
             if slot.is_none() {
+                if let Some(hit) = find(split, whole.clone())? {
+                    *slot = Some(split_features(&split.name, "cache", 0.0, hit));
+                    continue;
+                }
+                let (key, shard) = target(split, whole)?;
+                let part;
+                let split = match shard {
+                    Some(s) => {
+                        part = split.subset(&(s.start..s.end).collect::<Vec<_>>());
+                        tracing::info!("{} features: shard {}/{}, rows {}..{} of {}", split.name, s.index, s.count, s.start, s.end, split.len());
+                        &part
+                    }
+                    None => split,
+                };
                 if let Some(hit) = cache.lookup(&key)? {
                     *slot = Some(split_features(&split.name, "cache", 0.0, hit));
                     continue;
