@@ -200,8 +200,13 @@ pub fn features(session: &Session, req: &FeatureRequest) -> Result<FeatureSet> {
         }
     };
     // A finished entry for `whole` (merging complete shards), or for this worker's shard.
+    // A worker (`--shard`) takes a finished whole entry, never merges.
     let find = |split: &Split, whole: FeatureKey| -> Result<Option<CachedFeatures>> {
-        if let Some((hit, merged)) = find_or_merge(session, req, &cache, &whole)? {
+        if req.shard.is_some() {
+            if let Some(hit) = cache.lookup(&whole)? {
+                return Ok(Some(hit));
+            }
+        } else if let Some((hit, merged)) = find_or_merge(session, req, &cache, &whole)? {
             if merged {
                 tracing::info!("{} features: merged from their shards into {}", split.name, hit.dir.display());
             }
