@@ -204,6 +204,14 @@ fn write_tar(path: &Path, members: &[(String, Vec<u8>)]) {
     builder.into_inner().unwrap().flush().unwrap();
 }
 
+/// `path`'s picture as lossless webp bytes.
+fn webp(path: &Path) -> Vec<u8> {
+    let img = image::open(path).unwrap().to_rgb8();
+    let mut out = Vec::new();
+    image::codecs::webp::WebPEncoder::new_lossless(&mut out).encode(img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8).unwrap();
+    out
+}
+
 /// WebDataset shards from the shared image folder: `classes` classes, `per_tar` pictures of
 /// each class a tar (round robin), `tars` tars of train (from train/) and 2 of test (from val/).
 fn make_webdataset(dir: &Path, classes: usize, per_tar: usize, tars: usize) -> PathBuf {
@@ -229,7 +237,12 @@ fn make_webdataset(dir: &Path, classes: usize, per_tar: usize, tars: usize) -> P
                 for (label, f) in files.iter_mut().enumerate() {
                     let path = f.remove(0);
                     let key = format!("s{t:02}{k:02}{label:02}");
-                    members.push((format!("{key}.jpg"), std::fs::read(&path).unwrap()));
+                    if t == 0 && k == 0 {
+                        // img2dataset can write webp: the first samples of each set are.
+                        members.push((format!("{key}.webp"), webp(&path)));
+                    } else {
+                        members.push((format!("{key}.jpg"), std::fs::read(&path).unwrap()));
+                    }
                     members.push((format!("{key}.cls"), format!("{label}\n").into_bytes()));
                 }
             }
