@@ -23,7 +23,8 @@
 # plain `sacct` says "Slurm accounting storage is disabled"; `sacct -c` (--completion) reads
 # jobcomp.txt but shows the tasks' own job ids, not 1_0 style, and prints "Unknown type
 # ArrayJobId" errors on stderr. squeue/scontrol show finished jobs only 4 to ~64 s
-# (MinJobAge=4, purged every 60 s).
+# (MinJobAge=4, purged every 60 s): `squeue -h -r -t all -o '%i %A %T'` gives "1_2 4 FAILED".
+# `sbatch --wait` exits with the largest exit code of the tasks (1 for a task killed by a signal).
 #
 # Kill and requeue one task (verified; the rerun keeps its SLURM_JOB_ID and sees
 # SLURM_RESTART_COUNT=1, unset on a first run; `sbatch --wait` returns only after the rerun):
