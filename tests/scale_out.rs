@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
@@ -191,77 +190,11 @@ fn shard_auto_reads_slurm_and_kubernetes_variables_and_cache_merge_joins_them() 
     );
 }
 
-/// Writes a tar of `members` (name, bytes).
-fn write_tar(path: &Path, members: &[(String, Vec<u8>)]) {
-    let mut builder = tar::Builder::new(std::fs::File::create(path).unwrap());
-    for (name, bytes) in members {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(bytes.len() as u64);
-        header.set_mode(0o644);
-        header.set_cksum();
-        builder.append_data(&mut header, name, bytes.as_slice()).unwrap();
-    }
-    builder.into_inner().unwrap().flush().unwrap();
-}
-
-/// `path`'s picture as lossless webp bytes.
-fn webp(path: &Path) -> Vec<u8> {
-    let img = image::open(path).unwrap().to_rgb8();
-    let mut out = Vec::new();
-    image::codecs::webp::WebPEncoder::new_lossless(&mut out).encode(img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8).unwrap();
-    out
-}
-
-/// WebDataset shards from the shared image folder: `classes` classes, `per_tar` pictures of
-/// each class a tar (round robin), `tars` tars of train (from train/) and 2 of test (from val/).
-fn make_webdataset(dir: &Path, classes: usize, per_tar: usize, tars: usize) -> PathBuf {
-    let src = shared_data().join("imagefolder-sample");
-    let mut names: Vec<String> = std::fs::read_dir(src.join("train")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-    names.sort();
-    names.truncate(classes);
-    let out = dir.join("wds");
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(out.join("classes.txt"), names.join("\n") + "\n").unwrap();
-    for (split, folder, n_tars) in [("train", "train", tars), ("test", "val", 2)] {
-        let mut files: Vec<Vec<PathBuf>> = names
-            .iter()
-            .map(|c| {
-                let mut v: Vec<PathBuf> = std::fs::read_dir(src.join(folder).join(c)).unwrap().flatten().map(|e| e.path()).collect();
-                v.sort();
-                v
-            })
-            .collect();
-        for t in 0..n_tars {
-            let mut members = Vec::new();
-            for k in 0..per_tar {
-                for (label, f) in files.iter_mut().enumerate() {
-                    let path = f.remove(0);
-                    let key = format!("s{t:02}{k:02}{label:02}");
-                    if t == 0 && k == 0 {
-                        // img2dataset can write webp: the first samples of each set are.
-                        members.push((format!("{key}.webp"), webp(&path)));
-                    } else {
-                        members.push((format!("{key}.jpg"), std::fs::read(&path).unwrap()));
-                    }
-                    members.push((format!("{key}.cls"), format!("{label}\n").into_bytes()));
-                }
-            }
-            if split == "train" && t == 1 {
-                members.push(("broken.jpg".into(), b"not a jpeg".to_vec()));
-                members.push(("broken.cls".into(), b"0".to_vec()));
-                members.push(("nolabel.jpg".into(), members[0].1.clone()));
-            }
-            write_tar(&out.join(format!("{split}-{t:03}.tar")), &members);
-        }
-    }
-    out
-}
-
 #[test]
 fn webdataset_tars_are_read_in_place_skip_bad_samples_and_shard_by_whole_tars() {
     let sb = Sandbox::new();
     let w = random_weights("resnet18", sb.path()).0.display().to_string();
-    let wds = make_webdataset(sb.path(), 3, 3, 4);
+    let wds = make_webdataset(sb.path(), 3, (3, 4), (3, 2));
     let train = format!("{}/train-{{000..003}}.tar", wds.display());
     let test = format!("{}/test-{{000..001}}.tar", wds.display());
     let base: Vec<&str> = vec![
