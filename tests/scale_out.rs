@@ -247,4 +247,65 @@ fn webdataset_tars_are_read_in_place_skip_bad_samples_and_shard_by_whole_tars() 
     // with it, a worker has nothing to do).
     let a: Vec<&str> = whole.iter().copied().chain(["--shard", "4/5"]).collect();
     assert_fails(&run_in(&sb, &sb.path().join("cache-5"), &a), 2, &["--shard", "4 tar file(s)", "at most 4"]);
+
+    // Moved shards are the same data (a cache hit); a rewritten tar member is new data.
+    let moved = sb.path().join("moved");
+    std::fs::rename(&wds, &moved).unwrap();
+    let (m_train, m_test) = (format!("{}/train-{{000..003}}.tar", moved.display()), format!("{}/test-{{000..001}}.tar", moved.display()));
+    let margs = [
+        "--json", "extract", "--model", "resnet18", "--weights", &w, "--data", &m_train, "--test-data", &m_test, "--precision", "fp32",
+        "--input-size", "64", "--extract-batch-size", "4",
+    ];
+    let hit = ok(run_in(&sb, &cache_ref, &margs), "extract from moved shards");
+    assert_eq!(hit["backbone_runs"], 0, "{hit}");
+    let tar_path = moved.join("test-000.tar");
+    let mut members: Vec<(String, Vec<u8>)> = tar::Archive::new(std::fs::File::open(&tar_path).unwrap())
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let mut e = e.unwrap();
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut bytes).unwrap();
+            (e.path().unwrap().to_string_lossy().into_owned(), bytes)
+        })
+        .collect();
+    let pics: Vec<usize> = members.iter().enumerate().filter(|(_, (n, _))| n.ends_with(".jpg")).map(|(i, _)| i).collect();
+    let swapped = members[pics[1]].1.clone();
+    members[pics[0]].1 = swapped;
+    write_tar(&tar_path, &members);
+    let changed = ok(run_in(&sb, &cache_ref, &margs), "extract after rewriting a member");
+    assert_eq!(changed["backbone_runs"], 1, "{changed}");
+    assert_eq!((changed["splits"][0]["source"].as_str(), changed["splits"][1]["source"].as_str()), (Some("cache"), Some("extracted")));
+}
+
+#[test]
+fn train_streams_features_from_disk_when_asked_and_learns_the_same_classes() {
+    let sb = Sandbox::new();
+    let w = random_weights("resnet18", sb.path()).0.display().to_string();
+    let data = cifar_sample_dir().display().to_string();
+    let args = |out: &str| -> Vec<String> {
+        ["--json", "train", "--model", "resnet18", "--weights", &w, "--data", "cifar10", "--data-dir", &data, "--limit", "400",
+         "--precision", "fp32", "--input-size", "64", "--out", out]
+            .map(String::from)
+            .to_vec()
+    };
+    let cache = sb.path().join("cache");
+    let mut cmd = sb.command(&strs(&args("streamed")));
+    cmd.env("LASTLAYER_CACHE", &cache).env("LASTLAYER_HEAD_STREAM", "always");
+    let out = cmd.output().unwrap();
+    let log = stderr(&out);
+    let streamed = ok(out, "streamed train");
+    assert!(log.contains("(streamed)") && log.contains("read from"), "{log}");
+    let report = &streamed["report"];
+    assert_eq!(report["train_rows"].as_u64().unwrap() + report["val_rows"].as_u64().unwrap(), 400, "{report}");
+    assert!(report["refit"].is_null(), "{report}");
+    let mut cmd = sb.command(&strs(&args("in-memory")));
+    cmd.env("LASTLAYER_CACHE", &cache).env("LASTLAYER_HEAD_STREAM", "never");
+    let out = cmd.output().unwrap();
+    assert!(!stderr(&out).contains("(streamed)"));
+    let memory = ok(out, "in-memory train");
+    // Random backbone weights: both heads learn something of 10 classes (chance is 10%), and
+    // land near each other.
+    let (a, b) = (streamed["test_accuracy"].as_f64().unwrap(), memory["test_accuracy"].as_f64().unwrap());
+    assert!(a > 0.15 && b > 0.15 && (a - b).abs() < 0.1, "streamed {a}, in memory {b}");
 }

@@ -138,7 +138,8 @@ impl Split {
     }
 
     /// A content hash of exactly these rows: their pictures' bytes and labels (and, for files,
-    /// their `<class>/<file>` names; never where the folder is).
+    /// their `<class>/<file>` names; never where the folder is). For WebDataset samples, their
+    /// tar member headers, keys and labels (see [`webdataset`]).
     pub fn identity(&self) -> Result<String> {
         let mut h = blake3::Hasher::new();
         match &self.pictures {
@@ -162,13 +163,13 @@ impl Split {
                 }
             }
             Pictures::Tar(samples) => {
+                // Member headers, not picture bytes: see `webdataset`.
                 h.update(b"webdataset\0");
-                let hashes: Vec<Result<[u8; 32]>> = samples.par_iter().map(|s| Ok(*blake3::hash(&s.read()?).as_bytes())).collect();
-                for (s, digest) in samples.iter().zip(hashes) {
+                for s in samples {
                     h.update(s.key.as_bytes());
                     h.update(&[0]);
                     h.update(&s.label.to_le_bytes());
-                    h.update(&digest?);
+                    h.update(&s.fingerprint);
                 }
             }
         }

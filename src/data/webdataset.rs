@@ -7,6 +7,13 @@
 //! in the tar: nothing is unpacked to disk. Rows are in shard order, then member order.
 //! Class names come from a `classes.txt` (one per line, in label order) beside the tars or in
 //! their parent folder; without one, classes are named by their index.
+//!
+//! Indexing reads each member's 512-byte header (seeking past the data), each `.cls`, and the
+//! first 4 KiB of each picture (its format and size, to skip undecodable ones): every worker of
+//! a sharded extraction indexes every tar, since the split's rows and key depend on all of them,
+//! but none reads other workers' pictures. For the same reason the data's identity (the cache
+//! key) hashes each sample's member headers (name, size, modification time, checksum), key and
+//! label, not its picture's bytes: rewriting a tar member changes its header.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
@@ -35,15 +42,23 @@ pub struct Sample {
     pub key: String,
     /// Class index.
     pub label: i64,
+    /// blake3 of the sample's tar member headers (name, size, modification time, checksum) and
+    /// its `.cls` text: what the data's identity hashes instead of the picture's bytes.
+    pub fingerprint: [u8; 32],
 }
 
 impl Sample {
     /// The picture's bytes, read from the tar.
     pub fn read(&self) -> Result<Vec<u8>> {
+        self.read_prefix(self.len)
+    }
+
+    /// The first `n` bytes of the picture (all of it when shorter).
+    fn read_prefix(&self, n: u64) -> Result<Vec<u8>> {
         let path = self.tar.as_path();
         let mut f = std::fs::File::open(path).at(path)?;
         f.seek(SeekFrom::Start(self.offset)).at(path)?;
-        let mut bytes = vec![0u8; self.len as usize];
+        let mut bytes = vec![0u8; n.min(self.len) as usize];
         f.read_exact(&mut bytes).at(path)?;
         Ok(bytes)
     }
@@ -126,11 +141,13 @@ fn index_tar(path: &Path, tar_index: usize) -> Result<(Vec<Sample>, Vec<String>)
     let file = std::fs::File::open(path).at(path)?;
     let mut archive = tar::Archive::new(std::io::BufReader::new(file));
     let tar_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    // key -> (picture (offset, len, ext), cls text)
+    // key -> (picture (offset, len, header), cls (text, header))
+    type Parts = (Option<(u64, u64, Vec<u8>)>, Option<(Vec<u8>, Vec<u8>)>);
     let mut order: Vec<String> = Vec::new();
-    let mut parts: HashMap<String, (Option<(u64, u64)>, Option<Vec<u8>>)> = HashMap::new();
+    let mut parts: HashMap<String, Parts> = HashMap::new();
     let bad_tar = |e: std::io::Error| Error::bad_input(path, format!("not a readable tar file ({e})"));
-    for entry in archive.entries().map_err(bad_tar)? {
+    // Seeking past members' data: only the headers and the .cls texts are read.
+    for entry in archive.entries_with_seek().map_err(bad_tar)? {
         let mut entry = entry.map_err(bad_tar)?;
         if !entry.header().entry_type().is_file() {
             continue;
@@ -147,12 +164,13 @@ fn index_tar(path: &Path, tar_index: usize) -> Result<(Vec<Sample>, Vec<String>)
             order.push(key.clone());
             (None, None)
         });
+        let header = entry.header().as_bytes().to_vec();
         if PICTURE_EXTENSIONS.contains(&ext.as_str()) {
-            slot.0 = Some((entry.raw_file_position(), entry.size()));
+            slot.0 = Some((entry.raw_file_position(), entry.size(), header));
         } else if ext == "cls" {
             let mut text = Vec::new();
             entry.by_ref().take(64).read_to_end(&mut text).map_err(bad_tar)?;
-            slot.1 = Some(text);
+            slot.1 = Some((text, header));
         }
     }
     let tar = Arc::new(path.to_path_buf());
@@ -160,13 +178,20 @@ fn index_tar(path: &Path, tar_index: usize) -> Result<(Vec<Sample>, Vec<String>)
     let mut bad = Vec::new();
     for key in order {
         let (pic, cls) = parts.remove(&key).unwrap_or_default();
-        let label = cls.as_deref().map(|t| std::str::from_utf8(t).ok().and_then(|s| s.trim().parse::<i64>().ok()).filter(|&l| l >= 0));
+        let label = cls.as_ref().map(|(t, _)| std::str::from_utf8(t).ok().and_then(|s| s.trim().parse::<i64>().ok()).filter(|&l| l >= 0));
         match (pic, label) {
             (None, _) => bad.push(format!("{tar_name}:{key}: no picture member ({})", PICTURE_EXTENSIONS.join(", "))),
             (_, None) => bad.push(format!("{tar_name}:{key}: no {key}.cls member")),
             (_, Some(None)) => bad.push(format!("{tar_name}:{key}: {key}.cls is not a class index (a whole number)")),
-            (Some((offset, len)), Some(Some(label))) => {
-                samples.push(Sample { tar: tar.clone(), tar_index, offset, len, key: format!("{tar_name}/{key}"), label })
+            (Some((offset, len, pic_header)), Some(Some(label))) => {
+                let mut h = blake3::Hasher::new();
+                h.update(&pic_header);
+                if let Some((text, cls_header)) = &cls {
+                    h.update(cls_header);
+                    h.update(text);
+                }
+                let fingerprint = *h.finalize().as_bytes();
+                samples.push(Sample { tar: tar.clone(), tar_index, offset, len, key: format!("{tar_name}/{key}"), label, fingerprint })
             }
         }
     }
@@ -182,13 +207,22 @@ fn index_tar(path: &Path, tar_index: usize) -> Result<(Vec<Sample>, Vec<String>)
     Ok((kept, bad))
 }
 
+/// Reads a picture's header (format and size), from its first 4 KiB when they hold it, else
+/// from all its bytes.
 fn probe(s: &Sample) -> std::result::Result<(), String> {
-    let bytes = s.read().map_err(|e| e.to_string())?;
-    let reader = image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| e.to_string())?;
-    if reader.format().is_none() {
-        return Err("unknown format".into());
-    }
-    match reader.into_dimensions().map_err(|e| e.to_string())? {
+    let dims = |bytes: Vec<u8>| -> std::result::Result<(u32, u32), String> {
+        let reader = image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| e.to_string())?;
+        if reader.format().is_none() {
+            return Err("unknown format".into());
+        }
+        reader.into_dimensions().map_err(|e| e.to_string())
+    };
+    let found = match dims(s.read_prefix(4096).map_err(|e| e.to_string())?) {
+        Ok(d) => Ok(d),
+        Err(_) if s.len > 4096 => dims(s.read().map_err(|e| e.to_string())?),
+        Err(e) => Err(e),
+    };
+    match found? {
         (0, _) | (_, 0) => Err("empty picture".into()),
         _ => Ok(()),
     }
