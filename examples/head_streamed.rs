@@ -29,7 +29,7 @@ fn write(path: &Path, rows: usize, width: usize, classes: usize) -> anyhow::Resu
         "labels": {"dtype": "I64", "shape": [rows], "data_offsets": [fbytes, fbytes + rows * 8]},
     });
     let mut json = serde_json::to_vec(&header)?;
-    while json.len() % 8 != 0 {
+    while !json.len().is_multiple_of(8) {
         json.push(b' ');
     }
     let mut out = std::io::BufWriter::with_capacity(8 << 20, std::fs::File::create(path)?);

@@ -106,20 +106,16 @@ pub enum Error {
         message: String,
     },
     /// A split was extracted in shards, and one of them is missing or damaged.
-    #[error("the {split} split's features are in {count} shards and shard {index}/{count} is {reason} ({}){others}; make it with:\n    {command}", dir.display())]
+    #[error("the {split} split's features are in shards and shard {shard} is {reason}; make it with:\n    {command}")]
     Shard {
         /// The split.
         split: String,
-        /// The first bad shard's index.
-        index: usize,
-        /// Shards in the set.
-        count: usize,
+        /// The first bad shard, `I/N`.
+        shard: String,
         /// Its entry folder.
         dir: std::path::PathBuf,
-        /// `missing`, or what is wrong with it.
+        /// `missing (<folder>)`, or what is wrong with it, and the other bad shards if any.
         reason: String,
-        /// The other bad shards, if any (`; also shard …`).
-        others: String,
         /// The `lastlayer extract … --shard I/N` command that makes the first one.
         command: String,
     },

@@ -240,7 +240,7 @@ fn write_merged(cache: &FeatureCache, whole: &FeatureKey, shards: &[CachedFeatur
         serde_json::json!({"dtype": "I64", "shape": [rows as i64], "data_offsets": [feature_bytes, feature_bytes + label_bytes]}),
     );
     let mut json = serde_json::to_vec(&header).expect("a header always serialises");
-    while json.len() % 8 != 0 {
+    while !json.len().is_multiple_of(8) {
         json.push(b' ');
     }
     let dir = cache.entry_dir(whole);

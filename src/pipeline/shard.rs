@@ -122,11 +122,14 @@ fn shard_error(session: &Session, req: &FeatureRequest, key: &FeatureKey, proble
     let command = extract_command(session, req, &key.split, &format!("{}/{}", first.index, first.count));
     Error::Shard {
         split: key.split.clone(),
-        index: first.index,
-        count: first.count,
+        shard: format!("{}/{}", first.index, first.count),
         dir: first.dir.clone(),
-        reason: first.reason.clone(),
-        others: if others.is_empty() { String::new() } else { format!("; also shard {}", others.join(", ")) },
+        reason: format!(
+            "{} ({}){}",
+            first.reason,
+            first.dir.display(),
+            if others.is_empty() { String::new() } else { format!("; also shard {}", others.join(", ")) }
+        ),
         command,
     }
 }
