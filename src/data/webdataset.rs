@@ -24,6 +24,9 @@ use rayon::prelude::*;
 
 use crate::error::{Error, IoContext, Result};
 
+/// Class indices from `.cls` members must be below this (a head has a row per class).
+pub const MAX_CLASSES: i64 = 100_000;
+
 /// Picture extensions of a sample (lower case).
 pub const PICTURE_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
 
@@ -174,6 +177,7 @@ fn index_tar(path: &Path, tar_index: usize) -> Result<(Vec<Sample>, Vec<String>)
         }
     }
     let tar = Arc::new(path.to_path_buf());
+    let tar_bytes = std::fs::metadata(path).at(path)?.len();
     let mut samples = Vec::new();
     let mut bad = Vec::new();
     for key in order {
@@ -183,6 +187,10 @@ fn index_tar(path: &Path, tar_index: usize) -> Result<(Vec<Sample>, Vec<String>)
             (None, _) => bad.push(format!("{tar_name}:{key}: no picture member ({})", PICTURE_EXTENSIONS.join(", "))),
             (_, None) => bad.push(format!("{tar_name}:{key}: no {key}.cls member")),
             (_, Some(None)) => bad.push(format!("{tar_name}:{key}: {key}.cls is not a class index (a whole number)")),
+            (_, Some(Some(l))) if l >= MAX_CLASSES => bad.push(format!("{tar_name}:{key}: class index {l} in {key}.cls is not below {MAX_CLASSES}")),
+            (Some((offset, len, _)), _) if offset.checked_add(len).is_none_or(|end| end > tar_bytes) => {
+                bad.push(format!("{tar_name}:{key}: the picture member runs past the end of the tar (truncated file)"))
+            }
             (Some((offset, len, pic_header)), Some(Some(label))) => {
                 let mut h = blake3::Hasher::new();
                 h.update(&pic_header);

@@ -64,8 +64,10 @@ impl FeatureFile {
             (Some(f), Some(l)) if f.0 == "F32" && f.1.len() == 2 && l.0 == "I64" && l.1.len() == 1 && l.1[0] == f.1[0] => (f.clone(), l.clone()),
             _ => return Err(Error::bad_input(path, "needs F32 features [N, D] and I64 labels [N]; delete this cache entry")),
         };
-        let (rows, width) = (f.1[0] as usize, f.1[1] as usize);
-        if f.3 - f.2 != (rows * width * 4) as u64 || l.3 - l.2 != (rows * 8) as u64 {
+        let bad = || Error::bad_input(path, "tensor sizes disagree with their shapes; delete this cache entry");
+        let (rows, width) = (usize::try_from(f.1[0]).map_err(|_| bad())?, usize::try_from(f.1[1]).map_err(|_| bad())?);
+        let feature_bytes = rows.checked_mul(width).and_then(|n| n.checked_mul(4)).ok_or_else(bad)?;
+        if f.3 - f.2 != feature_bytes as u64 || l.3 - l.2 != (rows as u64) * 8 {
             return Err(Error::bad_input(path, "tensor sizes disagree with their shapes; delete this cache entry"));
         }
         let file = File::open(path).at(path)?;
@@ -142,6 +144,8 @@ impl Model {
 pub fn train_head_streamed(path: &Path, classes: usize, cfg: &TrainConfig, progress: &Progress) -> Result<(LinearHead, TrainReport)> {
     cfg.validate()?;
     let start = Instant::now();
+    // One libtorch thread, as on the in-memory path (see `path::OneThread`).
+    let _threads = super::path::OneThread::set();
     let file = FeatureFile::open(path)?;
     if file.rows == 0 {
         return Err(Error::usage("--data", "the training split has no rows"));
@@ -340,6 +344,25 @@ mod tests {
             assert!(acc > 0.97, "auto {auto}: accuracy {acc}");
             assert_eq!(report.train_rows + report.val_rows, 2100);
             assert!(report.best_val_accuracy > 0.97, "{report:?}");
+        }
+    }
+
+    #[test]
+    fn headers_with_impossible_shapes_are_refused_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("features.safetensors");
+        for header in [
+            r#"{"features":{"dtype":"F32","shape":[-1,4],"data_offsets":[0,0]},"labels":{"dtype":"I64","shape":[-1],"data_offsets":[0,0]}}"#,
+            r#"{"features":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,0]},"labels":{"dtype":"I64","shape":[4611686018427387904],"data_offsets":[0,0]}}"#,
+            r#"{"features":{"dtype":"F32","shape":[1,1],"data_offsets":[0,4]},"labels":{"dtype":"I64","shape":[1],"data_offsets":[4,99]}}"#,
+            r#"not json"#,
+        ] {
+            let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+            bytes.extend_from_slice(header.as_bytes());
+            bytes.extend_from_slice(&[0u8; 12]);
+            std::fs::write(&path, &bytes).unwrap();
+            let err = FeatureFile::open(&path).unwrap_err().to_string();
+            assert!(err.contains("features.safetensors"), "{header}: {err}");
         }
     }
 
