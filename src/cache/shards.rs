@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{CachedFeatures, FeatureCache, FeatureKey, Manifest, FEATURES_FILE, MANIFEST_FILE};
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::{blake3_file, write_atomic_with, write_json_atomic};
+use crate::fsutil::{write_atomic_with, write_json_atomic};
 
 /// Which share of a split's rows a shard entry holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -251,8 +251,10 @@ fn write_merged(cache: &FeatureCache, whole: &FeatureKey, shards: &[CachedFeatur
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).at(&manifest_path),
         _ => {}
     }
+    let mut hasher = blake3::Hasher::new();
     write_atomic_with(&features_path, |tmp| {
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(tmp).at(tmp)?);
+        let file = std::fs::File::create(tmp).at(tmp)?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, Hashing { inner: file, hasher: &mut hasher });
         out.write_all(&(json.len() as u64).to_le_bytes()).at(tmp)?;
         out.write_all(&json).at(tmp)?;
         for part in [1, 2] {
@@ -276,13 +278,32 @@ fn write_merged(cache: &FeatureCache, whole: &FeatureKey, shards: &[CachedFeatur
         dtype: "f32".into(),
         classes: first.manifest.classes.clone(),
         file_bytes: std::fs::metadata(&features_path).at(&features_path)?.len(),
-        file_blake3: blake3_file(&features_path)?,
+        // Hashed as written (the temporary file was fsynced and renamed, not changed).
+        file_blake3: hasher.finalize().to_hex().to_string(),
         extract_seconds: shards.iter().map(|s| s.manifest.extract_seconds).sum(),
         created_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         lastlayer_version: env!("CARGO_PKG_VERSION").into(),
     };
     write_json_atomic(&manifest_path, &manifest)?;
     Ok(CachedFeatures { dir, features_path, manifest_path, manifest })
+}
+
+/// A writer that hashes what it writes.
+struct Hashing<'a, W> {
+    inner: W,
+    hasher: &'a mut blake3::Hasher,
+}
+
+impl<W: Write> Write for Hashing<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// What [`merge_all`] did with one split's shards.
