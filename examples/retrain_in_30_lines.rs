@@ -40,6 +40,7 @@ fn main() -> anyhow::Result<()> {
         chunk_rows: DEFAULT_CHUNK_ROWS,
         augment: None,  // or views::Augment::parse("flip,crops=4")?: more views of each picture
         tta: Tta::None, // or Tta::Flip: test pictures averaged with their mirror
+        shard: None,
     };
     let outcome = pipeline::train(&session, &request, &TrainConfig::default(), "runs/example".as_ref())?;
     println!("test accuracy {:.2}% ({} backbone runs); run folder {}", 100.0 * outcome.test_accuracy, outcome.features.backbone_runs, outcome.run_dir.display());

@@ -8,9 +8,15 @@ cd "$LASTLAYER_ROOT"
 scripts/setup.sh --no-build
 # Pinned Python packages the tests read files with and compare against (safetensors, timm, ...).
 pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
-# Headless Chromium and its WebDriver, for the page test in tests/serve.rs (Debian's packages;
+# Headless Chromium and its WebDriver, for the page test in tests/serve.rs, and Slurm with MUNGE,
+# for the job-array test on a one-node cluster of scripts/slurm-cluster.sh (Debian's packages;
 # nothing downloads a browser of its own). We run as root: no sudo.
+apt_packages=()
 { command -v chromium && command -v chromedriver; } >/dev/null ||
-  (apt-get update && apt-get install -y --no-install-recommends chromium chromium-driver)
+  apt_packages+=(chromium chromium-driver)
+{ command -v sbatch && command -v slurmctld && command -v slurmd && command -v munged; } >/dev/null ||
+  apt_packages+=(slurmctld slurmd slurm-client munge)
+((${#apt_packages[@]} == 0)) ||
+  (apt-get update && apt-get install -y --no-install-recommends "${apt_packages[@]}")
 cargo build --examples                # examples must keep compiling
 cargo test --lib --tests -- --test-threads=2

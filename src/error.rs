@@ -105,6 +105,20 @@ pub enum Error {
         /// What failed.
         message: String,
     },
+    /// A split was extracted in shards, and one of them is missing or damaged.
+    #[error("the {split} split's features are in shards and shard {shard} is {reason}; make it with:\n    {command}")]
+    Shard {
+        /// The split.
+        split: String,
+        /// The first bad shard, `I/N`.
+        shard: String,
+        /// Its entry folder.
+        dir: std::path::PathBuf,
+        /// `missing (<folder>)`, or what is wrong with it, and the other bad shards if any.
+        reason: String,
+        /// The `lastlayer extract … --shard I/N` command that makes the first one.
+        command: String,
+    },
     /// A libtorch operation failed.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
@@ -115,7 +129,7 @@ impl Error {
     pub fn category(&self) -> Category {
         match self {
             Error::Usage { .. } | Error::UnknownModel { .. } => Category::Usage,
-            Error::BadInput { .. } | Error::BadPicture { .. } => Category::Input,
+            Error::BadInput { .. } | Error::BadPicture { .. } | Error::Shard { .. } => Category::Input,
             Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Category::Input,
             Error::Io { .. } | Error::Torch(_) | Error::Server { .. } | Error::Export { .. } => Category::Internal,
             Error::Download { .. } | Error::Offline { .. } => Category::Network,

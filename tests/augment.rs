@@ -197,3 +197,42 @@ fn a_bad_augment_spec_is_named_with_an_example() {
     let out = sb.run(&["extract", "--model", "resnet18", "--data", "cifar10", "--data-dir", data.to_str().unwrap(), "--augment", "flip,crop=4"]);
     assert_fails(&out, 2, &["--augment", "'crop=4' is not a view option", "flip,crops=4"]);
 }
+
+/// Views and shards together: with `--augment` a shard holds whole pictures with all their
+/// views, with `--tta flip` averaged rows, and the merged entries are the bytes of an
+/// unsharded extraction; a missing shard's printed command carries the views.
+#[test]
+fn sharded_views_merge_into_the_unsharded_bytes() {
+    let mut sb = Sandbox::new();
+    let w = random_weights("resnet18", sb.path()).0.display().to_string();
+    let data = cifar_sample_dir();
+    let args = |shard: Option<&str>| -> Vec<String> {
+        let mut a: Vec<String> = ["--json", "extract", "--model", "resnet18", "--weights", &w, "--data", "cifar10", "--data-dir", data.to_str().unwrap(),
+            "--limit", "30", "--precision", "fp32", "--input-size", "64", "--extract-batch-size", "8", "--augment", "flip,crops=1", "--tta", "flip"]
+            .map(String::from)
+            .to_vec();
+        if let Some(s) = shard {
+            a.extend(["--shard".to_string(), s.to_string()]);
+        }
+        a
+    };
+    let run = |sb: &Sandbox, a: Vec<String>| sb.run_json(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    sb.set("LASTLAYER_CACHE", sb.path().join("cache-ref").display().to_string());
+    let reference = run(&sb, args(None));
+    sb.set("LASTLAYER_CACHE", sb.path().join("cache").display().to_string());
+    run(&sb, args(Some("0/3")));
+    run(&sb, args(Some("2/3")));
+    // Shard 1 is missing: the merge names it, with a command that keeps the views.
+    let a = args(None);
+    let out = sb.run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = stderr(&out);
+    assert!(!out.status.success() && err.contains("1/3") && err.contains("--augment flip,crops=1"), "{err}");
+    run(&sb, args(Some("1/3")));
+    let merged = run(&sb, args(None));
+    for i in 0..2 {
+        let (a, b) = (reference["splits"][i]["features"].as_str().unwrap(), merged["splits"][i]["features"].as_str().unwrap());
+        assert_eq!(reference["splits"][i]["rows"], merged["splits"][i]["rows"]);
+        assert_eq!(std::fs::read(a).unwrap(), std::fs::read(b).unwrap(), "{} split: merged shards differ from the unsharded bytes", reference["splits"][i]["split"]);
+    }
+    assert_eq!((reference["splits"][0]["rows"].as_u64(), reference["splits"][1]["rows"].as_u64()), (Some(90), Some(30)));
+}

@@ -12,9 +12,11 @@
 
 mod lock;
 mod partial;
+pub mod shards;
 
 pub use lock::EntryLock;
 pub use partial::{Partial, PartialPlan};
+pub use shards::ShardOf;
 
 use std::path::{Path, PathBuf};
 
@@ -65,6 +67,10 @@ pub struct FeatureKey {
     /// row a picture, as before views existed (so older entries keep their digests).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub views: Option<Views>,
+    /// For a shard entry, which rows it holds (see [`shards`]); absent for a whole split, so
+    /// that whole splits' digests are those of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardOf>,
 }
 
 impl FeatureKey {
@@ -148,7 +154,7 @@ impl FeatureCache {
 
     /// The folder of `key`'s entry.
     pub fn entry_dir(&self, key: &FeatureKey) -> PathBuf {
-        self.root.join(&key.model).join(format!("{}-{}", key.split, key.digest()))
+        self.root.join(&key.model).join(shards::entry_name(key))
     }
 
     /// The folder of `key`'s unfinished extraction.
@@ -240,7 +246,7 @@ impl FeatureCache {
         let manifest = Manifest {
             key: key.clone(),
             digest: key.digest(),
-            rows: key.rows,
+            rows: features.size()[0] as usize,
             feature_width: features.size()[1],
             dtype: "f32".into(),
             classes: classes.to_vec(),

@@ -182,6 +182,9 @@ pub enum CacheCommand {
     Ls,
     /// Check every cached file against its manifest (size and blake3); exit 5 if any is damaged.
     Verify,
+    /// Merge every complete set of shard entries (`extract --shard`) into its split's entry,
+    /// then delete the shards; `train`, `sweep` and `eval` do the same on first use.
+    Merge,
     /// Delete cache entries: those given (folders or digests), or all of a model, or all.
     Rm {
         /// Entry folders or digests (as `cache ls` shows them).
@@ -204,9 +207,13 @@ pub struct DataArgs {
     /// Backbone (see `lastlayer models`).
     #[arg(long)]
     pub model: String,
-    /// `cifar10`, or a folder with one subfolder of pictures per class.
+    /// `cifar10`, a folder with one subfolder of pictures per class, or WebDataset tar shards
+    /// (a folder of .tar files, a pattern like `train-{000000..000099}.tar`).
     #[arg(long)]
     pub data: String,
+    /// WebDataset: the test split's tar shards (a folder or a brace pattern).
+    #[arg(long, value_name = "SHARDS")]
+    pub test_data: Option<String>,
     /// An existing `cifar-10-batches-bin` folder (or its parent) instead of downloading.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -309,6 +316,10 @@ pub struct ExtractArgs {
     /// Splits to extract, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "train,test")]
     pub split: Vec<String>,
+    /// Extract only this worker's share of each split: `I/N` (0-based), or `auto` (Slurm array
+    /// or Kubernetes Indexed Job variables; `auto/N` gives the count). See docs/usage.md.
+    #[arg(long, value_name = "I/N|auto")]
+    pub shard: Option<String>,
 }
 
 /// Learning rate and weight decay of one head.

@@ -77,7 +77,7 @@ fn feature_request(d: &DataArgs, splits: Vec<String>) -> Result<FeatureRequest> 
     };
     Ok(FeatureRequest {
         model: d.model.clone(),
-        data: DataSpec::parse(&d.data, d.data_dir.as_deref(), d.test_fraction, d.strict)?,
+        data: DataSpec::parse_with_test(&d.data, d.test_data.as_deref(), d.data_dir.as_deref(), d.test_fraction, d.strict)?,
         splits,
         subset,
         sample_seed: d.sample_seed,
@@ -95,6 +95,7 @@ fn feature_request(d: &DataArgs, splits: Vec<String>) -> Result<FeatureRequest> 
             args::TtaArg::None => Tta::None,
             args::TtaArg::Flip => Tta::Flip,
         },
+        shard: None,
     })
 }
 
@@ -179,7 +180,8 @@ pub fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Extract(a) => {
-            let req = feature_request(&a.data, a.split.clone())?;
+            let mut req = feature_request(&a.data, a.split.clone())?;
+            req.shard = a.shard.as_deref().map(|v| pipeline::ShardSpec::parse(v, |k| std::env::var(k).ok())).transpose()?;
             let fs = pipeline::features(&s, &req)?;
             if json {
                 return print_json(&fs);
@@ -368,6 +370,27 @@ fn cache_command(s: &Session, c: &args::CacheCommand, json: bool) -> Result<()> 
                     actual: format!("{bad} damaged entries"),
                     action: "they will be recomputed when next needed; `lastlayer cache rm` deletes them now".into(),
                 }
+                .into());
+            }
+        }
+        args::CacheCommand::Merge => {
+            let report = lastlayer::cache::shards::merge_all(&cache)?;
+            if json {
+                print_json(&report)?;
+            } else {
+                for r in &report {
+                    println!("{} {}: {} shards, {} ({})", r.model, r.split, r.shards, r.status, r.dir.display());
+                    for p in &r.problems {
+                        println!("    {p}");
+                    }
+                }
+                println!("{} split(s) with shards", report.len());
+            }
+            if let Some(r) = report.iter().find(|r| r.status == "incomplete") {
+                return Err(lastlayer::Error::bad_input(
+                    &r.dir,
+                    format!("{} {}: {}; extract the missing shards (`train` prints the command) and merge again", r.model, r.split, r.problems.join("; ")),
+                )
                 .into());
             }
         }

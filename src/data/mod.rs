@@ -8,6 +8,7 @@ pub mod on_device;
 pub mod preprocess;
 pub mod sample;
 pub mod views;
+pub mod webdataset;
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -43,11 +44,38 @@ pub enum DataSpec {
         #[serde(default)]
         strict: bool,
     },
+    /// WebDataset tar shards (see [`webdataset`]): train and test shard sets.
+    WebDataset {
+        /// The train shards: a folder of tars, a brace pattern or a tar (absolute); or a folder
+        /// with `train/` and `test/` folders of tars when `test` is `None`.
+        train: String,
+        /// The test shards (`--test-data`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        test: Option<String>,
+        /// Unusable samples are an error instead of being skipped.
+        #[serde(default)]
+        strict: bool,
+    },
 }
 
 impl DataSpec {
     /// Interprets `--data VALUE` with `--data-dir` and `--test-fraction`.
     pub fn parse(value: &str, data_dir: Option<&Path>, test_fraction: f64, strict: bool) -> Result<Self> {
+        Self::parse_with_test(value, None, data_dir, test_fraction, strict)
+    }
+
+    /// As [`DataSpec::parse`], with `--test-data` (WebDataset test shards).
+    pub fn parse_with_test(value: &str, test_data: Option<&str>, data_dir: Option<&Path>, test_fraction: f64, strict: bool) -> Result<Self> {
+        if webdataset::looks_like_webdataset(value) {
+            if data_dir.is_some() {
+                return Err(Error::usage("--data-dir", "only applies to --data cifar10"));
+            }
+            let abs = |v: &str| std::path::absolute(v).at(v).map(|p| p.display().to_string());
+            return Ok(DataSpec::WebDataset { train: abs(value)?, test: test_data.map(abs).transpose()?, strict });
+        }
+        if let Some(t) = test_data {
+            return Err(Error::usage("--test-data", format!("'{t}': only WebDataset --data (tar shards) takes separate test shards")));
+        }
         if !(0.0..1.0).contains(&test_fraction) {
             return Err(Error::usage("--test-fraction", format!("{test_fraction} is not in [0, 1)")));
         }
@@ -76,6 +104,8 @@ enum Pictures {
     Cifar(Arc<cifar10::Records>, Vec<usize>),
     /// Picture files.
     Files(Vec<folder::Entry>),
+    /// Samples in WebDataset tars.
+    Tar(Vec<webdataset::Sample>),
 }
 
 /// One split (train or test), possibly a sample of it.
@@ -107,6 +137,7 @@ impl Split {
         let pictures = match &self.pictures {
             Pictures::Cifar(rec, idx) => Pictures::Cifar(rec.clone(), rows.iter().map(|&r| idx[r]).collect()),
             Pictures::Files(entries) => Pictures::Files(rows.iter().map(|&r| entries[r].clone()).collect()),
+            Pictures::Tar(samples) => Pictures::Tar(rows.iter().map(|&r| samples[r].clone()).collect()),
         };
         Split { name: self.name.clone(), labels: rows.iter().map(|&r| self.labels[r]).collect(), pictures, views: None }
     }
@@ -134,6 +165,7 @@ impl Split {
         match &self.pictures {
             Pictures::Cifar(_, idx) => format!("cifar10:{}:{}", self.name, idx[p]),
             Pictures::Files(entries) => entries[p].key.clone(),
+            Pictures::Tar(samples) => samples[p].key.clone(),
         }
     }
 
@@ -142,11 +174,13 @@ impl Split {
         match &self.pictures {
             Pictures::Cifar(rec, idx) => Ok(cifar_pixels(rec, &idx[p..p + 1])),
             Pictures::Files(entries) => load_picture(&entries[p].path),
+            Pictures::Tar(samples) => tar_picture(&samples[p]),
         }
     }
 
     /// A content hash of exactly these rows: their pictures' bytes and labels (and, for files,
-    /// their `<class>/<file>` names; never where the folder is).
+    /// their `<class>/<file>` names; never where the folder is). For WebDataset samples, their
+    /// tar member headers, keys and labels (see [`webdataset`]).
     pub fn identity(&self) -> Result<String> {
         let mut h = blake3::Hasher::new();
         match &self.pictures {
@@ -167,6 +201,16 @@ impl Split {
                     h.update(&[0]);
                     h.update(&e.label.to_le_bytes());
                     h.update(&digest?);
+                }
+            }
+            Pictures::Tar(samples) => {
+                // Member headers, not picture bytes: see `webdataset`.
+                h.update(b"webdataset\0");
+                for s in samples {
+                    h.update(s.key.as_bytes());
+                    h.update(&[0]);
+                    h.update(&s.label.to_le_bytes());
+                    h.update(&s.fingerprint);
                 }
             }
         }
@@ -191,6 +235,11 @@ impl Split {
                 let inputs = inputs.into_iter().collect::<Result<Vec<_>>>()?;
                 Ok(Tensor::cat(&inputs, 0))
             }
+            Pictures::Tar(samples) => {
+                let inputs: Vec<Result<Tensor>> = samples[rows].par_iter().map(|s| Ok(pre.batch(&tar_picture(s)?))).collect();
+                let inputs = inputs.into_iter().collect::<Result<Vec<_>>>()?;
+                Ok(Tensor::cat(&inputs, 0))
+            }
         }
     }
 
@@ -207,8 +256,63 @@ impl Split {
                 let decoded: Vec<Result<Tensor>> = entries[rows].par_iter().map(|e| load_picture(&e.path)).collect();
                 Pixels::pictures(&decoded.into_iter().collect::<Result<Vec<_>>>()?)
             }
+            Pictures::Tar(samples) => {
+                let decoded: Vec<Result<Tensor>> = samples[rows].par_iter().map(tar_picture).collect();
+                Pixels::pictures(&decoded.into_iter().collect::<Result<Vec<_>>>()?)
+            }
         }
     }
+
+    /// Where the split may be cut between `--shard`s: `0 = b₀ < b₁ < … = len`, with the name of
+    /// the unit. Backbone batches of `batch_size` rows, or for WebDataset the tar files (rows of
+    /// one tar stay together).
+    pub fn shard_units(&self, batch_size: usize) -> (Vec<usize>, &'static str) {
+        // With views, units are whole pictures: tar files, or as many pictures as make a whole
+        // number of backbone batches of view rows. Bounds are in the rows the entry stores (one
+        // a picture when the views are averaged).
+        let (v, stored) = match &self.views {
+            Some(views) => (views.count(), if views.averaged() { 1 } else { views.count() }),
+            None => (1, 1),
+        };
+        let n = self.pictures();
+        let per_unit = batch_size.max(1) / gcd(batch_size.max(1), v);
+        let (mut b, unit) = match &self.pictures {
+            Pictures::Tar(samples) => {
+                let mut b = vec![0];
+                b.extend((1..n).filter(|&i| samples[i].tar_index != samples[i - 1].tar_index));
+                (b, "tar file")
+            }
+            _ => ((0..n).step_by(per_unit).collect(), "batch"),
+        };
+        b.push(n);
+        (b.into_iter().map(|p| p * stored).collect(), unit)
+    }
+
+    /// The rows `start..end` of the entry this split makes (see [`Split::shard_units`]): with
+    /// views, the pictures those rows are views of, with their views.
+    pub fn stored_rows(&self, start: usize, end: usize) -> Split {
+        match self.views {
+            None => self.subset(&(start..end).collect::<Vec<_>>()),
+            Some(views) => {
+                let stored = if views.averaged() { 1 } else { views.count() };
+                let v = views.count();
+                let pictures: Vec<usize> = (start / stored..end / stored).collect();
+                let plain = Split { name: self.name.clone(), labels: self.labels.iter().step_by(v).copied().collect(), pictures: self.pictures.clone(), views: None };
+                plain.subset(&pictures).with_views(views)
+            }
+        }
+    }
+}
+
+/// Greatest common divisor.
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// A WebDataset sample's picture as a `[1, 3, h, w]` uint8 RGB tensor.
+fn tar_picture(s: &webdataset::Sample) -> Result<Tensor> {
+    let bytes = s.read()?;
+    decode_picture(&bytes).map_err(|e| Error::bad_input(s.tar.as_path(), format!("sample {}: {e}", s.key)))
 }
 
 /// The records `rows` as one `[N, 3, 32, 32]` uint8 batch.
@@ -278,6 +382,7 @@ pub struct Dataset {
 enum Source {
     Cifar(PathBuf),
     Folder(folder::FolderData),
+    WebDataset(webdataset::WebData),
 }
 
 /// Options for opening a data set.
@@ -318,6 +423,21 @@ impl Dataset {
                     source: Source::Folder(data),
                 })
             }
+            DataSpec::WebDataset { train, test, strict } => {
+                let data = webdataset::scan(train, test.as_deref(), *strict)?;
+                let name = Path::new(train.split('{').next().unwrap_or(train))
+                    .file_name()
+                    .map(|n| n.to_string_lossy().trim_end_matches(['-', '_', '.']).to_string())
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| "webdataset".into());
+                Ok(Dataset {
+                    spec: spec.clone(),
+                    name,
+                    classes: data.classes.clone(),
+                    picture_kind: PictureKind::Photos,
+                    source: Source::WebDataset(data),
+                })
+            }
         }
     }
 
@@ -344,6 +464,14 @@ impl Dataset {
                 }
                 (entries.iter().map(|e| e.label).collect(), Pictures::Files(entries))
             }
+            Source::WebDataset(data) => {
+                let samples = match name {
+                    "train" => data.train.clone(),
+                    "test" => data.test.clone(),
+                    other => return Err(Error::usage("--split", format!("splits are train and test, not '{other}'"))),
+                };
+                (samples.iter().map(|s| s.label).collect(), Pictures::Tar(samples))
+            }
         };
         Ok(Split { name: name.to_string(), labels, pictures, views: None })
     }
@@ -351,8 +479,9 @@ impl Dataset {
     fn root(&self) -> PathBuf {
         match &self.source {
             Source::Cifar(d) => d.clone(),
-            Source::Folder(_) => match &self.spec {
+            Source::Folder(_) | Source::WebDataset(_) => match &self.spec {
                 DataSpec::Folder { root, .. } => root.clone(),
+                DataSpec::WebDataset { train, .. } => PathBuf::from(train),
                 DataSpec::Cifar10 { .. } => PathBuf::new(),
             },
         }

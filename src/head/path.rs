@@ -129,10 +129,10 @@ impl Model {
 /// memory-bound matrix products and small element-wise operations; with two OpenMP threads
 /// spinning at every barrier, a busy machine (one thread descheduled) made an epoch ten times
 /// slower (`benches/head.sh`, docs/performance.md), and an idle one gains little from them.
-struct OneThread(i32);
+pub(super) struct OneThread(i32);
 
 impl OneThread {
-    fn set() -> OneThread {
+    pub(super) fn set() -> OneThread {
         let before = tch::get_num_threads();
         tch::set_num_threads(1);
         OneThread(before)

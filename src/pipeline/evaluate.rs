@@ -47,6 +47,7 @@ pub fn evaluate_run(session: &Session, run_dir: &Path, batch_size: Option<usize>
         chunk_rows: DEFAULT_CHUNK_ROWS,
         augment: None,
         tta: card.data.tta,
+        shard: None,
     };
     let fs = features(session, &req)?;
     if fs.weights_sha256 != card.backbone.weights_sha256 {

@@ -6,9 +6,10 @@ use serde::Serialize;
 use tch::Tensor;
 
 use super::extract::extract_resumable;
+use super::shard::{find_or_merge, ShardSpec};
 use super::Session;
 use crate::backbone::{default_batch_size, Backbone, Engine, Precision, PrecisionChoice};
-use crate::cache::{CachedFeatures, EntryLock, FeatureCache, FeatureKey, FORMAT_VERSION};
+use crate::cache::{CachedFeatures, EntryLock, FeatureCache, FeatureKey, ShardOf, FORMAT_VERSION};
 use crate::data::on_device;
 use crate::data::preprocess::{InputSpec, Preprocessing};
 use crate::data::sample::{stratified_subset, Subset};
@@ -48,6 +49,8 @@ pub struct FeatureRequest {
     pub augment: Option<Augment>,
     /// `--tta`: test features averaged with their mirror image's.
     pub tta: Tta,
+    /// `--shard I/N`: extract only this worker's share of each split (see [`super::shard`]).
+    pub shard: Option<ShardSpec>,
 }
 
 impl FeatureRequest {
@@ -194,14 +197,45 @@ pub fn features(session: &Session, req: &FeatureRequest) -> Result<FeatureSet> {
         split: split.name.clone(),
         sample: req.subset,
         sample_seed: req.sample_seed,
-        rows: if split.views().is_some_and(Views::averaged) { split.pictures() } else { split.len() },
+        rows: whole_rows(split),
         views: split.views().copied(),
+        shard: None,
+    };
+    let batch_size = req.batch_size.unwrap_or_else(|| default_batch_size(device));
+    // The key of what this request extracts of `split`: the whole split, or this worker's shard.
+    let target = |split: &Split, whole: FeatureKey| -> Result<(FeatureKey, Option<ShardOf>)> {
+        match req.shard {
+            None => Ok((whole, None)),
+            Some(spec) => {
+                let (bounds, unit) = split.shard_units(batch_size);
+                let shard = spec.rows(&split.name, &bounds, unit, batch_size)?;
+                Ok((whole.for_shard(shard), Some(shard)))
+            }
+        }
+    };
+    // A finished entry for `whole` (merging complete shards), or for this worker's shard.
+    // A worker (`--shard`) takes a finished whole entry, never merges.
+    let find = |split: &Split, whole: FeatureKey| -> Result<Option<CachedFeatures>> {
+        if req.shard.is_some() {
+            if let Some(hit) = cache.lookup(&whole)? {
+                return Ok(Some(hit));
+            }
+        } else if let Some((hit, merged)) = find_or_merge(session, req, &cache, &whole)? {
+            if merged {
+                tracing::info!("{} features: merged from their shards into {}", split.name, hit.dir.display());
+            }
+            return Ok(Some(hit));
+        }
+        match target(split, whole)? {
+            (key, Some(_)) => cache.lookup(&key),
+            (_, None) => Ok(None),
+        }
     };
 
     let mut found: Vec<Option<SplitFeatures>> = Vec::new();
     for (split, identity) in &splits {
         let hit = match &known {
-            Some((sha, _)) => cache.lookup(&key_for(split, identity, sha))?,
+            Some((sha, _)) => find(split, key_for(split, identity, sha))?,
             None => None,
         };
         found.push(hit.map(|entry| {
@@ -226,7 +260,6 @@ pub fn features(session: &Session, req: &FeatureRequest) -> Result<FeatureSet> {
                 });
             }
         }
-        let batch_size = req.batch_size.unwrap_or_else(|| default_batch_size(device));
         let mut backbone = load_backbone(&entry, &weights, input.input_size, device, precision)?;
         // The whole splits count, not what a resumed run has left, so that every chunk of an
         // entry comes from the same engine.
@@ -235,8 +268,22 @@ pub fn features(session: &Session, req: &FeatureRequest) -> Result<FeatureSet> {
         tracing::info!("backbone {} in {precision:?} on {device:?}, engine {:?}", entry.name, backbone.engine());
         tracing::info!("{}; batches of {batch_size}, the next one decoded on another thread", on_device::describe(device));
         for ((split, identity), slot) in splits.iter().zip(found.iter_mut()) {
-            let key = key_for(split, identity, &weights.sha256);
+            let whole = key_for(split, identity, &weights.sha256);
             if slot.is_none() {
+                if let Some(hit) = find(split, whole.clone())? {
+                    *slot = Some(split_features(&split.name, "cache", 0.0, hit));
+                    continue;
+                }
+                let (key, shard) = target(split, whole)?;
+                let part;
+                let split = match shard {
+                    Some(s) => {
+                        part = split.stored_rows(s.start, s.end);
+                        tracing::info!("{} features: shard {}/{}, rows {}..{} of the entry's {}", split.name, s.index, s.count, s.start, s.end, whole_rows(split));
+                        &part
+                    }
+                    None => split,
+                };
                 if let Some(hit) = cache.lookup(&key)? {
                     *slot = Some(split_features(&split.name, "cache", 0.0, hit));
                     continue;
@@ -285,6 +332,15 @@ pub fn features(session: &Session, req: &FeatureRequest) -> Result<FeatureSet> {
         augment: req.augment,
         tta: req.tta,
     })
+}
+
+/// Rows of the entry `split` makes: one a view, or one a picture when the views are averaged.
+fn whole_rows(split: &Split) -> usize {
+    if split.views().is_some_and(Views::averaged) {
+        split.pictures()
+    } else {
+        split.len()
+    }
 }
 
 /// The views split `name` is extracted with: `--augment` on train, `--tta flip` on test.

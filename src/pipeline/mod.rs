@@ -8,6 +8,7 @@ mod export;
 mod extract;
 mod features;
 mod predict;
+pub mod shard;
 mod sweep;
 mod train;
 
@@ -22,6 +23,7 @@ pub use evaluate::{evaluate_run, EvalOutcome};
 pub use export::export;
 pub use extract::extract_split;
 pub use features::{features, FeatureRequest, FeatureSet, SplitFeatures, DEFAULT_CHUNK_ROWS};
+pub use shard::ShardSpec;
 pub use predict::{collect_pictures, predict, ClassScore, Classifier, Prediction};
 pub use sweep::{sweep, SweepOutcome, Trial};
 pub use train::{train, TrainOutcome};

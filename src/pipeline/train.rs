@@ -8,7 +8,7 @@ use super::{features, FeatureRequest, FeatureSet, Finished, Session};
 use crate::error::{Error, Result};
 use crate::export::{write_run, BackboneCard, DataCard, HeadCard, Metrics, HEAD_FORMAT, HEAD_FORMAT_VERSION};
 use crate::data::views::Tta;
-use crate::head::{evaluate, train_head_views, Evaluation, TrainConfig, TrainReport, ViewLayout};
+use crate::head::{evaluate, should_stream, train_head_streamed, train_head_views, Evaluation, TrainConfig, TrainReport, ViewLayout};
 use crate::hub::WeightsOrigin;
 
 /// What [`train`] did.
@@ -41,10 +41,16 @@ pub fn train(session: &Session, req: &FeatureRequest, cfg: &TrainConfig, out: &P
     }
     let req = FeatureRequest { splits: vec!["train".into(), "test".into()], ..req.clone() };
     let fs = features(session, &req)?;
-    let (xtr, ytr) = fs.split("train").expect("train was requested").load()?;
+    let train_split = fs.split("train").expect("train was requested");
+    let (head, report) = if should_stream(std::fs::metadata(&train_split.features).map(|m| m.len()).unwrap_or(0)) {
+        tracing::info!("head: trained on the CPU, {} rows read from {} in minibatches (streamed)", train_split.rows, train_split.features.display());
+        train_head_streamed(&train_split.features, fs.classes.len(), cfg, view_layout(&fs).views, &session.progress)?
+    } else {
+        let (xtr, ytr) = train_split.load()?;
+        tracing::info!("head: trained on the CPU, {} x {} features (whatever --device is)", xtr.size()[0], xtr.size().get(1).copied().unwrap_or(0));
+        train_head_views(&xtr, &ytr, fs.classes.len(), cfg, &view_layout(&fs), &session.progress)?
+    };
     let (xte, yte) = fs.split("test").expect("test was requested").load()?;
-    tracing::info!("head: trained on the CPU, {} x {} features (whatever --device is)", xtr.size()[0], xtr.size().get(1).copied().unwrap_or(0));
-    let (head, report) = train_head_views(&xtr, &ytr, fs.classes.len(), cfg, &view_layout(&fs), &session.progress)?;
     let test = evaluate(&head, &xte, &yte, &fs.classes);
     let entry = session.registry.get(&req.model)?;
     let card = HeadCard {

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 mod fake_hub;
+mod wds;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,6 +12,8 @@ use std::process::{Command, Output};
 
 #[allow(unused_imports)]
 pub use fake_hub::{FakeServer, Fault, Logged, Served};
+#[allow(unused_imports)]
+pub use wds::{make_webdataset, webp, write_tar};
 
 use lastlayer::backbone::Backbone;
 use lastlayer::hub::Registry;

@@ -1,0 +1,388 @@
+//! Training a head on features bigger than memory: minibatches are read from the cached
+//! `features.safetensors` as they are needed, so resident memory does not grow with the rows
+//! (only the labels, 8 bytes a row, and a row mask are held).
+//!
+//! The file is read with positioned reads (`pread`) rather than a memory map: the pages of a
+//! map that were touched count in the process's resident memory until the kernel reclaims them,
+//! and an epoch touches all of them; read pages stay in the page cache, shared and reclaimable.
+//!
+//! The method is the tuned L2 path of [`super::path`] (the default) or a fixed penalty, on
+//! standardised features, with these differences, for one pass over the disk per epoch:
+//! - the standardisation statistics come from a streaming pass over the training rows;
+//! - an epoch visits blocks of [`BLOCK_ROWS`] consecutive rows in a new random order, reading
+//!   [`GROUP_BLOCKS`] blocks at a time and shuffling their rows together into minibatches;
+//! - the validation rows (chosen by index, as in memory) are scored in a streaming pass;
+//! - candidates are judged by plain validation loss, and there is no refit.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::Instant;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tch::{Kind, Tensor};
+
+use super::train::{EpochRecord, TrainConfig, TrainReport};
+use super::{LinearHead, L2_BATCH_ROWS, L2_EPOCHS_PER_STEP, L2_PATH, L2_PATIENCE_STEPS, L2_UPDATES_PER_STEP};
+use crate::cache::shards::safetensors_layout;
+use crate::data::sample::stratified_holdout;
+use crate::error::{Error, IoContext, Result};
+use crate::progress::{Progress, Unit};
+
+/// Consecutive rows read together for an epoch's minibatches.
+pub const BLOCK_ROWS: usize = 64;
+/// Blocks (in random order) whose rows are shuffled together into minibatches.
+pub const GROUP_BLOCKS: usize = 16;
+/// Rows read at a time by the statistics and validation passes.
+const PASS_ROWS: usize = 8192;
+
+const BETA1: f64 = 0.9;
+const BETA2: f64 = 0.999;
+const EPS: f64 = 1e-8;
+
+/// A `features.safetensors` file opened for reading rows.
+#[derive(Debug)]
+pub struct FeatureFile {
+    file: File,
+    path: std::path::PathBuf,
+    /// Rows.
+    pub rows: usize,
+    /// Feature width.
+    pub width: usize,
+    offset: u64,
+    /// Every row's label.
+    pub labels: Vec<i64>,
+}
+
+impl FeatureFile {
+    /// Opens `path` (F32 `features` `[N, D]`, I64 `labels` `[N]`), reading the labels only.
+    pub fn open(path: &Path) -> Result<Self> {
+        let layout = safetensors_layout(path)?;
+        let (f, l) = match (layout.get("features"), layout.get("labels")) {
+            (Some(f), Some(l)) if f.0 == "F32" && f.1.len() == 2 && l.0 == "I64" && l.1.len() == 1 && l.1[0] == f.1[0] => (f.clone(), l.clone()),
+            _ => return Err(Error::bad_input(path, "needs F32 features [N, D] and I64 labels [N]; delete this cache entry")),
+        };
+        let bad = || Error::bad_input(path, "tensor sizes disagree with their shapes; delete this cache entry");
+        let (rows, width) = (usize::try_from(f.1[0]).map_err(|_| bad())?, usize::try_from(f.1[1]).map_err(|_| bad())?);
+        let feature_bytes = rows.checked_mul(width).and_then(|n| n.checked_mul(4)).ok_or_else(bad)?;
+        if f.3 - f.2 != feature_bytes as u64 || l.3 - l.2 != (rows as u64) * 8 {
+            return Err(Error::bad_input(path, "tensor sizes disagree with their shapes; delete this cache entry"));
+        }
+        let file = File::open(path).at(path)?;
+        let mut bytes = vec![0u8; rows * 8];
+        file.read_exact_at(&mut bytes, l.2).at(path)?;
+        let labels = bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
+        Ok(FeatureFile { file, path: path.to_path_buf(), rows, width, offset: f.2, labels })
+    }
+
+    /// Rows `start..start + len` as a `[len, D]` f32 tensor.
+    pub fn read(&self, start: usize, len: usize) -> Result<Tensor> {
+        let mut bytes = vec![0u8; len * self.width * 4];
+        self.file.read_exact_at(&mut bytes, self.offset + (start * self.width * 4) as u64).at(&self.path)?;
+        Ok(Tensor::from_data_size(&bytes, &[len as i64, self.width as i64], Kind::Float))
+    }
+
+    /// Calls `f(rows, x)` for every pass block holding some row where `keep` is true, with
+    /// those rows' indices and features.
+    fn pass(&self, keep: &[bool], mut f: impl FnMut(&[usize], Tensor)) -> Result<()> {
+        for start in (0..self.rows).step_by(PASS_ROWS) {
+            let len = PASS_ROWS.min(self.rows - start);
+            let picked: Vec<usize> = (start..start + len).filter(|&r| keep[r]).collect();
+            if picked.is_empty() {
+                continue;
+            }
+            let x = self.read(start, len)?;
+            let local: Vec<i64> = picked.iter().map(|&r| (r - start) as i64).collect();
+            f(&picked, x.index_select(0, &Tensor::from_slice(&local)));
+        }
+        Ok(())
+    }
+}
+
+/// Weights in the standardised space and their Adam moments.
+struct Model {
+    w: Tensor,
+    b: Tensor,
+    m: [Tensor; 4],
+    t: i32,
+}
+
+impl Model {
+    fn logits(&self, z: &Tensor) -> Tensor {
+        z.matmul(&self.w.tr()) + &self.b
+    }
+
+    /// One Adam step on standardised `z` with `labels`; returns the summed loss and correct.
+    fn step(&mut self, z: &Tensor, labels: &Tensor, classes: i64, l2: f64, lr: f64) -> (f64, i64) {
+        let n = z.size()[0];
+        let onehot = labels.one_hot(classes).to_kind(Kind::Float);
+        let logits = self.logits(z);
+        let logp = logits.log_softmax(-1, Kind::Float);
+        let loss = -(&logp * &onehot).sum(Kind::Float).double_value(&[]);
+        let correct = logits.argmax(-1, false).eq_tensor(labels).sum(Kind::Int64).int64_value(&[]);
+        let g = (logp.exp() - &onehot) / n as f64;
+        let gw = g.tr().matmul(z) + &self.w * l2;
+        let gb = g.sum_dim_intlist(0, false, Kind::Float);
+        self.t += 1;
+        let (c1, c2) = (1.0 - BETA1.powi(self.t), 1.0 - BETA2.powi(self.t));
+        let [mw, vw, mb, vb] = &mut self.m;
+        for (p, m, v, g) in [(&mut self.w, mw, vw, &gw), (&mut self.b, mb, vb, &gb)] {
+            *m = &*m * BETA1 + g * (1.0 - BETA1);
+            *v = &*v * BETA2 + g.square() * (1.0 - BETA2);
+            *p = &*p - (&*m / c1) / ((&*v / c2).sqrt() + EPS) * lr;
+        }
+        (loss, correct)
+    }
+}
+
+/// Trains a head on the features in `path` (a cache entry's `features.safetensors`) without
+/// loading them: see the module docs. `cfg.weight_decay_auto` walks the L2 path; otherwise
+/// `cfg.weight_decay` is the L2 penalty on standardised features, for `cfg.epochs` epochs
+/// with `cfg.patience`, the epoch of lowest validation loss kept.
+///
+/// With `views` rows a picture (`--augment`, picture-major), the validation split is drawn by
+/// picture and a validation picture is judged on its view 0, the picture itself.
+pub fn train_head_streamed(path: &Path, classes: usize, cfg: &TrainConfig, views: usize, progress: &Progress) -> Result<(LinearHead, TrainReport)> {
+    cfg.validate()?;
+    let start = Instant::now();
+    // One libtorch thread, as on the in-memory path (see `path::OneThread`).
+    let _threads = super::path::OneThread::set();
+    let file = FeatureFile::open(path)?;
+    if file.rows == 0 {
+        return Err(Error::usage("--data", "the training split has no rows"));
+    }
+    if let Some(&bad) = file.labels.iter().find(|&&l| l < 0 || l as usize >= classes) {
+        return Err(Error::usage("--data", format!("label {bad} is outside the {classes} classes")));
+    }
+    let v = views.max(1);
+    if file.rows % v != 0 {
+        return Err(Error::usage("--augment", format!("{} rows are not whole pictures of {v} views", file.rows)));
+    }
+    let picture_labels: Vec<i64> = file.labels.iter().step_by(v).copied().collect();
+    let (train_pictures, val_pictures) = stratified_holdout(&picture_labels, cfg.val_fraction, cfg.seed);
+    let (mut is_train, mut is_val) = (vec![false; file.rows], vec![false; file.rows]);
+    for &p in &train_pictures {
+        is_train[p * v..(p + 1) * v].fill(true);
+    }
+    for &p in &val_pictures {
+        is_val[p * v] = true;
+    }
+    let (nt, nv) = (train_pictures.len() * v, val_pictures.len());
+    let d = file.width as i64;
+
+    // Standardisation statistics of the training rows, in f64, streamed.
+    let mut sum = Tensor::zeros([d], (Kind::Double, tch::Device::Cpu));
+    let mut sumsq = Tensor::zeros([d], (Kind::Double, tch::Device::Cpu));
+    file.pass(&is_train, |_, x| {
+        let x = x.to_kind(Kind::Double);
+        sum += x.sum_dim_intlist(0, false, Kind::Double);
+        sumsq += x.square().sum_dim_intlist(0, false, Kind::Double);
+    })?;
+    let mean64 = &sum / nt as f64;
+    let var = (&sumsq / nt as f64 - mean64.square()).clamp_min(0.0);
+    let mean = mean64.to_kind(Kind::Float);
+    let std = (var + 1e-6).sqrt().to_kind(Kind::Float);
+    let labels_t = Tensor::from_slice(&file.labels);
+
+    let c = classes as i64;
+    let z = |shape: &[i64]| Tensor::zeros(shape, (Kind::Float, tch::Device::Cpu));
+    let mut model = Model { w: z(&[c, d]), b: z(&[c]), m: [z(&[c, d]), z(&[c, d]), z(&[c]), z(&[c])], t: 0 };
+    let batch = cfg.batch_size.max(L2_BATCH_ROWS);
+    let steps_per_epoch = nt.div_ceil(batch).max(1);
+    let (penalties, epochs_per): (Vec<f64>, usize) = if cfg.weight_decay_auto {
+        (L2_PATH.to_vec(), L2_EPOCHS_PER_STEP.max(L2_UPDATES_PER_STEP.div_ceil(steps_per_epoch)))
+    } else {
+        (vec![cfg.weight_decay], cfg.epochs)
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let blocks: Vec<usize> = (0..file.rows.div_ceil(BLOCK_ROWS)).collect();
+    let mut task = progress.task("train head (streamed)", (penalties.len() * epochs_per) as u64, Unit::Epochs);
+    let mut history = Vec::new();
+    // (val loss, epoch, penalty, w, b)
+    let mut best: Option<(f64, usize, usize, Tensor, Tensor)> = None;
+    let mut stopped_early = false;
+    'path: for (k, &l2) in penalties.iter().enumerate() {
+        let cycle = epochs_per * steps_per_epoch;
+        let mut since_best = 0;
+        for e in 0..epochs_per {
+            let epoch_start = Instant::now();
+            let mut order = blocks.clone();
+            order.shuffle(&mut rng);
+            let (mut loss, mut correct, mut step) = (0.0, 0i64, e * steps_per_epoch);
+            for group in order.chunks(GROUP_BLOCKS) {
+                let mut parts = Vec::with_capacity(group.len());
+                let mut rows = Vec::new();
+                for &blk in group {
+                    let (s, len) = (blk * BLOCK_ROWS, BLOCK_ROWS.min(file.rows - blk * BLOCK_ROWS));
+                    let local: Vec<usize> = (s..s + len).filter(|&r| is_train[r]).collect();
+                    if local.is_empty() {
+                        continue;
+                    }
+                    let idx: Vec<i64> = local.iter().map(|&r| (r - s) as i64).collect();
+                    parts.push(file.read(s, len)?.index_select(0, &Tensor::from_slice(&idx)));
+                    rows.extend(local.iter().map(|&r| r as i64));
+                }
+                if rows.is_empty() {
+                    continue;
+                }
+                let mut perm: Vec<usize> = (0..rows.len()).collect();
+                perm.shuffle(&mut rng);
+                let perm_t = Tensor::from_slice(&perm.iter().map(|&p| p as i64).collect::<Vec<_>>());
+                let x = (Tensor::cat(&parts, 0).index_select(0, &perm_t) - &mean) / &std;
+                let y = labels_t.index_select(0, &Tensor::from_slice(&rows).index_select(0, &perm_t));
+                let n = rows.len() as i64;
+                for s in (0..n).step_by(batch) {
+                    let len = (batch as i64).min(n - s);
+                    let lr = match cfg.schedule {
+                        super::Schedule::Cosine => cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / cycle as f64).cos()),
+                        super::Schedule::Constant => cfg.lr,
+                    };
+                    let (l, c_) = model.step(&x.narrow(0, s, len), &y.narrow(0, s, len), c, l2, lr);
+                    loss += l;
+                    correct += c_;
+                    step += 1;
+                }
+            }
+            let (train_loss, train_accuracy) = (loss / nt as f64, correct as f64 / nt as f64);
+            let (val_loss, val_accuracy) = if nv == 0 {
+                (None, None)
+            } else {
+                let (mut vl, mut vc) = (0.0, 0i64);
+                file.pass(&is_val, |rows, x| {
+                    let zv = (x - &mean) / &std;
+                    let yv = labels_t.index_select(0, &Tensor::from_slice(&rows.iter().map(|&r| r as i64).collect::<Vec<_>>()));
+                    let logits = model.logits(&zv);
+                    vl += logits.cross_entropy_for_logits(&yv).double_value(&[]) * rows.len() as f64;
+                    vc += logits.argmax(-1, false).eq_tensor(&yv).sum(Kind::Int64).int64_value(&[]);
+                })?;
+                (Some(vl / nv as f64), Some(vc as f64 / nv as f64))
+            };
+            let epoch = history.len() + 1;
+            tracing::info!(
+                "head (streamed): epoch {epoch}, L2 {l2:e}, train loss {train_loss:.4}{}, {:.1}s",
+                val_accuracy.map(|a| format!(", val accuracy {:.2}%", 100.0 * a)).unwrap_or_default(),
+                epoch_start.elapsed().as_secs_f64()
+            );
+            history.push(EpochRecord { epoch, train_loss, train_accuracy, val_loss, val_accuracy, l2: Some(l2), val_loss_calibrated: None });
+            task.inc(1);
+            let judged = val_loss.unwrap_or(train_loss);
+            let last_of_penalty = e + 1 == epochs_per;
+            if (!cfg.weight_decay_auto || last_of_penalty) && best.as_ref().is_none_or(|b| judged < b.0) {
+                best = Some((judged, epoch, k, model.w.copy(), model.b.copy()));
+                since_best = 0;
+            } else if !cfg.weight_decay_auto {
+                since_best += 1;
+                if since_best >= cfg.patience {
+                    stopped_early = true;
+                    break 'path;
+                }
+            }
+        }
+        let best_k = best.as_ref().map_or(k, |b| b.2);
+        if cfg.weight_decay_auto && k - best_k >= L2_PATIENCE_STEPS && k + 1 < penalties.len() {
+            stopped_early = true;
+            break 'path;
+        }
+    }
+    task.finish();
+    let (_, best_epoch, best_k, w, b) = best.expect("an epoch ran");
+    let record = &history[best_epoch - 1];
+    let weight = &w / std.unsqueeze(0);
+    let bias = &b - weight.matmul(&mean);
+    let report = TrainReport {
+        best_val_accuracy: record.val_accuracy.unwrap_or(record.train_accuracy),
+        history,
+        best_epoch,
+        stopped_early,
+        l2: Some(penalties[best_k]),
+        logit_scale: None,
+        train_rows: nt,
+        val_rows: nv,
+        refit: None,
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    Ok((LinearHead { weight, bias }, report))
+}
+
+/// Whether `train` should stream a features file of `bytes` bytes: `LASTLAYER_HEAD_STREAM` =
+/// `always` or `never`, else when the in-memory trainer's copies (about three times the file)
+/// would not fit in half of the available memory.
+pub fn should_stream(bytes: u64) -> bool {
+    match std::env::var("LASTLAYER_HEAD_STREAM").as_deref() {
+        Ok("always") => true,
+        Ok("never") => false,
+        _ => available_memory().is_some_and(|avail| bytes.saturating_mul(3) > avail / 2),
+    }
+}
+
+/// `MemAvailable` from /proc/meminfo, in bytes.
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fsutil::write_safetensors;
+
+    /// Three separable classes in 32 dimensions, class-sorted rows (as a folder's are).
+    fn blobs(n_per: i64) -> (Tensor, Tensor) {
+        tch::manual_seed(3);
+        let centers = Tensor::randn([3, 32], (Kind::Float, tch::Device::Cpu)) * 3.0 + 5.0;
+        let y = Tensor::arange(3, (Kind::Int64, tch::Device::Cpu)).repeat_interleave_self_int(n_per, 0, None);
+        let x = centers.index_select(0, &y) + Tensor::randn([3 * n_per, 32], (Kind::Float, tch::Device::Cpu));
+        (x, y)
+    }
+
+    #[test]
+    fn streamed_head_learns_class_sorted_rows_read_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("features.safetensors");
+        let (x, y) = blobs(700);
+        write_safetensors(&path, &[("features", &x), ("labels", &y)]).unwrap();
+        let f = FeatureFile::open(&path).unwrap();
+        assert_eq!((f.rows, f.width), (2100, 32));
+        assert!(f.read(1000, 7).unwrap().equal(&x.narrow(0, 1000, 7)));
+        for auto in [true, false] {
+            let cfg = TrainConfig { weight_decay_auto: auto, weight_decay: 1e-4, epochs: 8, ..TrainConfig::default() };
+            let (head, report) = train_head_streamed(&path, 3, &cfg, 1, &Progress::hidden()).unwrap();
+            let acc = head.logits(&x).argmax(-1, false).eq_tensor(&y).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+            assert!(acc > 0.97, "auto {auto}: accuracy {acc}");
+            assert_eq!(report.train_rows + report.val_rows, 2100);
+            assert!(report.best_val_accuracy > 0.97, "{report:?}");
+        }
+    }
+
+    #[test]
+    fn headers_with_impossible_shapes_are_refused_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("features.safetensors");
+        for header in [
+            r#"{"features":{"dtype":"F32","shape":[-1,4],"data_offsets":[0,0]},"labels":{"dtype":"I64","shape":[-1],"data_offsets":[0,0]}}"#,
+            r#"{"features":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,0]},"labels":{"dtype":"I64","shape":[4611686018427387904],"data_offsets":[0,0]}}"#,
+            r#"{"features":{"dtype":"F32","shape":[1,1],"data_offsets":[0,4]},"labels":{"dtype":"I64","shape":[1],"data_offsets":[4,99]}}"#,
+            r#"not json"#,
+        ] {
+            let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+            bytes.extend_from_slice(header.as_bytes());
+            bytes.extend_from_slice(&[0u8; 12]);
+            std::fs::write(&path, &bytes).unwrap();
+            let err = FeatureFile::open(&path).unwrap_err().to_string();
+            assert!(err.contains("features.safetensors"), "{header}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_file_that_is_not_features_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("features.safetensors");
+        let x = Tensor::zeros([4, 2], (Kind::Float, tch::Device::Cpu));
+        write_safetensors(&path, &[("features", &x)]).unwrap();
+        let err = FeatureFile::open(&path).unwrap_err().to_string();
+        assert!(err.contains("features.safetensors") && err.contains("labels"), "{err}");
+    }
+}
