@@ -229,17 +229,23 @@ impl FeatureCache {
         }
     }
 
-    /// Writes an entry: the features file first, then the manifest, each atomically.
-    pub fn store(&self, key: &FeatureKey, features: &Tensor, labels: &Tensor, classes: &[String], extract_seconds: f64) -> Result<CachedFeatures> {
+    /// Makes `key`'s entry folder ready to be written: `(folder, features file, manifest)`,
+    /// with any old manifest deleted first, since a new manifest must never describe an old
+    /// file (the features file and then the manifest are written next, each atomically).
+    pub(crate) fn begin_entry(&self, key: &FeatureKey) -> Result<(PathBuf, PathBuf, PathBuf)> {
         let dir = self.entry_dir(key);
         std::fs::create_dir_all(&dir).at(&dir)?;
-        let features_path = dir.join(FEATURES_FILE);
-        let manifest_path = dir.join(MANIFEST_FILE);
-        // A new manifest must never describe an old file: drop the old manifest first.
+        let (features_path, manifest_path) = (dir.join(FEATURES_FILE), dir.join(MANIFEST_FILE));
         match std::fs::remove_file(&manifest_path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).at(&manifest_path),
             _ => {}
         }
+        Ok((dir, features_path, manifest_path))
+    }
+
+    /// Writes an entry: the features file first, then the manifest, each atomically.
+    pub fn store(&self, key: &FeatureKey, features: &Tensor, labels: &Tensor, classes: &[String], extract_seconds: f64) -> Result<CachedFeatures> {
+        let (dir, features_path, manifest_path) = self.begin_entry(key)?;
         let features = features.to_kind(Kind::Float).contiguous();
         let labels = labels.to_kind(Kind::Int64).contiguous();
         write_safetensors(&features_path, &[("features", &features), ("labels", &labels)])?;

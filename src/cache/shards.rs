@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{CachedFeatures, FeatureCache, FeatureKey, Manifest, FEATURES_FILE, MANIFEST_FILE};
+use super::{CachedFeatures, FeatureCache, FeatureKey, Manifest, MANIFEST_FILE};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{write_atomic_with, write_json_atomic};
 
@@ -243,14 +243,7 @@ fn write_merged(cache: &FeatureCache, whole: &FeatureKey, shards: &[CachedFeatur
     while !json.len().is_multiple_of(8) {
         json.push(b' ');
     }
-    let dir = cache.entry_dir(whole);
-    std::fs::create_dir_all(&dir).at(&dir)?;
-    let features_path = dir.join(FEATURES_FILE);
-    let manifest_path = dir.join(MANIFEST_FILE);
-    match std::fs::remove_file(&manifest_path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).at(&manifest_path),
-        _ => {}
-    }
+    let (dir, features_path, manifest_path) = cache.begin_entry(whole)?;
     let mut hasher = blake3::Hasher::new();
     write_atomic_with(&features_path, |tmp| {
         let file = std::fs::File::create(tmp).at(tmp)?;
