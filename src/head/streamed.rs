@@ -157,7 +157,7 @@ pub fn train_head_streamed(path: &Path, classes: usize, cfg: &TrainConfig, views
         return Err(Error::usage("--data", format!("label {bad} is outside the {classes} classes")));
     }
     let v = views.max(1);
-    if file.rows % v != 0 {
+    if !file.rows.is_multiple_of(v) {
         return Err(Error::usage("--augment", format!("{} rows are not whole pictures of {v} views", file.rows)));
     }
     let picture_labels: Vec<i64> = file.labels.iter().step_by(v).copied().collect();

@@ -232,7 +232,7 @@ pub fn train_head_views(features: &Tensor, labels: &Tensor, classes: usize, cfg:
         return Err(Error::usage("--data", format!("label {bad} is outside the {classes} classes")));
     }
     let v = layout.views.max(1);
-    if label_vec.len() % v != 0 || layout.validate_on.iter().any(|&w| w >= v) || layout.validate_on.is_empty() {
+    if !label_vec.len().is_multiple_of(v) || layout.validate_on.iter().any(|&w| w >= v) || layout.validate_on.is_empty() {
         return Err(Error::usage("--augment", format!("{} rows are not whole pictures of {v} views", label_vec.len())));
     }
     let picture_labels: Vec<i64> = label_vec.iter().step_by(v).copied().collect();
