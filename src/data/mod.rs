@@ -220,12 +220,17 @@ impl Split {
     /// Normalised input `[len, 3, S, S]` for `rows`.
     pub fn batch(&self, rows: Range<usize>, pre: &Preprocessing) -> Result<Tensor> {
         if let Some(views) = &self.views {
+            // Each picture is decoded once for all of its views in these rows.
             let v = views.count();
-            let inputs: Vec<Result<Tensor>> = rows
+            let per_picture: Vec<Result<Vec<Tensor>>> = (rows.start / v..rows.end.div_ceil(v))
                 .into_par_iter()
-                .map(|r| Ok(views.input(&self.picture(r / v)?, &self.picture_key(r / v), r % v, pre)))
+                .map(|p| {
+                    let (picture, key) = (self.picture(p)?, self.picture_key(p));
+                    Ok((rows.start.max(p * v)..rows.end.min((p + 1) * v)).map(|r| views.input(&picture, &key, r % v, pre)).collect())
+                })
                 .collect();
-            return Ok(Tensor::cat(&inputs.into_iter().collect::<Result<Vec<_>>>()?, 0));
+            let inputs: Vec<Tensor> = per_picture.into_iter().collect::<Result<Vec<_>>>()?.into_iter().flatten().collect();
+            return Ok(Tensor::cat(&inputs, 0));
         }
         match &self.pictures {
             Pictures::Cifar(rec, idx) => Ok(pre.batch(&cifar_pixels(rec, &idx[rows]))),
