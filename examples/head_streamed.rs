@@ -62,7 +62,9 @@ fn main() -> anyhow::Result<()> {
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["write", file, rows, width, classes] => write(Path::new(file), rows.parse()?, width.parse()?, classes.parse()?),
         ["train", file, classes, epochs] => {
-            let cfg = TrainConfig { weight_decay_auto: false, weight_decay: 1e-4, epochs: epochs.parse()?, patience: 100, ..TrainConfig::default() };
+            // No refit: the figures are per epoch of the fixed-penalty run (a refit is that many
+            // epochs again, over every row).
+            let cfg = TrainConfig { weight_decay_auto: false, weight_decay: 1e-4, epochs: epochs.parse()?, patience: 100, refit: false, ..TrainConfig::default() };
             let start = Instant::now();
             let (_, report) = train_head_streamed(Path::new(file), classes.parse()?, &cfg, 1, &Progress::hidden())?;
             let secs = start.elapsed().as_secs_f64();

@@ -298,7 +298,9 @@ fn train_streams_features_from_disk_when_asked_and_learns_the_same_classes() {
     assert!(log.contains("(streamed)") && log.contains("read from"), "{log}");
     let report = &streamed["report"];
     assert_eq!(report["train_rows"].as_u64().unwrap() + report["val_rows"].as_u64().unwrap(), 400, "{report}");
-    assert!(report["refit"].is_null(), "{report}");
+    // As in memory: the penalty judged at its best temperature, then a refit on every row.
+    assert_eq!(report["refit"]["rows"], 400, "{report}");
+    assert!(report["logit_scale"].as_f64().is_some_and(|s| s > 0.0), "{report}");
     let mut cmd = sb.command(&strs(&args("in-memory")));
     cmd.env("LASTLAYER_CACHE", &cache).env("LASTLAYER_HEAD_STREAM", "never");
     let out = cmd.output().unwrap();
@@ -307,5 +309,15 @@ fn train_streams_features_from_disk_when_asked_and_learns_the_same_classes() {
     // Random backbone weights: both heads learn something of 10 classes (chance is 10%), and
     // land near each other.
     let (a, b) = (streamed["test_accuracy"].as_f64().unwrap(), memory["test_accuracy"].as_f64().unwrap());
+    println!("test accuracy: streamed {a}, in memory {b}");
     assert!(a > 0.15 && b > 0.15 && (a - b).abs() < 0.1, "streamed {a}, in memory {b}");
+
+    // Views: the validation split is drawn by picture and judged on the pictures themselves;
+    // the refit streams every view.
+    let mut views = args("views");
+    views.extend(["--augment".to_string(), "flip".to_string()]);
+    let mut cmd = sb.command(&strs(&views));
+    cmd.env("LASTLAYER_CACHE", &cache).env("LASTLAYER_HEAD_STREAM", "always");
+    let report = ok(cmd.output().unwrap(), "streamed train on views")["report"].clone();
+    assert_eq!((report["train_rows"].as_u64(), report["val_rows"].as_u64(), report["refit"]["rows"].as_u64()), (Some(720), Some(40), Some(800)), "{report}");
 }

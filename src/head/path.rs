@@ -272,7 +272,7 @@ pub(super) fn fit(
 /// The cross-entropy of `logits · s` at the scale `s` (inverse temperature) in [0.05, 20] that
 /// minimises it, and that `s`. The loss is convex in `s`, so a golden-section search on `ln s`
 /// finds it.
-fn calibrated_cross_entropy(logits: &Tensor, labels: &Tensor) -> (f64, f64) {
+pub(super) fn calibrated_cross_entropy(logits: &Tensor, labels: &Tensor) -> (f64, f64) {
     let loss = |ln_s: f64| (logits * ln_s.exp()).cross_entropy_for_logits(labels).double_value(&[]);
     let phi = (5f64.sqrt() - 1.0) / 2.0;
     let (mut a, mut b) = (0.05f64.ln(), 20f64.ln());

@@ -11,8 +11,9 @@
 //! - the standardisation statistics come from a streaming pass over the training rows;
 //! - an epoch visits blocks of [`BLOCK_ROWS`] consecutive rows in a new random order, reading
 //!   [`GROUP_BLOCKS`] blocks at a time and shuffling their rows together into minibatches;
-//! - the validation rows (chosen by index, as in memory) are scored in a streaming pass;
-//! - candidates are judged by plain validation loss, and there is no refit.
+//! - the validation rows (chosen by picture, as in memory) are scored in a streaming pass,
+//!   their logits kept (a few per class) so that a penalty's candidate is judged at its best
+//!   temperature, as in memory; the refit then streams every row.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -24,7 +25,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tch::{Kind, Tensor};
 
-use super::train::{EpochRecord, TrainConfig, TrainReport};
+use super::path::calibrated_cross_entropy;
+use super::train::{EpochRecord, RefitRecord, TrainConfig, TrainReport};
 use super::{LinearHead, L2_BATCH_ROWS, L2_EPOCHS_PER_STEP, L2_PATH, L2_PATIENCE_STEPS, L2_UPDATES_PER_STEP};
 use crate::cache::shards::safetensors_layout;
 use crate::data::sample::stratified_holdout;
@@ -196,68 +198,31 @@ pub fn train_head_streamed(path: &Path, classes: usize, cfg: &TrainConfig, views
     } else {
         (vec![cfg.weight_decay], cfg.epochs)
     };
+    let refit_planned = cfg.refit && nv > 0;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let blocks: Vec<usize> = (0..file.rows.div_ceil(BLOCK_ROWS)).collect();
-    let mut task = progress.task("train head (streamed)", (penalties.len() * epochs_per) as u64, Unit::Epochs);
+    let data = Streamed { file: &file, mean: &mean, std: &std, labels: &labels_t, batch, classes: c };
+    let total_epochs = penalties.len() * epochs_per + if refit_planned { epochs_per } else { 0 };
+    let mut task = progress.task("train head (streamed)", total_epochs as u64, Unit::Epochs);
     let mut history = Vec::new();
-    // (val loss, epoch, penalty, w, b)
-    let mut best: Option<(f64, usize, usize, Tensor, Tensor)> = None;
+    // (judged loss, epoch, penalty, w, b, logit scale)
+    let mut best: Option<(f64, usize, usize, Tensor, Tensor, f64)> = None;
     let mut stopped_early = false;
     'path: for (k, &l2) in penalties.iter().enumerate() {
         let cycle = epochs_per * steps_per_epoch;
         let mut since_best = 0;
         for e in 0..epochs_per {
             let epoch_start = Instant::now();
-            let mut order = blocks.clone();
-            order.shuffle(&mut rng);
-            let (mut loss, mut correct, mut step) = (0.0, 0i64, e * steps_per_epoch);
-            for group in order.chunks(GROUP_BLOCKS) {
-                let mut parts = Vec::with_capacity(group.len());
-                let mut rows = Vec::new();
-                for &blk in group {
-                    let (s, len) = (blk * BLOCK_ROWS, BLOCK_ROWS.min(file.rows - blk * BLOCK_ROWS));
-                    let local: Vec<usize> = (s..s + len).filter(|&r| is_train[r]).collect();
-                    if local.is_empty() {
-                        continue;
-                    }
-                    let idx: Vec<i64> = local.iter().map(|&r| (r - s) as i64).collect();
-                    parts.push(file.read(s, len)?.index_select(0, &Tensor::from_slice(&idx)));
-                    rows.extend(local.iter().map(|&r| r as i64));
-                }
-                if rows.is_empty() {
-                    continue;
-                }
-                let mut perm: Vec<usize> = (0..rows.len()).collect();
-                perm.shuffle(&mut rng);
-                let perm_t = Tensor::from_slice(&perm.iter().map(|&p| p as i64).collect::<Vec<_>>());
-                let x = (Tensor::cat(&parts, 0).index_select(0, &perm_t) - &mean) / &std;
-                let y = labels_t.index_select(0, &Tensor::from_slice(&rows).index_select(0, &perm_t));
-                let n = rows.len() as i64;
-                for s in (0..n).step_by(batch) {
-                    let len = (batch as i64).min(n - s);
-                    let lr = match cfg.schedule {
-                        super::Schedule::Cosine => cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / cycle as f64).cos()),
-                        super::Schedule::Constant => cfg.lr,
-                    };
-                    let (l, c_) = model.step(&x.narrow(0, s, len), &y.narrow(0, s, len), c, l2, lr);
-                    loss += l;
-                    correct += c_;
-                    step += 1;
-                }
-            }
+            let (loss, correct) = data.epoch(&mut model, &is_train, l2, |s| cosine(cfg, e * steps_per_epoch + s, cycle), &mut rng)?;
             let (train_loss, train_accuracy) = (loss / nt as f64, correct as f64 / nt as f64);
-            let (val_loss, val_accuracy) = if nv == 0 {
-                (None, None)
+            let last_of_penalty = e + 1 == epochs_per;
+            let (val_loss, val_accuracy, calibrated) = if nv == 0 {
+                (None, None, None)
             } else {
-                let (mut vl, mut vc) = (0.0, 0i64);
-                file.pass(&is_val, |rows, x| {
-                    let zv = (x - &mean) / &std;
-                    let yv = labels_t.index_select(0, &Tensor::from_slice(&rows.iter().map(|&r| r as i64).collect::<Vec<_>>()));
-                    let logits = model.logits(&zv);
-                    vl += logits.cross_entropy_for_logits(&yv).double_value(&[]) * rows.len() as f64;
-                    vc += logits.argmax(-1, false).eq_tensor(&yv).sum(Kind::Int64).int64_value(&[]);
-                })?;
-                (Some(vl / nv as f64), Some(vc as f64 / nv as f64))
+                let (logits, labels) = data.logits(&model, &is_val)?;
+                let acc = logits.argmax(-1, false).eq_tensor(&labels).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+                // As in memory: a penalty's last epoch is a candidate, judged at its best temperature.
+                let calibrated = (cfg.weight_decay_auto && last_of_penalty).then(|| calibrated_cross_entropy(&logits, &labels));
+                (Some(logits.cross_entropy_for_logits(&labels).double_value(&[])), Some(acc), calibrated)
             };
             let epoch = history.len() + 1;
             tracing::info!(
@@ -265,12 +230,11 @@ pub fn train_head_streamed(path: &Path, classes: usize, cfg: &TrainConfig, views
                 val_accuracy.map(|a| format!(", val accuracy {:.2}%", 100.0 * a)).unwrap_or_default(),
                 epoch_start.elapsed().as_secs_f64()
             );
-            history.push(EpochRecord { epoch, train_loss, train_accuracy, val_loss, val_accuracy, l2: Some(l2), val_loss_calibrated: None });
+            history.push(EpochRecord { epoch, train_loss, train_accuracy, val_loss, val_accuracy, l2: Some(l2), val_loss_calibrated: calibrated });
             task.inc(1);
-            let judged = val_loss.unwrap_or(train_loss);
-            let last_of_penalty = e + 1 == epochs_per;
+            let (judged, scale) = calibrated.unwrap_or((val_loss.unwrap_or(train_loss), 1.0));
             if (!cfg.weight_decay_auto || last_of_penalty) && best.as_ref().is_none_or(|b| judged < b.0) {
-                best = Some((judged, epoch, k, model.w.copy(), model.b.copy()));
+                best = Some((judged, epoch, k, model.w.copy(), model.b.copy(), scale));
                 since_best = 0;
             } else if !cfg.weight_decay_auto {
                 since_best += 1;
@@ -286,24 +250,116 @@ pub fn train_head_streamed(path: &Path, classes: usize, cfg: &TrainConfig, views
             break 'path;
         }
     }
-    task.finish();
-    let (_, best_epoch, best_k, w, b) = best.expect("an epoch ran");
+    let (_, best_epoch, best_k, w, b, scale) = best.expect("an epoch ran");
     let record = &history[best_epoch - 1];
-    let weight = &w / std.unsqueeze(0);
-    let bias = &b - weight.matmul(&mean);
+    let best_val_accuracy = record.val_accuracy.unwrap_or(record.train_accuracy);
+    let l2 = penalties[best_k];
+    // Refit, as in memory: the chosen weights trained once more, with the chosen penalty, on
+    // the training and the validation pictures (every view), for a penalty's epochs.
+    let (w, b, refit) = if refit_planned {
+        let all = vec![true; file.rows];
+        let (rows, steps) = (file.rows, file.rows.div_ceil(batch).max(1));
+        model = Model { w, b, m: [z(&[c, d]), z(&[c, d]), z(&[c]), z(&[c])], t: 0 };
+        let mut last = (0.0, 0.0);
+        for e in 0..epochs_per {
+            let (loss, correct) = data.epoch(&mut model, &all, l2, |s| cosine(cfg, e * steps + s, epochs_per * steps), &mut rng)?;
+            last = (loss / rows as f64, correct as f64 / rows as f64);
+            task.inc(1);
+        }
+        let refit = RefitRecord { rows, epochs: epochs_per, l2: Some(l2), train_loss: last.0, train_accuracy: last.1 };
+        (model.w, model.b, Some(refit))
+    } else {
+        (w, b, None)
+    };
+    task.finish();
+    // Fold the temperature and the standardisation in: W' = s · W / std, b' = s · b - W' · mean.
+    let weight = &w * scale / std.unsqueeze(0);
+    let bias = &b * scale - weight.matmul(&mean);
     let report = TrainReport {
-        best_val_accuracy: record.val_accuracy.unwrap_or(record.train_accuracy),
+        best_val_accuracy,
         history,
         best_epoch,
         stopped_early,
-        l2: Some(penalties[best_k]),
-        logit_scale: None,
+        l2: Some(l2),
+        logit_scale: Some(scale).filter(|_| cfg.weight_decay_auto && nv > 0),
         train_rows: nt,
         val_rows: nv,
-        refit: None,
+        refit,
         seconds: start.elapsed().as_secs_f64(),
     };
     Ok((LinearHead { weight, bias }, report))
+}
+
+/// The learning rate of step `step` of a cosine cycle of `cycle` steps (or the constant one).
+fn cosine(cfg: &TrainConfig, step: usize, cycle: usize) -> f64 {
+    match cfg.schedule {
+        super::Schedule::Cosine => cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / cycle as f64).cos()),
+        super::Schedule::Constant => cfg.lr,
+    }
+}
+
+/// The features on disk with what an epoch needs to standardise and batch them.
+struct Streamed<'a> {
+    file: &'a FeatureFile,
+    mean: &'a Tensor,
+    std: &'a Tensor,
+    labels: &'a Tensor,
+    batch: usize,
+    classes: i64,
+}
+
+impl Streamed<'_> {
+    /// One epoch over the rows where `keep` is true: blocks of rows in a random order, read a
+    /// group at a time and shuffled together into minibatches; step `s` of the epoch at
+    /// learning rate `lr_at(s)`. Returns the summed loss and the correct predictions.
+    fn epoch(&self, model: &mut Model, keep: &[bool], l2: f64, lr_at: impl Fn(usize) -> f64, rng: &mut ChaCha8Rng) -> Result<(f64, i64)> {
+        let file = self.file;
+        let mut order: Vec<usize> = (0..file.rows.div_ceil(BLOCK_ROWS)).collect();
+        order.shuffle(rng);
+        let (mut loss, mut correct, mut step) = (0.0, 0i64, 0);
+        for group in order.chunks(GROUP_BLOCKS) {
+            let mut parts = Vec::with_capacity(group.len());
+            let mut rows = Vec::new();
+            for &blk in group {
+                let (s, len) = (blk * BLOCK_ROWS, BLOCK_ROWS.min(file.rows - blk * BLOCK_ROWS));
+                let local: Vec<usize> = (s..s + len).filter(|&r| keep[r]).collect();
+                if local.is_empty() {
+                    continue;
+                }
+                let idx: Vec<i64> = local.iter().map(|&r| (r - s) as i64).collect();
+                parts.push(file.read(s, len)?.index_select(0, &Tensor::from_slice(&idx)));
+                rows.extend(local.iter().map(|&r| r as i64));
+            }
+            if rows.is_empty() {
+                continue;
+            }
+            let mut perm: Vec<usize> = (0..rows.len()).collect();
+            perm.shuffle(rng);
+            let perm_t = Tensor::from_slice(&perm.iter().map(|&p| p as i64).collect::<Vec<_>>());
+            let x = (Tensor::cat(&parts, 0).index_select(0, &perm_t) - self.mean) / self.std;
+            let y = self.labels.index_select(0, &Tensor::from_slice(&rows).index_select(0, &perm_t));
+            let n = rows.len() as i64;
+            for s in (0..n).step_by(self.batch) {
+                let len = (self.batch as i64).min(n - s);
+                let (l, c) = model.step(&x.narrow(0, s, len), &y.narrow(0, s, len), self.classes, l2, lr_at(step));
+                loss += l;
+                correct += c;
+                step += 1;
+            }
+        }
+        Ok((loss, correct))
+    }
+
+    /// The model's logits `[rows, classes]` of the rows where `keep` is true, and their labels
+    /// (validation rows only: a few per class, they fit in memory).
+    fn logits(&self, model: &Model, keep: &[bool]) -> Result<(Tensor, Tensor)> {
+        let (mut logits, mut labels) = (Vec::new(), Vec::new());
+        self.file.pass(keep, |rows, x| {
+            logits.push(model.logits(&((x - self.mean) / self.std)));
+            labels.push(self.labels.index_select(0, &Tensor::from_slice(&rows.iter().map(|&r| r as i64).collect::<Vec<_>>())));
+        })?;
+        Ok((Tensor::cat(&logits, 0), Tensor::cat(&labels, 0)))
+    }
 }
 
 /// Whether `train` should stream a features file of `bytes` bytes: `LASTLAYER_HEAD_STREAM` =
