@@ -20,6 +20,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
+use crate::data::views::{average_pair, mirror, Tta};
 use crate::error::{Error, Result};
 pub use architecture::{Architecture, Family};
 use efficientnet_lite::EfficientNetLite;
@@ -346,6 +347,21 @@ impl Backbone {
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         let named: Vec<(&str, &Tensor)> = vars.iter().map(|(n, t)| (n.as_str(), t)).collect();
         crate::fsutil::write_safetensors(path, &named)
+    }
+
+    /// [`Backbone::features`] under test-time augmentation `tta`: with [`Tta::Flip`], the
+    /// batch and its mirror images run as one batch of twice the pictures and each picture's
+    /// two feature rows are averaged ([`average_pair`]), as `--tta flip` extraction does.
+    /// `chunk` (not a fixed-size split) keeps the batch size free when traced.
+    pub fn features_with(&self, batch: &Tensor, tta: Tta) -> Result<Tensor> {
+        match tta {
+            Tta::None => self.features(batch),
+            Tta::Flip => {
+                let both = self.features(&Tensor::cat(&[batch.shallow_clone(), mirror(batch)], 0))?;
+                let halves = both.chunk(2, 0);
+                Ok(average_pair(&halves[0], &halves[1]))
+            }
+        }
     }
 
     /// Pooled features, `[N, D]` f32 on the CPU, for a normalised f32 `[N, 3, S, S]` batch.

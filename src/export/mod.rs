@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::backbone::Precision;
 use crate::data::preprocess::Preprocessing;
 use crate::data::sample::Subset;
-use crate::data::views::{average_pair, mirror, Augment, Tta};
+use crate::data::views::{Augment, Tta};
 use crate::data::DataSpec;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::write_json_atomic;
@@ -215,16 +215,7 @@ pub fn export_torchscript(backbone: &crate::backbone::Backbone, head: &LinearHea
     let tta = card.data.tta;
     let mut forward = |inputs: &[tch::Tensor]| -> Vec<tch::Tensor> {
         let x = (&inputs[0] - &mean) * &scale;
-        // `--tta flip`: the pictures and their mirror images in one batch, their features
-        // averaged, as `eval` and `predict` do (`chunk` keeps the batch size free in the trace).
-        let features = match tta {
-            Tta::None => backbone.features(&x),
-            Tta::Flip => backbone.features(&tch::Tensor::cat(&[x.shallow_clone(), mirror(&x)], 0)).map(|both| {
-                let halves = both.chunk(2, 0);
-                average_pair(&halves[0], &halves[1])
-            }),
-        };
-        match features {
+        match backbone.features_with(&x, tta) {
             Ok(f) => vec![head.probabilities(&f)],
             Err(e) => {
                 failure = Some(e);

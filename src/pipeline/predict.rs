@@ -10,7 +10,6 @@ use super::features::load_backbone;
 use super::Session;
 use crate::backbone::{Backbone, Precision};
 use crate::data::load_picture;
-use crate::data::views::{average_pair, mirror, Tta};
 use crate::data::on_device::{self, Pixels};
 use crate::error::{Error, IoContext, Result};
 use crate::export::{read_run, HeadCard};
@@ -137,7 +136,7 @@ impl Classifier {
         } else {
             Tensor::cat(&pictures.iter().map(|p| pre.batch(p)).collect::<Vec<_>>(), 0)
         };
-        let probs = self.head.probabilities(&self.features(&input)?);
+        let probs = self.head.probabilities(&self.backbone.features_with(&input, self.card.data.tta)?);
         let (values, indices) = probs.topk(k as i64, -1, true, true);
         (0..pictures.len())
             .map(|i| {
@@ -150,21 +149,6 @@ impl Classifier {
                     .collect())
             })
             .collect()
-    }
-}
-
-impl Classifier {
-    /// The backbone's features of normalised `input`; with `--tta flip`, averaged with the
-    /// mirror image's, computed in one batch of twice the pictures.
-    fn features(&self, input: &Tensor) -> Result<Tensor> {
-        match self.card.data.tta {
-            Tta::None => self.backbone.features(input),
-            Tta::Flip => {
-                let both = self.backbone.features(&Tensor::cat(&[input.shallow_clone(), mirror(input)], 0))?;
-                let halves = both.chunk(2, 0);
-                Ok(average_pair(&halves[0], &halves[1]))
-            }
-        }
     }
 }
 
