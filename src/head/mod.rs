@@ -27,6 +27,15 @@ pub struct LinearHead {
 }
 
 impl LinearHead {
+    /// The head on raw features of one trained on standardised features `(x - mean) / std`,
+    /// with weights `w`, `b` and the logit scale (inverse temperature) `scale` folded in:
+    /// `W' = s · W / std`, `b' = s · b - W' · mean`.
+    pub(crate) fn unstandardised(w: &Tensor, b: &Tensor, scale: f64, mean: &Tensor, std: &Tensor) -> LinearHead {
+        let weight = w * scale / std.unsqueeze(0);
+        let bias = b * scale - weight.matmul(mean);
+        LinearHead { weight, bias }
+    }
+
     /// Class scores for `[N, D]` features.
     pub fn logits(&self, features: &Tensor) -> Tensor {
         tch::no_grad(|| features.to_kind(Kind::Float).matmul(&self.weight.tr()) + &self.bias)

@@ -251,9 +251,6 @@ pub(super) fn fit(
         (w, b, None)
     };
     task.finish();
-    // Fold the temperature and the standardisation in: W' = s · W / std, b' = s · b - W' · mean.
-    let weight = &w * scale / std.unsqueeze(0);
-    let bias = &b * scale - weight.matmul(&mean);
     let report = TrainReport {
         history,
         best_epoch,
@@ -266,7 +263,7 @@ pub(super) fn fit(
         refit,
         seconds: start.elapsed().as_secs_f64(),
     };
-    (LinearHead { weight, bias }, report)
+    (LinearHead::unstandardised(&w, &b, scale, &mean, &std), report)
 }
 
 /// The cross-entropy of `logits · s` at the scale `s` (inverse temperature) in [0.05, 20] that

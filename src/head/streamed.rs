@@ -272,9 +272,6 @@ pub fn train_head_streamed(path: &Path, classes: usize, cfg: &TrainConfig, views
         (w, b, None)
     };
     task.finish();
-    // Fold the temperature and the standardisation in: W' = s · W / std, b' = s · b - W' · mean.
-    let weight = &w * scale / std.unsqueeze(0);
-    let bias = &b * scale - weight.matmul(&mean);
     let report = TrainReport {
         best_val_accuracy,
         history,
@@ -287,7 +284,7 @@ pub fn train_head_streamed(path: &Path, classes: usize, cfg: &TrainConfig, views
         refit,
         seconds: start.elapsed().as_secs_f64(),
     };
-    Ok((LinearHead { weight, bias }, report))
+    Ok((LinearHead::unstandardised(&w, &b, scale, &mean, &std), report))
 }
 
 /// The learning rate of step `step` of a cosine cycle of `cycle` steps (or the constant one).

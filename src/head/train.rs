@@ -376,9 +376,6 @@ fn fit_fixed(
     }
     task.finish();
     let (best_acc, _, best_epoch, bw, bb) = best.expect("at least one epoch ran");
-    // Fold the standardisation in: W' = W / std, b' = b - W' · mean.
-    let weight = &bw / std.unsqueeze(0);
-    let bias = &bb - weight.matmul(&mean);
     let report = TrainReport {
         history,
         best_epoch,
@@ -391,7 +388,7 @@ fn fit_fixed(
         refit: None,
         seconds: start.elapsed().as_secs_f64(),
     };
-    Ok((LinearHead { weight, bias }, report))
+    Ok((LinearHead::unstandardised(&bw, &bb, 1.0, &mean, &std), report))
 }
 
 #[cfg(test)]
