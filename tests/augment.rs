@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
@@ -97,26 +96,6 @@ fn views_are_the_picture_its_mirror_and_crops_and_tta_averages_with_the_mirror()
     assert!(rel_diff(&expected, &t.narrow(0, 0, n)) < 1e-5, "--tta flip is not the mean of the picture and its mirror");
 }
 
-/// Starts `args`, and kills it once the partial entry holds `chunks` chunks.
-fn kill_after_chunks(sb: &Sandbox, args: &[&str], cache: &Path, chunks: usize) {
-    let count = || -> usize {
-        let Ok(entries) = std::fs::read_dir(cache.join("features/resnet18")) else { return 0 };
-        entries
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
-            .map(|e| std::fs::read_dir(e.path()).unwrap().filter(|c| c.as_ref().unwrap().file_name().to_string_lossy().starts_with("chunk-")).count())
-            .sum()
-    };
-    let mut child = sb.command(args).spawn().unwrap();
-    let start = Instant::now();
-    while count() < chunks {
-        assert!(start.elapsed() < Duration::from_secs(300), "no {chunks} chunks appeared");
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-}
 
 /// Views are a function of the picture, the view and the seed: an augmented extraction killed
 /// twice and resumed gives the bytes of an uninterrupted one, and another seed other crops.
@@ -141,8 +120,8 @@ fn augmented_extraction_killed_twice_resumes_to_identical_bytes() {
     sb.set("LASTLAYER_CACHE", cache.display().to_string());
     let a = strs(&args("flip,crops=2,jitter=0.1"));
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
-    kill_after_chunks(&sb, &a, &cache, 3);
-    kill_after_chunks(&sb, &a, &cache, 9);
+    kill_after_chunks(&sb, &a, &cache, "resnet18", 3);
+    kill_after_chunks(&sb, &a, &cache, "resnet18", 9);
     let out = sb.run(&a);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("resuming, "), "no resume in\n{}", stderr(&out));

@@ -37,14 +37,6 @@ fn find_chunks(cache: &Path) -> usize {
     find_model_chunks(cache, "resnet18")
 }
 
-fn find_model_chunks(cache: &Path, model: &str) -> usize {
-    let Ok(models) = std::fs::read_dir(cache.join("features").join(model)) else { return 0 };
-    models
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
-        .map(|e| std::fs::read_dir(e.path()).unwrap().filter(|c| c.as_ref().unwrap().file_name().to_string_lossy().starts_with("chunk-")).count())
-        .sum()
-}
 
 #[test]
 fn killed_run_resumes_from_its_chunks_and_gives_identical_features() {
@@ -110,18 +102,6 @@ fn killed_run_resumes_from_its_chunks_and_gives_identical_features() {
     assert_eq!(find_chunks(&cache), 0, "the partial folder was not cleaned up");
 }
 
-/// Starts `args`, and kills it (SIGKILL) once `model`'s partial entry holds `chunks` chunks.
-fn kill_after_chunks(sb: &Sandbox, args: &[&str], cache: &Path, model: &str, chunks: usize) {
-    let mut child = spawn(sb, args);
-    let start = Instant::now();
-    while find_model_chunks(cache, model) < chunks {
-        assert!(start.elapsed() < Duration::from_secs(300), "{model}: no {chunks} chunks appeared");
-        assert!(child.try_wait().unwrap().is_none(), "{model}: the run ended before it could be killed");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-}
 
 /// Features are a function of the pictures, weights and settings only: in bf16 (where the
 /// frozen engine's first, profiled batches and a short last batch used to round differently)

@@ -158,3 +158,27 @@ pub fn assert_fails(out: &Output, code: i32, needles: &[&str]) {
         assert!(line.contains(n), "error line lacks '{n}': {line}");
     }
 }
+
+/// Chunks saved so far in `model`'s unfinished extractions (`*.partial/chunk-*`) under `cache`.
+pub fn find_model_chunks(cache: &Path, model: &str) -> usize {
+    let Ok(models) = std::fs::read_dir(cache.join("features").join(model)) else { return 0 };
+    models
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+        .map(|e| std::fs::read_dir(e.path()).unwrap().filter(|c| c.as_ref().unwrap().file_name().to_string_lossy().starts_with("chunk-")).count())
+        .sum()
+}
+
+/// Starts `lastlayer ARGS` in `sb`, and kills it (SIGKILL) once `model`'s partial entry under
+/// `cache` holds `chunks` chunks; fails if the run ends first or no such chunks appear in 300 s.
+pub fn kill_after_chunks(sb: &Sandbox, args: &[&str], cache: &Path, model: &str, chunks: usize) {
+    let mut child = sb.command(args).spawn().unwrap();
+    let start = std::time::Instant::now();
+    while find_model_chunks(cache, model) < chunks {
+        assert!(start.elapsed() < std::time::Duration::from_secs(300), "{model}: no {chunks} chunks appeared");
+        assert!(child.try_wait().unwrap().is_none(), "{model}: the run ended before it could be killed");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
