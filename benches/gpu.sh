@@ -14,8 +14,9 @@
 # Steps: (1) what the machine is; (2) synthetic CIFAR-10 written there; (3) CPU-vs-CUDA
 # difference of the preprocessing kernels (benches/gpu_preprocess.py); (4) per model: random
 # weights, then ROUNDS x {lastlayer extract, reference}, each a whole process, the features of
-# the two compared; (5) `lastlayer train` on the cached ResNet-50 features (the head) and
-# `lastlayer predict` on three PNG pictures, both with --device cuda; (6) a summary.
+# the two compared; (5) `lastlayer train` on the cached ResNet-50 features (the head: on the
+# CPU, then with LASTLAYER_HEAD_DEVICE=backbone on the GPU) and `lastlayer predict` on three PNG
+# pictures, both with --device cuda; (6) a summary.
 #
 # Environment knobs: N=60000 (pictures, 5/6 train), DEVICE=cuda, BIN=target/device,
 # ROUNDS=1, BATCH=256 (the reference's batch; lastlayer uses its own default for the device
@@ -151,13 +152,26 @@ PY
   fi
 done
 
-# (5) The head and predict on the device, from the cached ResNet-50 features.
+# (5) The head, on the CPU and on the device, and predict on the device, from the cached
+# ResNet-50 features.
+# head_figures NAME: the head's own seconds and the test accuracy from `train --json`'s output.
+head_figures() {
+  "$PYTHON" -c 'import json, sys; o = json.load(open(sys.argv[1])); print("head %.2f s, test accuracy %.4f" % (o["report"]["seconds"], o["test_accuracy"]))' \
+    "$work/$1.out" 2>/dev/null || echo "head figures unreadable"
+}
 if [ -d "$work/cache-resnet50-1" ]; then
   say "lastlayer --device $DEVICE train (head on cached ResNet-50 features)"
   if step train "$BIN/lastlayer" --json --no-progress -v --device "$DEVICE" --cache-dir "$work/cache-resnet50-1" train \
       --model resnet50 --weights "$work/resnet50.safetensors" --data cifar10 --data-dir "$work" --precision auto --out "$work/run"; then
-    echo "train (cached features, head): $(printf %.1f "$SECS") s whole process; head $(printf %.1f "$(grep -oE '"seconds": [0-9.]+' "$work/train.out" | head -1 | cut -d' ' -f2)") s"
+    echo "train (cached features, head on the CPU): $(printf %.1f "$SECS") s whole process; $(head_figures train)"
     grep -E "head|features:|device|cuda|Cuda" "$work/train.err" | sed 's/^/    log: /' | head -n 8
+    say "the same head trained on $DEVICE (LASTLAYER_HEAD_DEVICE=backbone)"
+    if LASTLAYER_HEAD_DEVICE=backbone step train-dev "$BIN/lastlayer" --json --no-progress -v --device "$DEVICE" \
+        --cache-dir "$work/cache-resnet50-1" train --model resnet50 --weights "$work/resnet50.safetensors" --data cifar10 \
+        --data-dir "$work" --precision auto --out "$work/run-dev"; then
+      echo "train (cached features, head on $DEVICE): $(printf %.1f "$SECS") s whole process; $(head_figures train-dev)"
+      grep -E "head:" "$work/train-dev.err" | sed 's/^/    log: /' | head -n 2
+    fi
     "$PYTHON" - "$work/pics" <<'PY'
 import os, struct, sys, zlib
 os.makedirs(sys.argv[1])

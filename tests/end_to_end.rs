@@ -133,6 +133,22 @@ fn second_train_reuses_the_cache_without_the_backbone() {
     assert_eq!(third["test_accuracy"], second["test_accuracy"]);
     assert_eq!(std::fs::read(sb.path().join("b/head.safetensors")).unwrap(), std::fs::read(sb.path().join("c/head.safetensors")).unwrap());
 
+    // LASTLAYER_HEAD_DEVICE=backbone trains the head where --device says (the CPU here): the
+    // same head, and the log says where; a value it does not know stops before any work.
+    let on_backbone = sb
+        .command(&[&args[..], &["--offline", "--device", "cpu", "--lr", "0.01", "--seed", "3", "--out", "e"]].concat())
+        .env("LASTLAYER_HEAD_DEVICE", "backbone")
+        .output()
+        .unwrap();
+    assert!(on_backbone.status.success(), "{}", stderr(&on_backbone));
+    assert!(stderr(&on_backbone).contains("head: trained on the CPU, 30 x 512 features"), "{}", stderr(&on_backbone));
+    assert_eq!(std::fs::read(sb.path().join("b/head.safetensors")).unwrap(), std::fs::read(sb.path().join("e/head.safetensors")).unwrap());
+    let bad = sb.command(&[&args[..], &["--offline", "--out", "f"]].concat()).env("LASTLAYER_HEAD_DEVICE", "gpu").output().unwrap();
+    assert_fails(&bad, 2, &["LASTLAYER_HEAD_DEVICE", "'gpu'", "backbone"]);
+    assert!(!sb.path().join("f/head.json").exists());
+    let status: Value = serde_json::from_slice(&std::fs::read(sb.path().join("f/status.json")).unwrap()).unwrap();
+    assert_eq!(status["state"], "failed", "{status}");
+
     // The head is refit on all 30 training rows after the choice, and head.json says so;
     // --no-refit keeps the head trained on the rows outside validation, another head.
     assert_eq!(card["training"]["refit"], true);

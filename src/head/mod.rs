@@ -36,6 +36,11 @@ impl LinearHead {
         LinearHead { weight, bias }
     }
 
+    /// The same head with its tensors on the CPU (where it is saved and used).
+    pub(crate) fn into_cpu(self) -> LinearHead {
+        LinearHead { weight: self.weight.to_device(tch::Device::Cpu), bias: self.bias.to_device(tch::Device::Cpu) }
+    }
+
     /// Class scores for `[N, D]` features.
     pub fn logits(&self, features: &Tensor) -> Tensor {
         tch::no_grad(|| features.to_kind(Kind::Float).matmul(&self.weight.tr()) + &self.bias)

@@ -30,7 +30,7 @@ use std::time::Instant;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use super::train::{EpochRecord, RefitRecord, Schedule, TrainConfig, TrainReport, ValidationSet};
 use super::LinearHead;
@@ -76,8 +76,8 @@ struct Model {
 }
 
 impl Model {
-    fn zeros(classes: i64, d: i64) -> Model {
-        let z = |shape: &[i64]| Tensor::zeros(shape, (Kind::Float, tch::Device::Cpu));
+    fn zeros(classes: i64, d: i64, device: Device) -> Model {
+        let z = |shape: &[i64]| Tensor::zeros(shape, (Kind::Float, device));
         Model { w: z(&[classes, d]), b: z(&[classes]), mw: z(&[classes, d]), vw: z(&[classes, d]), mb: z(&[classes]), vb: z(&[classes]), t: 0 }
     }
 
@@ -114,8 +114,8 @@ impl Model {
     fn epoch(&mut self, rows: &Rows, n: i64, batch: i64, l2: f64, lr_at: impl Fn(usize) -> f64, rng: &mut ChaCha8Rng) -> (f64, f64) {
         let mut starts: Vec<i64> = (0..n).step_by(batch as usize).collect();
         starts.shuffle(rng);
-        let mut loss = Tensor::zeros([], (Kind::Float, tch::Device::Cpu));
-        let mut correct = Tensor::zeros([], (Kind::Int64, tch::Device::Cpu));
+        let mut loss = Tensor::zeros([], (Kind::Float, rows.z.device()));
+        let mut correct = Tensor::zeros([], (Kind::Int64, rows.z.device()));
         for (s, &start) in starts.iter().enumerate() {
             let (l, c) = self.step(rows, start, batch.min(n - start), l2, lr_at(s));
             loss += l;
@@ -145,7 +145,7 @@ impl Drop for OneThread {
     }
 }
 
-/// Runs the path (and the refit) on `x` `[N, D]` (f32, CPU) and `y` `[N]`, split into
+/// Runs the path (and the refit) on `x` `[N, D]` (f32, on the CPU or a GPU) and `y` `[N]` (on the same device), split into
 /// `train_rows` and `val_rows` (which the refit adds); the penalties are judged on
 /// `validation` when given (views averaged per picture), else on `val_rows`. `cfg` is
 /// already validated.
@@ -165,8 +165,7 @@ pub(super) fn fit(
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut shuffled = train_rows.to_vec();
     shuffled.shuffle(&mut rng);
-    let order: Vec<i64> = shuffled.iter().chain(val_rows).map(|&r| r as i64).collect();
-    let idx = Tensor::from_slice(&order);
+    let idx = super::train::index_on(x.device(), shuffled.iter().chain(val_rows).copied());
     let (nt, nv) = (train_rows.len() as i64, val_rows.len() as i64);
     // Standardise with the training rows' statistics, in place; folded into the weights at the end.
     let mut z = x.index_select(0, &idx);
@@ -190,7 +189,7 @@ pub(super) fn fit(
     };
     let epochs_per_l2 = per_step(nt);
     let steps_per_epoch = (nt as usize).div_ceil(batch as usize);
-    let mut model = Model::zeros(classes as i64, x.size()[1]);
+    let mut model = Model::zeros(classes as i64, x.size()[1], x.device());
     let mut history = Vec::new();
     // (calibrated loss, epoch, penalty index, w, b, logit scale)
     let mut best: Option<(f64, usize, usize, Tensor, Tensor, f64)> = None;

@@ -219,12 +219,21 @@ pub fn train_head(features: &Tensor, labels: &Tensor, classes: usize, cfg: &Trai
 /// Validation rows as they are judged: features `[pictures, D]` and labels.
 pub(super) type ValidationSet = (Tensor, Tensor);
 
-/// Trains a head on rows laid out as `layout` says (see [`ViewLayout`]).
+/// Trains a head on rows laid out as `layout` says (see [`ViewLayout`]). Training runs on the
+/// device `features` are on (the CPU, unless the caller moved them to a GPU); the head
+/// returned is on the CPU.
 pub fn train_head_views(features: &Tensor, labels: &Tensor, classes: usize, cfg: &TrainConfig, layout: &ViewLayout, progress: &Progress) -> Result<(LinearHead, TrainReport)> {
     cfg.validate()?;
-    let x = features.to_kind(Kind::Float).to_device(Device::Cpu);
-    let y = labels.to_kind(Kind::Int64).to_device(Device::Cpu);
-    let label_vec: Vec<i64> = Vec::<i64>::try_from(&y).map_err(Error::Torch)?;
+    let (head, report) = train_on_device(features, labels, classes, cfg, layout, progress)?;
+    Ok((head.into_cpu(), report))
+}
+
+fn train_on_device(features: &Tensor, labels: &Tensor, classes: usize, cfg: &TrainConfig, layout: &ViewLayout, progress: &Progress) -> Result<(LinearHead, TrainReport)> {
+    let x = features.to_kind(Kind::Float);
+    let device = x.device();
+    let labels = labels.to_kind(Kind::Int64).to_device(Device::Cpu);
+    let label_vec: Vec<i64> = Vec::<i64>::try_from(&labels).map_err(Error::Torch)?;
+    let y = labels.to_device(device);
     if label_vec.is_empty() {
         return Err(Error::usage("--data", "the training split has no rows"));
     }
@@ -240,9 +249,9 @@ pub fn train_head_views(features: &Tensor, labels: &Tensor, classes: usize, cfg:
     let rows_of = |pictures: &[usize]| -> Vec<usize> { pictures.iter().flat_map(|&p| p * v..(p + 1) * v).collect() };
     let (train_rows, val_rows) = (rows_of(&train_pictures), rows_of(&val_pictures));
     let validation: Option<ValidationSet> = (v > 1 && !val_pictures.is_empty()).then(|| {
-        let idx = Tensor::from_slice(&val_rows.iter().map(|&r| r as i64).collect::<Vec<_>>());
+        let idx = index_on(device, val_rows.iter().copied());
         let judged = average_views(&x.index_select(0, &idx), v, &layout.validate_on);
-        let idx = Tensor::from_slice(&val_pictures.iter().map(|&p| (p * v) as i64).collect::<Vec<_>>());
+        let idx = index_on(device, val_pictures.iter().map(|&p| p * v));
         (judged, y.index_select(0, &idx))
     });
     if cfg.weight_decay_auto {
@@ -284,7 +293,7 @@ fn fit_fixed(
 ) -> Result<(LinearHead, TrainReport)> {
     let start = Instant::now();
     let take = |rows: &[usize]| {
-        let idx = Tensor::from_slice(&rows.iter().map(|&r| r as i64).collect::<Vec<_>>());
+        let idx = index_on(x.device(), rows.iter().copied());
         (x.index_select(0, &idx), y.index_select(0, &idx))
     };
     let (xt, yt) = take(train_rows);
@@ -300,7 +309,7 @@ fn fit_fixed(
     let xv = (&xv - &mean) / &std;
 
     let d = x.size()[1];
-    let vs = nn::VarStore::new(Device::Cpu);
+    let vs = nn::VarStore::new(x.device());
     let root = vs.root();
     let w = root.zeros("weight", &[classes as i64, d]);
     let b = root.zeros("bias", &[classes as i64]);
@@ -324,7 +333,7 @@ fn fit_fixed(
     let mut stopped_early = false;
     for epoch in 1..=epochs {
         order.shuffle(&mut rng);
-        let perm = Tensor::from_slice(&order);
+        let perm = Tensor::from_slice(&order).to_device(x.device());
         let (mut loss_sum, mut correct) = (0.0, 0i64);
         for start in (0..n).step_by(cfg.batch_size) {
             let len = cfg.batch_size.min(n - start) as i64;
@@ -389,6 +398,11 @@ fn fit_fixed(
         seconds: start.elapsed().as_secs_f64(),
     };
     Ok((LinearHead::unstandardised(&bw, &bb, 1.0, &mean, &std), report))
+}
+
+/// Row indices as an int64 tensor on `device` (where the rows they select are).
+pub(super) fn index_on(device: Device, rows: impl Iterator<Item = usize>) -> Tensor {
+    Tensor::from_slice(&rows.map(|r| r as i64).collect::<Vec<_>>()).to_device(device)
 }
 
 #[cfg(test)]

@@ -48,8 +48,10 @@ pub fn sweep(session: &Session, req: &FeatureRequest, grid: &[TrainConfig], out:
     if grid.is_empty() {
         return Err(Error::usage("--lr", "the grid is empty"));
     }
+    let device = super::train::head_device(session)?;
     let fs = features(session, req)?;
     let (x, y) = fs.split("train").ok_or_else(|| Error::usage("--split", "sweep needs the train split"))?.load()?;
+    let x = x.to_device(device);
     let mut trials = Vec::with_capacity(grid.len());
     for cfg in grid {
         // A trial is judged on validation, before any refit; only the best is refit (by `train`).

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
+use tch::Device;
 
 use super::{features, FeatureRequest, FeatureSet, Finished, Session};
 use crate::error::{Error, Result};
@@ -39,6 +40,7 @@ pub fn train(session: &Session, req: &FeatureRequest, cfg: &TrainConfig, out: &P
     if out.is_file() {
         return Err(Error::usage("--out", format!("{} is a file; give a folder for the run", out.display())));
     }
+    let device = head_device(session)?;
     let req = FeatureRequest { splits: vec!["train".into(), "test".into()], ..req.clone() };
     let fs = features(session, &req)?;
     let train_split = fs.split("train").expect("train was requested");
@@ -47,8 +49,8 @@ pub fn train(session: &Session, req: &FeatureRequest, cfg: &TrainConfig, out: &P
         train_head_streamed(&train_split.features, fs.classes.len(), cfg, view_layout(&fs).views, &session.progress)?
     } else {
         let (xtr, ytr) = train_split.load()?;
-        tracing::info!("head: trained on the CPU, {} x {} features (whatever --device is)", xtr.size()[0], xtr.size().get(1).copied().unwrap_or(0));
-        train_head_views(&xtr, &ytr, fs.classes.len(), cfg, &view_layout(&fs), &session.progress)?
+        tracing::info!("head: trained on {}, {} x {} features", where_(device), xtr.size()[0], xtr.size().get(1).copied().unwrap_or(0));
+        train_head_views(&xtr.to_device(device), &ytr, fs.classes.len(), cfg, &view_layout(&fs), &session.progress)?
     };
     let (xte, yte) = fs.split("test").expect("test was requested").load()?;
     let test = evaluate(&head, &xte, &yte, &fs.classes);
@@ -97,6 +99,25 @@ pub fn train(session: &Session, req: &FeatureRequest, cfg: &TrainConfig, out: &P
         head: files.head,
         head_json: files.card,
     })
+}
+
+/// Where a head trains on features in memory: the CPU, whatever `--device` is, unless
+/// `LASTLAYER_HEAD_DEVICE=backbone` puts it on the backbone's device, so that `benches/gpu.sh`
+/// can time the two (`=cpu` is the default). The streamed head stays on the CPU.
+pub(super) fn head_device(session: &Session) -> Result<Device> {
+    match std::env::var("LASTLAYER_HEAD_DEVICE").as_deref() {
+        Err(_) | Ok("") | Ok("cpu") => Ok(Device::Cpu),
+        Ok("backbone") => session.device.resolve(),
+        Ok(other) => Err(Error::usage("LASTLAYER_HEAD_DEVICE", format!("'{other}' is neither `cpu` (the default) nor `backbone` (the device of --device)"))),
+    }
+}
+
+/// A device in words, for the log.
+fn where_(device: Device) -> String {
+    match device {
+        Device::Cpu => "the CPU".into(),
+        other => format!("{other:?}"),
+    }
 }
 
 /// How `fs`'s training rows relate to pictures: with `--augment`, its views; a validation
