@@ -82,7 +82,7 @@ pub fn write_safetensors(path: &Path, tensors: &[(&str, &tch::Tensor)]) -> Resul
         offset += bytes;
     }
     let mut json = serde_json::to_vec(&header).expect("a header always serialises");
-    while json.len() % 8 != 0 {
+    while !json.len().is_multiple_of(8) {
         json.push(b' ');
     }
     write_atomic_with(path, |tmp| {

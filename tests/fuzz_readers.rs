@@ -29,7 +29,7 @@ proptest! {
             bytes[r * RECORD_BYTES] = labels[r];
         }
         let ok = check_records(&bytes, Path::new("f.bin")).is_ok();
-        let should = !bytes.is_empty() && bytes.len() % RECORD_BYTES == 0 && labels.iter().take(records).all(|&l| l <= 9);
+        let should = !bytes.is_empty() && bytes.len().is_multiple_of(RECORD_BYTES) && labels.iter().take(records).all(|&l| l <= 9);
         prop_assert_eq!(ok, should);
     }
 

@@ -88,7 +88,8 @@ fn import_refuses_incomplete_or_foreign_state_dicts_and_writes_nothing() {
     let sb = Sandbox::new();
     let good = import(&sb);
     let tensors = Tensor::read_safetensors(&good).unwrap();
-    let write = |name: &str, edit: &dyn Fn(Vec<(String, Tensor)>) -> Vec<(String, Tensor)>| {
+    type Named = Vec<(String, Tensor)>;
+    let write = |name: &str, edit: &dyn Fn(Named) -> Named| {
         let p = sb.path().join(name);
         Tensor::write_safetensors(&edit(tensors.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()), &p).unwrap();
         p.display().to_string()

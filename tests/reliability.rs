@@ -88,7 +88,7 @@ fn killed_run_resumes_from_its_chunks_and_gives_identical_features() {
         .lines()
         .find_map(|l| l.split("resuming, ").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()))
         .unwrap_or_else(|| panic!("no resume line in\n{log}"));
-    assert!(resumed >= 32 * saved.min(10) && resumed % 32 == 0 && resumed < 320, "resumed {resumed} rows with {saved} chunks saved");
+    assert!(resumed >= 32 * saved.min(10) && resumed.is_multiple_of(32) && resumed < 320, "resumed {resumed} rows with {saved} chunks saved");
     let resumed_run: Value = serde_json::from_slice(&out.stdout).unwrap();
     for i in 0..2 {
         let (x, y) = (

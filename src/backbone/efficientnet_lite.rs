@@ -97,6 +97,7 @@ impl ConvBnAct {
 }
 
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // built once per backbone and never moved in a loop: boxing buys nothing
 enum Block {
     /// Depthwise conv, pointwise projection.
     DepthwiseSeparable { dw: ConvBnAct, pw: ConvBnAct, skip: bool },

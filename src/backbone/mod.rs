@@ -182,6 +182,7 @@ pub const CPU_BATCH_SIZE: usize = 32;
 /// pixels needs a few GB for it); the best size on a given GPU is not measured yet.
 pub const GPU_BATCH_SIZE: usize = 256;
 
+#[allow(clippy::large_enum_variant)] // built once per backbone and never moved in a loop: boxing buys nothing
 enum Net {
     ResNet(ResNet),
     InceptionV3(InceptionV3),

@@ -67,6 +67,7 @@ impl ResNetConfig {
 }
 
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // built once per backbone and never moved in a loop: boxing buys nothing
 enum Block {
     Basic { c1: ConvBn, c2: ConvBn, downsample: Option<ConvBn> },
     Bottleneck { c1: ConvBn, c2: ConvBn, c3: ConvBn, downsample: Option<ConvBn> },

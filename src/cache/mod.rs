@@ -270,6 +270,7 @@ impl FeatureCache {
 /// What `cache ls` shows.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)] // a few per `cache ls`: boxing buys nothing
 pub enum Listed {
     /// A cache entry (manifest `None` when missing or unreadable: not usable).
     Entry {

@@ -59,7 +59,7 @@ pub fn read_batch_file(path: &Path) -> Result<Vec<u8>> {
 
 /// Checks that `bytes` are whole records with labels 0-9.
 pub fn check_records(bytes: &[u8], path: &Path) -> Result<()> {
-    if bytes.is_empty() || bytes.len() % RECORD_BYTES != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(RECORD_BYTES) {
         return Err(Error::bad_input(
             path,
             format!(

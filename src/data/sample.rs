@@ -78,7 +78,7 @@ pub fn stratified_subset(labels: &[i64], subset: Subset, seed: u64) -> Vec<usize
 /// class with two or more) goes to validation. Both lists are in file order.
 pub fn stratified_holdout(labels: &[i64], fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
     let classes = by_class(labels);
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_0F_7A1D);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x005E_ED0F_7A1D);
     let (mut train, mut val) = (Vec::new(), Vec::new());
     for mut rows in classes {
         rows.shuffle(&mut rng);

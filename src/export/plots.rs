@@ -35,6 +35,7 @@ pub fn training_curves(report: &TrainReport, path: &Path) -> Result<()> {
     let series = |f: &dyn Fn(&crate::head::EpochRecord) -> Option<f64>| -> Vec<(f64, f64)> {
         report.history.iter().filter_map(|r| f(r).map(|v| (r.epoch as f64, v))).collect()
     };
+    #[allow(clippy::type_complexity)] // one panel: its area, its name, its two curves
     let panels: [(&DrawingArea<_, _>, &str, Vec<(f64, f64)>, Vec<(f64, f64)>); 2] = [
         (&left, "loss", series(&|r| Some(r.train_loss)), series(&|r| r.val_loss)),
         (&right, "accuracy", series(&|r| Some(r.train_accuracy)), series(&|r| r.val_accuracy)),
@@ -42,7 +43,7 @@ pub fn training_curves(report: &TrainReport, path: &Path) -> Result<()> {
     for (area, name, train, val) in panels {
         let max = train.iter().chain(&val).map(|p| p.1).fold(f64::MIN, f64::max);
         let min = train.iter().chain(&val).map(|p| p.1).fold(f64::MAX, f64::min);
-        let (lo, hi) = if name == "accuracy" { (min.min(1.0).max(0.0) * 0.95, 1.0) } else { (0.0, max * 1.05 + 1e-9) };
+        let (lo, hi) = if name == "accuracy" { (min.clamp(0.0, 1.0) * 0.95, 1.0) } else { (0.0, max * 1.05 + 1e-9) };
         let mut chart = ChartBuilder::on(area)
             .caption(format!("{name} per epoch"), ("sans-serif", 20))
             .margin(12)

@@ -136,7 +136,8 @@ pub fn import_weights(input: &Path, architecture: Architecture, out: &Path) -> R
     let expected: BTreeMap<String, Vec<i64>> = Backbone::random(architecture, Device::Cpu).parameter_shapes().into_iter().collect();
 
     let registry_layout = expected.keys().all(|k| tensors.contains_key(k));
-    let (layout, map): (&'static str, Box<dyn Fn(&str) -> Option<String>>) = if registry_layout {
+    type Rename = Box<dyn Fn(&str) -> Option<String>>;
+    let (layout, map): (&'static str, Rename) = if registry_layout {
         ("registry", Box::new(|k: &str| Some(k.to_string())))
     } else if architecture == Architecture::EfficientnetLite0 && tensors.keys().any(|k| k.starts_with("_blocks.")) {
         ("efficientnet_pytorch", Box::new(efficientnet_pytorch_name))

@@ -24,6 +24,7 @@ pub struct Downloaded {
 
 /// Downloads `url` into `part`, continuing from its current length. `expected_size`, when
 /// known, lets a complete `.part` file skip the request. `auth` goes only to its own host.
+#[allow(clippy::too_many_arguments)]
 pub fn download_resumable(
     agent: &ureq::Agent,
     cfg: &NetConfig,

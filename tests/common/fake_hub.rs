@@ -194,7 +194,7 @@ impl FakeServer {
 
     /// Plays `fault` on the next `times` responses that carry file bytes.
     pub fn fault(&self, fault: Fault, times: usize) {
-        self.state.lock().unwrap().faults.extend(std::iter::repeat(fault).take(times));
+        self.state.lock().unwrap().faults.extend(std::iter::repeat_n(fault, times));
     }
 
     /// From now on, answer every `Range` request with 200 and the whole file.
