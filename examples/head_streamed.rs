@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use lastlayer::head::{train_head_streamed, TrainConfig};
+use lastlayer::head::{train_head_streamed, TrainConfig, ViewLayout};
 use lastlayer::progress::Progress;
 use tch::{Kind, Tensor};
 
@@ -66,7 +66,7 @@ fn main() -> anyhow::Result<()> {
             // epochs again, over every row).
             let cfg = TrainConfig { weight_decay_auto: false, weight_decay: 1e-4, epochs: epochs.parse()?, patience: 100, refit: false, ..TrainConfig::default() };
             let start = Instant::now();
-            let (_, report) = train_head_streamed(Path::new(file), classes.parse()?, &cfg, 1, &Progress::hidden())?;
+            let (_, report) = train_head_streamed(Path::new(file), classes.parse()?, &cfg, &ViewLayout::single(), &Progress::hidden())?;
             let secs = start.elapsed().as_secs_f64();
             let epochs = report.history.len();
             println!(

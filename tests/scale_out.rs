@@ -312,6 +312,36 @@ fn train_streams_features_from_disk_when_asked_and_learns_the_same_classes() {
     println!("test accuracy: streamed {a}, in memory {b}");
     assert!(a > 0.15 && b > 0.15 && (a - b).abs() < 0.1, "streamed {a}, in memory {b}");
 
+    // `eval` scores a test split too big for memory from its file, a block of rows at a time:
+    // the evaluation it gives is the in-memory one.
+    let eval = |mode: &str| {
+        let mut cmd = sb.command(&["--json", "eval", "streamed"]);
+        cmd.env("LASTLAYER_CACHE", &cache).env("LASTLAYER_HEAD_STREAM", mode);
+        let out = cmd.output().unwrap();
+        (stderr(&out), ok(out, &format!("eval, LASTLAYER_HEAD_STREAM={mode}")))
+    };
+    let ((log, from_file), (_, loaded)) = (eval("always"), eval("never"));
+    assert!(log.contains("rows scored from") && log.contains("(streamed)"), "{log}");
+    assert_eq!(from_file["test"]["confusion"], loaded["test"]["confusion"]);
+    assert_eq!((&from_file["test_accuracy"], &from_file["test"]["rows"]), (&streamed["test_accuracy"], &loaded["test"]["rows"]));
+    let losses = (from_file["test"]["loss"].as_f64().unwrap(), loaded["test"]["loss"].as_f64().unwrap());
+    assert!((losses.0 - losses.1).abs() < 1e-5, "{losses:?}");
+
+    // `sweep` streams every trial from the file as `train` does.
+    let mut swept = args("swept");
+    swept[1] = "sweep".into();
+    swept.extend(["--lr", "1e-3,1e-2", "--weight-decay", "1e-4", "--epochs", "10"].map(String::from));
+    let mut cmd = sb.command(&strs(&swept));
+    cmd.env("LASTLAYER_CACHE", &cache).env("LASTLAYER_HEAD_STREAM", "always");
+    let out = cmd.output().unwrap();
+    let log = stderr(&out);
+    let swept = ok(out, "streamed sweep");
+    assert!(log.contains("sweep: every trial reads 400 rows"), "{log}");
+    let trials = swept["trials"].as_array().unwrap();
+    println!("streamed sweep: {trials:?}");
+    assert_eq!(trials.len(), 2, "{swept}");
+    assert!(trials.iter().all(|t| t["val_accuracy"].as_f64().is_some_and(|a| a > 0.15)), "{trials:?}");
+
     // Views: the validation split is drawn by picture and judged on the pictures themselves;
     // the refit streams every view.
     let mut views = args("views");

@@ -35,7 +35,11 @@ pub struct Evaluation {
 
 /// Evaluates `head` on `features` `[N, D]` with `labels` `[N]`.
 pub fn evaluate(head: &LinearHead, features: &Tensor, labels: &Tensor, classes: &[String]) -> Evaluation {
-    let logits = head.logits(features);
+    evaluate_logits(&head.logits(features), labels, classes)
+}
+
+/// The evaluation of class scores `logits` `[N, classes]` against `labels` `[N]`.
+pub fn evaluate_logits(logits: &Tensor, labels: &Tensor, classes: &[String]) -> Evaluation {
     let loss = logits.cross_entropy_for_logits(labels).double_value(&[]);
     let pred: Vec<i64> = Vec::<i64>::try_from(logits.argmax(-1, false)).unwrap_or_default();
     let truth: Vec<i64> = Vec::<i64>::try_from(labels.to_kind(Kind::Int64)).unwrap_or_default();

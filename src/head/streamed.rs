@@ -26,7 +26,8 @@ use rand_chacha::ChaCha8Rng;
 use tch::{Kind, Tensor};
 
 use super::path::calibrated_cross_entropy;
-use super::train::{EpochRecord, RefitRecord, TrainConfig, TrainReport};
+use super::train::{EpochRecord, RefitRecord, TrainConfig, TrainReport, ViewLayout};
+use super::metrics::{evaluate_logits, Evaluation};
 use super::{LinearHead, L2_BATCH_ROWS, L2_EPOCHS_PER_STEP, L2_PATH, L2_PATIENCE_STEPS, L2_UPDATES_PER_STEP};
 use crate::cache::shards::safetensors_layout;
 use crate::data::sample::stratified_holdout;
@@ -144,9 +145,11 @@ impl Model {
 /// `cfg.weight_decay` is the L2 penalty on standardised features, for `cfg.epochs` epochs
 /// with `cfg.patience`, the epoch of lowest validation loss kept.
 ///
-/// With `views` rows a picture (`--augment`, picture-major), the validation split is drawn by
-/// picture and a validation picture is judged on its view 0, the picture itself.
-pub fn train_head_streamed(path: &Path, classes: usize, cfg: &TrainConfig, views: usize, progress: &Progress) -> Result<(LinearHead, TrainReport)> {
+/// With rows laid out as `layout` says (`--augment`, picture-major), the validation split is
+/// drawn by picture and a validation picture is judged on the mean of its views
+/// `layout.validate_on`, as in memory (the mean of their logits, which is the logits of their
+/// mean features).
+pub fn train_head_streamed(path: &Path, classes: usize, cfg: &TrainConfig, layout: &ViewLayout, progress: &Progress) -> Result<(LinearHead, TrainReport)> {
     cfg.validate()?;
     let start = Instant::now();
     // One libtorch thread, as on the in-memory path (see `path::OneThread`).
@@ -158,8 +161,8 @@ pub fn train_head_streamed(path: &Path, classes: usize, cfg: &TrainConfig, views
     if let Some(&bad) = file.labels.iter().find(|&&l| l < 0 || l as usize >= classes) {
         return Err(Error::usage("--data", format!("label {bad} is outside the {classes} classes")));
     }
-    let v = views.max(1);
-    if !file.rows.is_multiple_of(v) {
+    let v = layout.views.max(1);
+    if !file.rows.is_multiple_of(v) || layout.validate_on.iter().any(|&w| w >= v) || layout.validate_on.is_empty() {
         return Err(Error::usage("--augment", format!("{} rows are not whole pictures of {v} views", file.rows)));
     }
     let picture_labels: Vec<i64> = file.labels.iter().step_by(v).copied().collect();
@@ -169,7 +172,9 @@ pub fn train_head_streamed(path: &Path, classes: usize, cfg: &TrainConfig, views
         is_train[p * v..(p + 1) * v].fill(true);
     }
     for &p in &val_pictures {
-        is_val[p * v] = true;
+        for &w in &layout.validate_on {
+            is_val[p * v + w] = true;
+        }
     }
     let (nt, nv) = (train_pictures.len() * v, val_pictures.len());
     let d = file.width as i64;
@@ -200,7 +205,7 @@ pub fn train_head_streamed(path: &Path, classes: usize, cfg: &TrainConfig, views
     };
     let refit_planned = cfg.refit && nv > 0;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let data = Streamed { file: &file, mean: &mean, std: &std, labels: &labels_t, batch, classes: c };
+    let data = Streamed { file: &file, mean: &mean, std: &std, labels: &labels_t, batch, classes: c, judged_views: layout.validate_on.len() as i64 };
     let total_epochs = penalties.len() * epochs_per + if refit_planned { epochs_per } else { 0 };
     let mut task = progress.task("train head (streamed)", total_epochs as u64, Unit::Epochs);
     let mut history = Vec::new();
@@ -287,6 +292,18 @@ pub fn train_head_streamed(path: &Path, classes: usize, cfg: &TrainConfig, views
     Ok((LinearHead::unstandardised(&w, &b, scale, &mean, &std), report))
 }
 
+/// Evaluates `head` on the features in `path` (a cache entry's `features.safetensors`) without
+/// loading them: the logits (`[rows, classes]`) are computed a block of rows at a time.
+pub fn evaluate_streamed(head: &LinearHead, path: &Path, classes: &[String]) -> Result<Evaluation> {
+    let file = FeatureFile::open(path)?;
+    if file.width as i64 != head.feature_width() {
+        return Err(Error::bad_input(path, format!("holds {}-wide features; the head takes {}", file.width, head.feature_width())));
+    }
+    let mut logits = vec![Tensor::zeros([0, head.classes()], (Kind::Float, tch::Device::Cpu))];
+    file.pass(&vec![true; file.rows], |_, x| logits.push(head.logits(&x)))?;
+    Ok(evaluate_logits(&Tensor::cat(&logits, 0), &Tensor::from_slice(&file.labels), classes))
+}
+
 /// The learning rate of step `step` of a cosine cycle of `cycle` steps (or the constant one).
 fn cosine(cfg: &TrainConfig, step: usize, cycle: usize) -> f64 {
     match cfg.schedule {
@@ -303,6 +320,8 @@ struct Streamed<'a> {
     labels: &'a Tensor,
     batch: usize,
     classes: i64,
+    /// Consecutive validation rows averaged into one picture's logits.
+    judged_views: i64,
 }
 
 impl Streamed<'_> {
@@ -347,15 +366,21 @@ impl Streamed<'_> {
         Ok((loss, correct))
     }
 
-    /// The model's logits `[rows, classes]` of the rows where `keep` is true, and their labels
-    /// (validation rows only: a few per class, they fit in memory).
+    /// The model's logits `[pictures, classes]` of the validation rows (where `keep` is true),
+    /// each run of `judged_views` rows (one picture's judged views) averaged, and their labels.
+    /// Validation pictures are a few per class: their logits fit in memory.
     fn logits(&self, model: &Model, keep: &[bool]) -> Result<(Tensor, Tensor)> {
         let (mut logits, mut labels) = (Vec::new(), Vec::new());
         self.file.pass(keep, |rows, x| {
             logits.push(model.logits(&((x - self.mean) / self.std)));
             labels.push(self.labels.index_select(0, &Tensor::from_slice(&rows.iter().map(|&r| r as i64).collect::<Vec<_>>())));
         })?;
-        Ok((Tensor::cat(&logits, 0), Tensor::cat(&labels, 0)))
+        let (logits, labels) = (Tensor::cat(&logits, 0), Tensor::cat(&labels, 0));
+        let g = self.judged_views;
+        if g == 1 {
+            return Ok((logits, labels));
+        }
+        Ok((logits.view([-1, g, self.classes]).mean_dim(1, false, Kind::Float), labels.view([-1, g]).select(1, 0)))
     }
 }
 
@@ -402,12 +427,40 @@ mod tests {
         assert!(f.read(1000, 7).unwrap().equal(&x.narrow(0, 1000, 7)));
         for auto in [true, false] {
             let cfg = TrainConfig { weight_decay_auto: auto, weight_decay: 1e-4, epochs: 8, ..TrainConfig::default() };
-            let (head, report) = train_head_streamed(&path, 3, &cfg, 1, &Progress::hidden()).unwrap();
+            let (head, report) = train_head_streamed(&path, 3, &cfg, &ViewLayout::single(), &Progress::hidden()).unwrap();
             let acc = head.logits(&x).argmax(-1, false).eq_tensor(&y).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
             assert!(acc > 0.97, "auto {auto}: accuracy {acc}");
             assert_eq!(report.train_rows + report.val_rows, 2100);
             assert!(report.best_val_accuracy > 0.97, "{report:?}");
         }
+    }
+
+    #[test]
+    fn validation_pictures_are_judged_on_the_mean_of_their_judged_views_as_in_memory() {
+        // Two views a picture: view 0 is noise, view 1 carries the class. Judged on view 0
+        // alone, validation is near chance (1/3); on the mean of views 0 and 1 (`--tta flip`
+        // with a mirror view), it sees the class. Streamed and in memory alike.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("features.safetensors");
+        let (signal, y) = blobs(200);
+        tch::manual_seed(5);
+        let noise = Tensor::randn([600, 32], (Kind::Float, tch::Device::Cpu)) * 3.0 + 5.0;
+        let x = Tensor::stack(&[noise, signal], 1).view([1200, 32]);
+        let y = y.repeat_interleave_self_int(2, 0, None);
+        write_safetensors(&path, &[("features", &x), ("labels", &y)]).unwrap();
+        let cfg = TrainConfig { val_fraction: 0.25, refit: false, ..TrainConfig::default() };
+        let mut accuracy = Vec::new();
+        for validate_on in [vec![0], vec![0, 1]] {
+            let layout = ViewLayout { views: 2, validate_on };
+            let (_, streamed) = train_head_streamed(&path, 3, &cfg, &layout, &Progress::hidden()).unwrap();
+            let (_, memory) = super::super::train_head_views(&x, &y, 3, &cfg, &layout, &Progress::hidden()).unwrap();
+            assert_eq!((streamed.train_rows, streamed.val_rows), (900, 150), "{streamed:?}");
+            accuracy.push((layout.validate_on, streamed.best_val_accuracy, memory.best_val_accuracy));
+        }
+        println!("validation accuracy (judged views, streamed, in memory): {accuracy:?}");
+        let [(_, s0, m0), (_, s01, m01)] = [accuracy[0].clone(), accuracy[1].clone()];
+        assert!(s0 < 0.6 && m0 < 0.6, "{accuracy:?}");
+        assert!(s01 > 0.9 && m01 > 0.9, "{accuracy:?}");
     }
 
     #[test]

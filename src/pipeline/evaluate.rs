@@ -8,7 +8,7 @@ use super::{features, FeatureRequest, Session, SplitFeatures, DEFAULT_CHUNK_ROWS
 use crate::backbone::PrecisionChoice;
 use crate::error::{Error, Result};
 use crate::export::{read_run, HeadCard, RunFiles};
-use crate::head::{evaluate, Evaluation};
+use crate::head::Evaluation;
 use crate::hub::WeightsOrigin;
 
 /// What [`evaluate_run`] found.
@@ -60,7 +60,6 @@ pub fn evaluate_run(session: &Session, run_dir: &Path, batch_size: Option<usize>
         ));
     }
     let split = fs.split("test").expect("test was requested").clone();
-    let (x, y) = split.load()?;
-    let test = evaluate(&head, &x, &y, &card.classes);
+    let test = super::train::evaluate_split(&head, &split, &card.classes)?;
     Ok(EvalOutcome { run_dir: run_dir.to_path_buf(), test_accuracy: test.accuracy, test, features: split })
 }

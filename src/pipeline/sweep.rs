@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::{features, train, FeatureRequest, Finished, Session, TrainOutcome};
 use crate::error::{Error, Result};
-use crate::head::{train_head_views, TrainConfig};
+use crate::head::{train_head_streamed, train_head_views, TrainConfig};
 use crate::progress::Progress;
 
 /// One setting of a sweep.
@@ -50,13 +50,24 @@ pub fn sweep(session: &Session, req: &FeatureRequest, grid: &[TrainConfig], out:
     }
     let device = super::train::head_device(session)?;
     let fs = features(session, req)?;
-    let (x, y) = fs.split("train").ok_or_else(|| Error::usage("--split", "sweep needs the train split"))?.load()?;
-    let x = x.to_device(device);
+    let split = fs.split("train").ok_or_else(|| Error::usage("--split", "sweep needs the train split"))?;
+    let layout = super::train::view_layout(&fs);
+    // Features too big for memory are read from the file for every trial, as `train` does.
+    let in_memory = if super::train::streams(split) {
+        tracing::info!("sweep: every trial reads {} rows from {} in minibatches (streamed)", split.rows, split.features.display());
+        None
+    } else {
+        let (x, y) = split.load()?;
+        Some((x.to_device(device), y))
+    };
     let mut trials = Vec::with_capacity(grid.len());
     for cfg in grid {
         // A trial is judged on validation, before any refit; only the best is refit (by `train`).
         let trial = TrainConfig { refit: false, ..cfg.clone() };
-        let (_, report) = train_head_views(&x, &y, fs.classes.len(), &trial, &super::train::view_layout(&fs), &Progress::hidden())?;
+        let (_, report) = match &in_memory {
+            Some((x, y)) => train_head_views(x, y, fs.classes.len(), &trial, &layout, &Progress::hidden())?,
+            None => train_head_streamed(&split.features, fs.classes.len(), &trial, &layout, &Progress::hidden())?,
+        };
         let kept = &report.history[report.best_epoch - 1];
         tracing::info!("lr {:e} weight decay {:e}: validation accuracy {:.2}%", cfg.lr, cfg.weight_decay, 100.0 * report.best_val_accuracy);
         trials.push(Trial {

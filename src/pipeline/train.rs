@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use tch::Device;
 
-use super::{features, FeatureRequest, FeatureSet, Finished, Session};
+use super::{features, FeatureRequest, FeatureSet, Finished, Session, SplitFeatures};
 use crate::error::{Error, Result};
 use crate::export::{write_run, BackboneCard, DataCard, HeadCard, Metrics, HEAD_FORMAT, HEAD_FORMAT_VERSION};
 use crate::data::views::Tta;
-use crate::head::{evaluate, should_stream, train_head_streamed, train_head_views, Evaluation, TrainConfig, TrainReport, ViewLayout};
+use crate::head::{evaluate, evaluate_streamed, should_stream, train_head_streamed, train_head_views, Evaluation, LinearHead, TrainConfig, TrainReport, ViewLayout};
 use crate::hub::WeightsOrigin;
 
 /// What [`train`] did.
@@ -44,16 +44,15 @@ pub fn train(session: &Session, req: &FeatureRequest, cfg: &TrainConfig, out: &P
     let req = FeatureRequest { splits: vec!["train".into(), "test".into()], ..req.clone() };
     let fs = features(session, &req)?;
     let train_split = fs.split("train").expect("train was requested");
-    let (head, report) = if should_stream(std::fs::metadata(&train_split.features).map(|m| m.len()).unwrap_or(0)) {
+    let (head, report) = if streams(train_split) {
         tracing::info!("head: trained on the CPU, {} rows read from {} in minibatches (streamed)", train_split.rows, train_split.features.display());
-        train_head_streamed(&train_split.features, fs.classes.len(), cfg, view_layout(&fs).views, &session.progress)?
+        train_head_streamed(&train_split.features, fs.classes.len(), cfg, &view_layout(&fs), &session.progress)?
     } else {
         let (xtr, ytr) = train_split.load()?;
         tracing::info!("head: trained on {}, {} x {} features", where_(device), xtr.size()[0], xtr.size().get(1).copied().unwrap_or(0));
         train_head_views(&xtr.to_device(device), &ytr, fs.classes.len(), cfg, &view_layout(&fs), &session.progress)?
     };
-    let (xte, yte) = fs.split("test").expect("test was requested").load()?;
-    let test = evaluate(&head, &xte, &yte, &fs.classes);
+    let test = evaluate_split(&head, fs.split("test").expect("test was requested"), &fs.classes)?;
     let entry = session.registry.get(&req.model)?;
     let card = HeadCard {
         format: HEAD_FORMAT.into(),
@@ -99,6 +98,22 @@ pub fn train(session: &Session, req: &FeatureRequest, cfg: &TrainConfig, out: &P
         head: files.head,
         head_json: files.card,
     })
+}
+
+/// Whether `split`'s features are too big for memory, so that its head is trained, and its
+/// evaluation computed, from the file a block of rows at a time (see [`should_stream`]).
+pub(super) fn streams(split: &SplitFeatures) -> bool {
+    should_stream(std::fs::metadata(&split.features).map(|m| m.len()).unwrap_or(0))
+}
+
+/// `head` scored on `split`: loaded into memory, or streamed from its file when it is too big.
+pub(super) fn evaluate_split(head: &LinearHead, split: &SplitFeatures, classes: &[String]) -> Result<Evaluation> {
+    if streams(split) {
+        tracing::info!("{} features: {} rows scored from {} in blocks (streamed)", split.split, split.rows, split.features.display());
+        return evaluate_streamed(head, &split.features, classes);
+    }
+    let (x, y) = split.load()?;
+    Ok(evaluate(head, &x, &y, classes))
 }
 
 /// Where a head trains on features in memory: the CPU, whatever `--device` is, unless
