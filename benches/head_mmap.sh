@@ -2,7 +2,8 @@
 # Head training on features bigger than memory: writes synthetic features of ROWS x WIDTH f32
 # (default 2,000,000 x 1,024 = 7.6 GiB) in a temporary folder, trains a head on them with the
 # streamed trainer (minibatches read from the file; src/head/streamed.rs), and prints the time
-# per epoch and the peak resident memory (VmHWM, and /usr/bin/time's maximum resident set size).
+# per epoch, then scores the head on the same file as a too-big test split is scored, and prints
+# the peak resident memory (VmHWM, and /usr/bin/time's maximum resident set size).
 # The file is deleted at the end. Target: peak RSS under 2 GiB, whatever ROWS is.
 #
 #   benches/head_mmap.sh                       # 2,000,000 x 1,024, 10 classes, 2 epochs

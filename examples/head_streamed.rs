@@ -1,6 +1,7 @@
 //! Benchmark helper for `benches/head_mmap.sh`: writes synthetic features bigger than memory
-//! (streamed, block by block) and trains a head on them with the streamed trainer, printing
-//! the time per epoch and the peak resident memory (VmHWM).
+//! (streamed, block by block), trains a head on them with the streamed trainer and scores it on
+//! them from the file, printing the time per epoch, the scoring time and the peak resident
+//! memory (VmHWM).
 //!
 //!   cargo run --example head_streamed -- write FILE ROWS WIDTH CLASSES
 //!   cargo run --example head_streamed -- train FILE CLASSES EPOCHS
@@ -9,7 +10,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use lastlayer::head::{train_head_streamed, TrainConfig, ViewLayout};
+use lastlayer::head::{evaluate_streamed, train_head_streamed, TrainConfig, ViewLayout};
 use lastlayer::progress::Progress;
 use tch::{Kind, Tensor};
 
@@ -66,7 +67,7 @@ fn main() -> anyhow::Result<()> {
             // epochs again, over every row).
             let cfg = TrainConfig { weight_decay_auto: false, weight_decay: 1e-4, epochs: epochs.parse()?, patience: 100, refit: false, ..TrainConfig::default() };
             let start = Instant::now();
-            let (_, report) = train_head_streamed(Path::new(file), classes.parse()?, &cfg, &ViewLayout::single(), &Progress::hidden())?;
+            let (head, report) = train_head_streamed(Path::new(file), classes.parse()?, &cfg, &ViewLayout::single(), &Progress::hidden())?;
             let secs = start.elapsed().as_secs_f64();
             let epochs = report.history.len();
             println!(
@@ -76,6 +77,17 @@ fn main() -> anyhow::Result<()> {
                 report.val_rows,
                 secs / epochs as f64,
                 100.0 * report.best_val_accuracy,
+                peak_rss_mib()
+            );
+            // The file scored as a test split too big for memory would be (train, sweep, eval).
+            let start = Instant::now();
+            let names: Vec<String> = (0..classes.parse::<usize>()?).map(|c| c.to_string()).collect();
+            let eval = evaluate_streamed(&head, Path::new(file), &names)?;
+            println!(
+                "scored {} rows from the file in {:.1}s: accuracy {:.2}%; peak RSS {:.0} MiB",
+                eval.rows,
+                start.elapsed().as_secs_f64(),
+                100.0 * eval.accuracy,
                 peak_rss_mib()
             );
             Ok(())
