@@ -7,6 +7,7 @@ mod common;
 
 use lastlayer::data::on_device::Pixels;
 use lastlayer::data::preprocess::Preprocessing;
+use lastlayer::data::views::{Augment, Views};
 use lastlayer::data::{load_picture, DataSpec, Dataset, OpenOptions};
 use lastlayer::hub::Registry;
 use lastlayer::progress::Progress;
@@ -89,6 +90,44 @@ fn a_folder_split_matches_the_cpu_path() {
     assert!(d <= 1e-6, "{d}");
 }
 
+/// `--augment` (mirror, crops, jitter) and `--tta flip` views made from uint8 pixels on the
+/// device, against the same views made on the CPU: CIFAR-10 records (stretch) and photos of
+/// mixed sizes (shorter-side resize, centre crop), with row ranges that start and end inside a
+/// picture's views.
+#[test]
+fn views_match_the_cpu_path() {
+    let registry = Registry::builtin();
+    let augment = Views::Augment(Augment::parse("flip,crops=2,jitter=0.1").unwrap().unwrap());
+    let cifar = open(DataSpec::Cifar10 { data_dir: Some(common::cifar_sample_dir()) }).split("train").unwrap().subset(&[0, 1, 2, 3, 4, 5]);
+    let photos = open(DataSpec::parse(common::shared_data().join("imagefolder-sample").to_str().unwrap(), None, 0.2, true).unwrap())
+        .split("test")
+        .unwrap()
+        .subset(&[0, 9, 18, 27]);
+    for (what, split, pre) in [
+        ("CIFAR", &cifar, Preprocessing::stretch(&registry.get("resnet50").unwrap().input())),
+        ("photos", &photos, Preprocessing::center_crop(&registry.get("efficientnet_lite0").unwrap().input())),
+    ] {
+        for views in [augment, Views::TtaFlip] {
+            let split = split.with_views(views);
+            let v = views.count();
+            for rows in [0..split.len(), 3..split.len() - 2] {
+                let today = split.batch(rows.clone(), &pre).unwrap();
+                let (pixels, ops) = split.view_pixels(rows.clone()).unwrap();
+                assert_eq!((pixels.len(), ops.len()), (rows.end.div_ceil(v) - rows.start / v, rows.len()));
+                let on_device = pre.views_on(&pixels, &ops, Device::Cpu).unwrap();
+                let d = max_diff(&today, &on_device);
+                eprintln!("{what}, {views:?}, rows {rows:?}: max difference {d:e}");
+                assert!(d <= 1e-6, "{what} {views:?} {rows:?}: {d}");
+            }
+            // The views differ from one another: a mirror, crops.
+            let all = split.batch(0..v, &pre).unwrap();
+            assert!(max_diff(&all.get(0), &all.get(1)) > 0.1);
+        }
+    }
+    let err = cifar.view_pixels(0..2).unwrap_err().to_string();
+    assert!(err.contains("plain pictures"), "{err}");
+}
+
 #[test]
 fn pictures_of_the_wrong_shape_are_an_error() {
     let hwc = Tensor::zeros([32, 32, 3], (Kind::Uint8, Device::Cpu));
@@ -116,7 +155,13 @@ fn extraction_through_the_device_path_gives_the_cpu_features() {
         .split("test")
         .unwrap();
     let input = registry.get("resnet18").unwrap().input();
-    for (split, pre) in [(cifar.subset(&[0, 1, 2, 3, 4]), Preprocessing::stretch(&input)), (photos.subset(&[0, 9, 18]), Preprocessing::center_crop(&input))] {
+    let augment = Views::Augment(Augment::parse("flip,crops=1,jitter=0.1").unwrap().unwrap());
+    for (split, pre) in [
+        (cifar.subset(&[0, 1, 2, 3, 4]), Preprocessing::stretch(&input)),
+        (photos.subset(&[0, 9, 18]), Preprocessing::center_crop(&input)),
+        (cifar.subset(&[5, 6, 7]).with_views(augment), Preprocessing::stretch(&input)),
+        (photos.subset(&[1, 10]).with_views(Views::TtaFlip), Preprocessing::center_crop(&input)),
+    ] {
         std::env::set_var("LASTLAYER_PREPROCESS", "cpu");
         assert!(!lastlayer::data::on_device::preprocesses_on(Device::Cpu));
         let (cpu, labels) = extract_split(&backbone, &split, &pre, 2, &Progress::hidden()).unwrap();

@@ -22,7 +22,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::progress::Progress;
 use on_device::Pixels;
 use preprocess::Preprocessing;
-use views::Views;
+use views::{ViewOp, Views};
 
 /// What `--data` (with `--data-dir`, `--test-fraction`) names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -250,10 +250,10 @@ impl Split {
 
     /// The decoded uint8 pictures of `rows`, at their stored size, for
     /// [`Preprocessing::batch_on`] (files are decoded in parallel). A split with views has
-    /// none: its views are made on the CPU ([`Split::batch`]).
+    /// [`Split::view_pixels`] instead.
     pub fn pixels(&self, rows: Range<usize>) -> Result<Pixels> {
         if self.views.is_some() {
-            return Err(Error::usage("--augment", "views are made on the CPU; this split's rows are not plain pictures"));
+            return Err(Error::usage("--augment", "this split's rows are views, not plain pictures: see `Split::view_pixels`"));
         }
         match &self.pictures {
             Pictures::Cifar(rec, idx) => Pixels::batch(&cifar_pixels(rec, &idx[rows])),
@@ -266,6 +266,25 @@ impl Split {
                 Pixels::pictures(&decoded.into_iter().collect::<Result<Vec<_>>>()?)
             }
         }
+    }
+
+    /// For the device path of a split with views: the pictures of view rows `rows` (each
+    /// decoded once) as uint8 [`Pixels`], and for every row the index of its picture among them
+    /// and what its view does. [`Preprocessing::views_on`] makes the views from them on the
+    /// backbone's device; [`Split::batch`] makes the same ones here.
+    pub fn view_pixels(&self, rows: Range<usize>) -> Result<(Pixels, Vec<(usize, ViewOp)>)> {
+        let views = self.views.ok_or_else(|| Error::usage("--augment", "this split's rows are plain pictures, not views"))?;
+        let v = views.count();
+        let first = rows.start / v;
+        let decoded: Vec<Result<Tensor>> = (first..rows.end.div_ceil(v)).into_par_iter().map(|p| self.picture(p)).collect();
+        let decoded = decoded.into_iter().collect::<Result<Vec<_>>>()?;
+        let ops = rows
+            .map(|r| {
+                let (p, size) = (r / v, decoded[r / v - first].size());
+                (p - first, views.op(&self.picture_key(p), r % v, size[2], size[3]))
+            })
+            .collect();
+        Ok((Pixels::pictures(&decoded)?, ops))
     }
 
     /// Where the split may be cut between `--shard`s: `0 = b₀ < b₁ < … = len`, with the name of

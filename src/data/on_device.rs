@@ -4,6 +4,9 @@
 //! [`Preprocessing::batch`] itself, the same libtorch ops as on the CPU. A CIFAR-10 batch of
 //! 256 crosses as 0.8 MB of bytes instead of 154 MB of 224x224 floats.
 //!
+//! Views of a picture (`--augment`, `--tta flip`) are made there too, from the same uint8
+//! pictures ([`Preprocessing::views_on`]).
+//!
 //! On the CPU the result is exactly [`Preprocessing::batch`]'s (`tests/device_preprocess.rs`).
 //! On CUDA the resize kernels are libtorch's CUDA ones, whose float arithmetic may differ from
 //! the CPU kernels' in the last bit; `benches/gpu.sh` measures that difference.
@@ -11,6 +14,7 @@
 use tch::{Device, Kind, Tensor};
 
 use super::preprocess::Preprocessing;
+use super::views::{mirror, ViewOp};
 use crate::error::{Error, Result};
 
 /// True when pictures for a backbone on `device` are preprocessed on that device (a GPU),
@@ -29,7 +33,7 @@ pub fn preprocesses_on(device: Device) -> bool {
 pub fn describe(device: Device) -> String {
     if preprocesses_on(device) {
         let pinned = if device.is_cuda() { " in pinned memory" } else { "" };
-        format!("preprocessing on {device:?}: uint8 pictures cross{pinned}, resized and normalised there")
+        format!("preprocessing on {device:?}: uint8 pictures cross{pinned}, resized and normalised there (views too)")
     } else {
         "preprocessing on the CPU".to_string()
     }
@@ -102,6 +106,17 @@ impl Pixels {
         Ok(Pixels { bytes: self.bytes.f_to_device_(device, Kind::Uint8, non_blocking, false)?, runs: self.runs.clone() })
     }
 
+    /// Each picture as a `[1, 3, h, w]` view of the buffer, on the buffer's device.
+    fn each(&self) -> Result<Vec<Tensor>> {
+        let mut out = Vec::with_capacity(self.len());
+        for run in self.runs()? {
+            for i in 0..run.size()[0] {
+                out.push(run.f_narrow(0, i, 1)?);
+            }
+        }
+        Ok(out)
+    }
+
     /// Each run as an `[n, 3, h, w]` view of the buffer, on the buffer's device.
     fn runs(&self) -> Result<Vec<Tensor>> {
         let mut offset = 0;
@@ -126,6 +141,34 @@ impl Preprocessing {
         let on_device = pixels.to_device(device)?;
         let parts: Vec<Tensor> = on_device.runs()?.iter().map(|run| self.batch(run)).collect();
         Ok(if parts.len() == 1 { parts.into_iter().next().expect("one part") } else { Tensor::f_cat(&parts, 0)? })
+    }
+
+    /// The normalised inputs `[rows, 3, S, S]` on `device` of view rows: `ops[i]` is row `i`'s
+    /// picture (an index into `pixels`) and its view ([`Split::view_pixels`]). The pictures
+    /// cross once, as uint8. Plain views (the picture itself, its mirror) come from one batched
+    /// preprocessing of every picture, mirrored where asked (the normalisation is per channel,
+    /// so mirroring after it is the same as before); crops and jitter are made picture by
+    /// picture, with the ops of [`ViewOp::apply`].
+    ///
+    /// [`Split::view_pixels`]: super::Split::view_pixels
+    pub fn views_on(&self, pixels: &Pixels, ops: &[(usize, ViewOp)], device: Device) -> Result<Tensor> {
+        if ops.is_empty() || pixels.is_empty() {
+            return Err(Error::usage("--data", "no pictures to preprocess"));
+        }
+        let on_device = pixels.to_device(device)?;
+        let plain = ops.iter().any(|(_, op)| op.is_plain()).then(|| self.batch_on(&on_device, device)).transpose()?;
+        let pictures = on_device.each()?;
+        let rows: Vec<Tensor> = ops
+            .iter()
+            .map(|(p, op)| match &plain {
+                Some(all) if op.is_plain() => {
+                    let x = all.narrow(0, *p as i64, 1);
+                    if op.mirror { mirror(&x) } else { x }
+                }
+                _ => op.apply(&pictures[*p], self),
+            })
+            .collect();
+        Ok(Tensor::f_cat(&rows, 0)?)
     }
 }
 

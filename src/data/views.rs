@@ -218,16 +218,29 @@ impl Views {
     /// named `key` in its data set. View 0 of `--augment` is exactly `pre.batch(picture)`.
     pub fn input(&self, picture: &Tensor, key: &str, view: usize, pre: &Preprocessing) -> Tensor {
         let (h, w) = (picture.size()[2], picture.size()[3]);
-        let op = self.op(key, view, h, w);
-        let cropped = match op.crop {
+        self.op(key, view, h, w).apply(picture, pre)
+    }
+}
+
+impl ViewOp {
+    /// True when the view is the picture as preprocessed, perhaps mirrored: no crop, no jitter.
+    pub fn is_plain(&self) -> bool {
+        self.crop.is_none() && self.jitter.is_none()
+    }
+
+    /// The normalised input `[1, 3, S, S]` this view makes of `picture` (`[1, 3, h, w]` uint8),
+    /// on the picture's device: the crop, the model's resize, the mirror, the jitter, then the
+    /// normalisation.
+    pub fn apply(&self, picture: &Tensor, pre: &Preprocessing) -> Tensor {
+        let cropped = match self.crop {
             Some((top, left, ch, cw)) => picture.narrow(2, top, ch).narrow(3, left, cw),
             None => picture.shallow_clone(),
         };
         let mut x = pre.resized(&cropped);
-        if op.mirror {
+        if self.mirror {
             x = mirror(&x);
         }
-        if let Some(factors) = op.jitter {
+        if let Some(factors) = self.jitter {
             x = color_jitter(&x, factors);
         }
         pre.normalize(&x)

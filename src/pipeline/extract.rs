@@ -11,7 +11,7 @@ use crate::backbone::Backbone;
 use crate::cache::{CachedFeatures, FeatureCache, FeatureKey, Partial, PartialPlan};
 use crate::data::on_device::{self, Pixels};
 use crate::data::preprocess::Preprocessing;
-use crate::data::views::average_views;
+use crate::data::views::{average_views, ViewOp};
 use crate::data::Split;
 use crate::error::{Error, Result};
 use crate::progress::{Progress, Task, Unit};
@@ -22,16 +22,23 @@ enum Prepared {
     Input(Tensor),
     /// uint8 pictures, staged for the backbone's device, to be preprocessed there.
     Pixels(Pixels),
+    /// uint8 pictures and each row's view of one of them, staged likewise.
+    Views(Pixels, Vec<(usize, ViewOp)>),
 }
 
 /// Prepares rows `rows` of `split` for a backbone on `device`: preprocessed here on the CPU,
 /// or decoded and staged (pinned) for preprocessing on a GPU (see [`on_device`]).
 fn prepare(split: &Split, rows: Range<usize>, pre: &Preprocessing, device: Device) -> Result<Prepared> {
-    if on_device::preprocesses_on(device) && split.views().is_none() {
-        Ok(Prepared::Pixels(split.pixels(rows)?.staged_for(device)?))
-    } else {
-        Ok(Prepared::Input(split.batch(rows, pre)?))
+    if !on_device::preprocesses_on(device) {
+        return Ok(Prepared::Input(split.batch(rows, pre)?));
     }
+    Ok(match split.views() {
+        None => Prepared::Pixels(split.pixels(rows)?.staged_for(device)?),
+        Some(_) => {
+            let (pixels, ops) = split.view_pixels(rows)?;
+            Prepared::Views(pixels.staged_for(device)?, ops)
+        }
+    })
 }
 
 /// Runs the backbone over `chunks` (row ranges of `split`, each a whole number of batches),
@@ -67,6 +74,7 @@ fn run_backbone(
             let batch = match batch? {
                 Prepared::Input(input) => input,
                 Prepared::Pixels(pixels) => pre.batch_on(&pixels, device)?,
+                Prepared::Views(pixels, ops) => pre.views_on(&pixels, &ops, device)?,
             };
             let rows = batch.size()[0];
             parts.push(backbone.features(&pad_rows(&batch, batch_size as i64))?.narrow(0, 0, rows));
