@@ -16,14 +16,16 @@
 # weights, then ROUNDS x {lastlayer extract, reference}, each a whole process, the features of
 # the two compared; (5) `lastlayer train` on the cached ResNet-50 features (the head: on the
 # CPU, then with LASTLAYER_HEAD_DEVICE=backbone on the GPU) and `lastlayer predict` on three PNG
-# pictures, both with --device cuda; (6) a summary.
+# pictures, both with --device cuda; (5b) views made on the device and on the CPU; (6) a summary.
 #
 # Environment knobs: N=60000 (pictures, 5/6 train), DEVICE=cuda, BIN=target/device,
 # ROUNDS=1, BATCH=256 (the reference's batch; lastlayer uses its own default for the device
 # unless EXTRACT_BATCH is set), STEP_TIMEOUT=100 (seconds per step), BUDGET=480 (seconds: later
 # steps are skipped past it), PYTHON=python3, MODELS="resnet50 efficientnet_lite0",
 # CPU_PREPROCESS=1 (also time ResNet-50 with LASTLAYER_PREPROCESS=cpu: float inputs made on the
-# CPU and copied, the path before issue 14). To check the script itself on a CPU:
+# CPU and copied, the path before issue 14), VIEWS=1 and VIEWS_LIMIT=6000 (ResNet-50 with
+# `--augment flip,crops=2 --tta flip` on that many pictures, the views made on the device and
+# then on the CPU). To check the script itself on a CPU:
 #   DEVICE=cpu N=96 BIN=target/release MODELS=resnet50 benches/gpu.sh
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -35,6 +37,8 @@ BATCH=${BATCH:-256}
 STEP_TIMEOUT=${STEP_TIMEOUT:-100}
 BUDGET=${BUDGET:-480}
 CPU_PREPROCESS=${CPU_PREPROCESS:-1}
+VIEWS=${VIEWS:-1}
+VIEWS_LIMIT=${VIEWS_LIMIT:-6000}
 STARTED=$(date +%s)
 PYTHON=${PYTHON:-python3}
 MODELS=${MODELS:-resnet50 efficientnet_lite0}
@@ -188,6 +192,38 @@ PY
       echo "predict: $(printf %.1f "$SECS") s whole process, $(grep -o '"path"' "$work/predict.out" | wc -l) pictures classified"
       grep -E "backbone|preprocess|device|cuda|Cuda" "$work/predict.err" | sed 's/^/    log: /' | head -n 6
     fi
+  fi
+fi
+
+# (5b) Views on the device: ResNet-50 with `--augment flip,crops=2 --tta flip` on at most
+# VIEWS_LIMIT pictures of each split (`--limit`; 4 views a training picture, 2 a test picture), the views
+# made on the device, then with LASTLAYER_PREPROCESS=cpu (made on the CPU, copied as floats);
+# the two paths' features compared.
+if [ "$VIEWS" = 1 ] && [ -f "$work/resnet50.safetensors" ]; then
+  min() { echo $(($1 < $2 ? $1 : $2)); }
+  rows=$(( $(min "$VIEWS_LIMIT" $((N - N / 6))) * 4 + $(min "$VIEWS_LIMIT" $((N / 6))) * 2 ))
+  for where in device cpu; do
+    say "resnet50 with views, made on the $where (at most $VIEWS_LIMIT pictures a split: $rows backbone rows)"
+    if LASTLAYER_PREPROCESS=$where step "views-$where" "$BIN/lastlayer" --json --no-progress -v --device "$DEVICE" \
+        --cache-dir "$work/cache-views-$where" extract --model resnet50 --weights "$work/resnet50.safetensors" --data cifar10 \
+        --data-dir "$work" --split train,test --precision auto --limit "$VIEWS_LIMIT" --augment flip,crops=2 --tta flip "${EXTRA[@]}"; then
+      echo "views made on the $where: $(printf %.1f "$SECS") s whole process, $(awk -v n="$rows" -v s="$SECS" 'BEGIN { printf "%.0f", n / s }') backbone rows/s"
+      grep -E "preprocess" "$work/views-$where.err" | sed 's/^/    log: /' | head -n 1
+    fi
+  done
+  if [ -d "$work/cache-views-device" ] && [ -d "$work/cache-views-cpu" ]; then
+    "$PYTHON" - "$work/cache-views-device" "$work/cache-views-cpu" <<'PY'
+import glob, json, struct, sys, torch
+def load(path):
+    data = bytearray(open(path, "rb").read()); n = struct.unpack("<Q", data[:8])[0]
+    v = json.loads(data[8:8 + n])["features"]; s, e = v["data_offsets"]
+    return torch.frombuffer(data, dtype=torch.float32, count=(e - s) // 4, offset=8 + n + s).view(v["shape"]).clone()
+for split in ("train", "test"):
+    a, b = (load(glob.glob(f"{d}/features/*/{split}-*/features.safetensors")[0]) for d in sys.argv[1:3])
+    cos = torch.nn.functional.cosine_similarity(a, b, dim=1)
+    print(f"views, {split} {tuple(a.shape)}: device against CPU views, max |difference| {(a - b).abs().max():.3g} "
+          f"(largest |feature| {b.abs().max():.3g}), smallest cosine similarity {cos.min():.5f}")
+PY
   fi
 fi
 
