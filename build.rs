@@ -5,7 +5,9 @@
 //! `DEP_TCH_LIBTORCH_LIB`, which is why `torch-sys` is listed in our own `[dependencies]`.
 //!
 //! It compiles `csrc/frozen.cpp`, a few C functions over libtorch's `torch::jit::freeze` and
-//! `optimize_for_inference` (see `src/backbone/frozen.rs`), against the same libtorch headers.
+//! `optimize_for_inference` (see `src/backbone/frozen.rs`), and `csrc/save.cpp`, which
+//! serialises a TorchScript module to bytes in memory (`src/backbone/traced.rs`), against the
+//! same libtorch headers.
 //!
 //! It also generates the ONNX protobuf types from `proto/onnx.proto` (protox compiles the
 //! schema in Rust, so no `protoc` binary is needed; prost-build writes the types).
@@ -40,15 +42,18 @@ fn link_libtorch() {
     println!("cargo:rustc-check-cfg=cfg(lastlayer_has_cuda_lib)");
 }
 
-/// `csrc/frozen.cpp`, with the flags torch-sys uses for its own C++ wrapper.
+/// `csrc/frozen.cpp` and `csrc/save.cpp`, with the flags torch-sys uses for its own C++ wrapper.
 fn compile_frozen_shim(lib_dir: &Path) {
-    println!("cargo:rerun-if-changed=csrc/frozen.cpp");
+    for file in ["csrc/frozen.cpp", "csrc/save.cpp", "csrc/shim.h"] {
+        println!("cargo:rerun-if-changed={file}");
+    }
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     let include = lib_dir.parent().unwrap_or(lib_dir).join("include");
     let abi = std::env::var("LIBTORCH_CXX11_ABI").ok().or_else(python_cxx11_abi).unwrap_or_else(|| "1".into());
     cc::Build::new()
         .cpp(true)
         .file("csrc/frozen.cpp")
+        .file("csrc/save.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")

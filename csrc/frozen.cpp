@@ -14,19 +14,12 @@
 #include <torch/csrc/jit/codegen/onednn/interface.h>
 #include <torch/script.h>
 
-#include <cstring>
 #include <exception>
 #include <string>
 
-namespace {
-char* copy_string(const std::string& s) {
-  char* out = static_cast<char*>(std::malloc(s.size() + 1));
-  if (out != nullptr) {
-    std::memcpy(out, s.c_str(), s.size() + 1);
-  }
-  return out;
-}
-}  // namespace
+#include "shim.h"
+
+using lastlayer::copy_string;
 
 extern "C" {
 

@@ -152,8 +152,8 @@ impl Error {
 fn disk_hint(e: &std::io::Error) -> &'static str {
     match e.raw_os_error() {
         Some(28) | Some(27) | Some(122) => {
-            "; the disk is full or a size limit was hit: free space or give --cache-dir on another disk, then run \
-             the same command again (finished work is kept)"
+            "; the disk is full or a size limit was hit: free space, or put that file on another disk (--cache-dir \
+             for cached features, --out for runs and exports), then run the same command again (finished work is kept)"
         }
         _ => "",
     }

@@ -279,29 +279,62 @@ fn full_disk_while_writing_the_cache_fails_cleanly_and_keeps_what_was_cached() {
     assert!(ok.status.success(), "{}", stderr(&ok));
 
     // The same binary under a 64 KiB file-size limit: writing the train features fails.
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lastlayer"));
-    cmd.args(["extract", "--model", "resnet18", "--weights", &w, "--data", "cifar10", "--data-dir", d, "--split", "train", "--limit", "160"])
-        .current_dir(sb.path());
-    for (k, v) in &sb.env {
-        cmd.env(k, v);
-    }
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-            let lim = libc::rlimit { rlim_cur: 64 * 1024, rlim_max: 64 * 1024 };
-            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let out = cmd.output().unwrap();
+    let args = ["extract", "--model", "resnet18", "--weights", &w, "--data", "cifar10", "--data-dir", d, "--split", "train", "--limit", "160"];
+    let out = under_file_size_limit(&sb, &args, 64 * 1024);
     assert_fails(&out, 1, &["File too large", "free space", "--cache-dir"]);
     // Nothing half-written passes as cached; what was cached before is intact.
     let v = sb.run(&["--json", "cache", "verify"]);
     assert!(v.status.success(), "{}", stderr(&v));
     let report: Value = serde_json::from_slice(&v.stdout).unwrap();
     assert_eq!(report.as_array().unwrap().len(), 1, "{report}");
+}
+
+/// Runs `lastlayer ARGS` in the sandbox with files limited to `bytes` (a full disk, as far as
+/// a write can tell: it fails with EFBIG instead of the process being signalled).
+fn under_file_size_limit(sb: &Sandbox, args: &[&str], bytes: u64) -> std::process::Output {
+    let mut cmd = sb.command(args);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let lim = libc::rlimit { rlim_cur: bytes, rlim_max: bytes };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn full_disk_while_exporting_fails_cleanly_and_leaves_no_file() {
+    let sb = Sandbox::new();
+    let w = random_weights("resnet18", sb.path()).0.display().to_string();
+    let data = cifar_copy(&sb);
+    let train = ["train", "--model", "resnet18", "--weights", &w, "--data", "cifar10", "--data-dir", data.to_str().unwrap(), "--limit", "20"];
+    let ok = sb.run(&[&train[..], &["--input-size", "64", "--precision", "fp32", "--out", "run"]].concat());
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let listing = || {
+        let mut names: Vec<String> = std::fs::read_dir(sb.path().join("run")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    };
+    let before = listing();
+    // A ResNet-18 classifier is about 45 MB in either format; files may hold 1 MiB. The
+    // TorchScript export used to abort the process here (libtorch's file writer), leaving a
+    // half-written temporary file.
+    for format in ["torchscript", "onnx"] {
+        let out = under_file_size_limit(&sb, &["export", "run", "--format", format], 1 << 20);
+        assert_fails(&out, 1, &["File too large", "free space", "--out"]);
+        assert_eq!(listing(), before, "{format}: the run folder changed");
+    }
+    // With room, both exports are written.
+    for (format, file) in [("torchscript", "model.pt"), ("onnx", "model.onnx")] {
+        let out = sb.run(&["export", "run", "--format", format]);
+        assert!(out.status.success(), "{format}: {}", stderr(&out));
+        assert!(std::fs::metadata(sb.path().join("run").join(file)).unwrap().len() > 40 << 20, "{format}");
+    }
 }
 
 #[test]

@@ -11,31 +11,18 @@
 //! the features are the same up to float rounding (`tests/parity.rs` checks them against timm
 //! through this path).
 
-use std::ffi::{c_char, c_void, CStr};
+use std::ffi::{c_char, c_void};
 use std::ptr::NonNull;
 
 use tch::Tensor;
 
+use super::traced::{take_error, TracedModule};
 use crate::error::{Error, Result};
 
 extern "C" {
     fn ll_frozen_from_traced(traced: *mut c_void, fuse: i32, error: *mut *mut c_char) -> *mut c_void;
     fn ll_frozen_forward(module: *mut c_void, input: *const torch_sys::C_tensor, error: *mut *mut c_char) -> *mut torch_sys::C_tensor;
     fn ll_frozen_free(module: *mut c_void);
-    fn ll_free_string(s: *mut c_char);
-}
-
-/// Takes a C error string (if any) and frees it: the shim's, or tch's last error (both
-/// NUL-terminated and malloc'd).
-fn take_error(error: *mut c_char) -> String {
-    if error.is_null() {
-        return "unknown error".into();
-    }
-    // SAFETY: a NUL-terminated malloc'd string, as above.
-    let message = unsafe { CStr::from_ptr(error) }.to_string_lossy().into_owned();
-    // SAFETY: allocated by the shim's malloc, freed once.
-    unsafe { ll_free_string(error) };
-    message
 }
 
 /// A frozen, inference-optimised TorchScript module (single input, single tensor output).
@@ -51,37 +38,14 @@ unsafe impl Send for FrozenModule {}
 impl FrozenModule {
     /// Traces `forward` on `example` (a single-input, single-output function of tch tensors),
     /// freezes the trace, then either turns oneDNN Graph fusion on (`fuse`; for the whole
-    /// process) or applies `optimize_for_inference`. The trace stays in memory: tch's
-    /// `CModule::create_by_tracing` would do, but its module can only reach C++ through a file,
-    /// and libtorch aborts the process when writing one fails (a full disk, say).
+    /// process) or applies `optimize_for_inference`. The trace stays in memory
+    /// ([`TracedModule`]).
     pub fn trace(example: &Tensor, fuse: bool, forward: impl FnOnce(&Tensor) -> Tensor) -> Result<Self> {
-        let torch_error = || {
-            // SAFETY: tch's C API keeps its last error as a malloc'd string (or null), which is
-            // taken and freed here, as tch itself does.
-            let ptr = unsafe { torch_sys::get_and_reset_last_err() };
-            if ptr.is_null() {
-                return Ok(());
-            }
-            Err(Error::Torch(tch::TchError::Torch(format!("tracing the backbone: {}", take_error(ptr)))))
-        };
-        let inputs = [example.as_ptr() as *mut torch_sys::C_tensor];
-        // SAFETY: valid C strings and a live input tensor; errors are read right after.
-        let traced = unsafe { torch_sys::atm_create_for_tracing(c"backbone".as_ptr(), inputs.as_ptr(), 1) };
-        torch_error()?;
-        let output = forward(example);
-        let outputs = [output.as_ptr() as *mut torch_sys::C_tensor];
-        // SAFETY: `traced` came from `atm_create_for_tracing`; `output` is alive.
-        unsafe { torch_sys::atm_end_tracing(traced, c"forward".as_ptr(), outputs.as_ptr(), 1) };
-        let ended = torch_error();
+        let traced = TracedModule::trace(c"backbone", "the backbone", example, forward)?;
         let mut error = std::ptr::null_mut();
-        let frozen = match ended {
-            // SAFETY: `traced` is a live module; the shim catches every C++ exception.
-            Ok(()) => unsafe { ll_frozen_from_traced(traced.cast(), i32::from(fuse), &mut error) },
-            Err(_) => std::ptr::null_mut(),
-        };
-        // SAFETY: made by `atm_create_for_tracing`, freed once; the frozen module is a clone.
-        unsafe { torch_sys::atm_free(traced) };
-        ended?;
+        // SAFETY: `traced` is a live module (freed when it drops; the frozen module is a
+        // clone); the shim catches every C++ exception.
+        let frozen = unsafe { ll_frozen_from_traced(traced.as_ptr(), i32::from(fuse), &mut error) };
         NonNull::new(frozen)
             .map(|module| FrozenModule { module })
             .ok_or_else(|| Error::Torch(tch::TchError::Torch(format!("freezing the traced backbone: {}", take_error(error)))))

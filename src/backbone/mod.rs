@@ -11,6 +11,7 @@ pub mod inception_v3;
 pub mod layers;
 pub mod ops;
 pub mod resnet;
+pub mod traced;
 pub mod vit;
 
 use std::cell::OnceCell;

@@ -23,6 +23,7 @@ use crate::data::DataSpec;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::write_json_atomic;
 use crate::head::{Evaluation, LinearHead, TrainConfig, TrainReport};
+use crate::backbone::traced::TracedModule;
 use crate::backbone::Architecture;
 use crate::hub::WeightsOrigin;
 
@@ -213,22 +214,22 @@ pub fn export_torchscript(backbone: &crate::backbone::Backbone, head: &LinearHea
     let _ = backbone.features(&card.preprocessing.normalize(&example))?;
     let mut failure = None;
     let tta = card.data.tta;
-    let mut forward = |inputs: &[tch::Tensor]| -> Vec<tch::Tensor> {
-        let x = (&inputs[0] - &mean) * &scale;
+    let forward = |input: &tch::Tensor| -> tch::Tensor {
+        let x = (input - &mean) * &scale;
         match backbone.features_with(&x, tta) {
-            Ok(f) => vec![head.probabilities(&f)],
+            Ok(f) => head.probabilities(&f),
             Err(e) => {
                 failure = Some(e);
-                vec![inputs[0].shallow_clone()]
+                input.shallow_clone()
             }
         }
     };
-    let module = tch::CModule::create_by_tracing("lastlayer_classifier", "forward", &[example], &mut forward)?;
+    let module = TracedModule::trace(c"lastlayer_classifier", "the classifier", &example, forward)?;
     if let Some(e) = failure {
         return Err(e);
     }
-    crate::fsutil::write_atomic_with(out, |tmp| {
-        module.save(tmp)?;
-        Ok(())
-    })
+    // Serialised in memory and written here: libtorch's own file writer aborts the process
+    // when a write fails (a full disk), where this reports the error and leaves no file.
+    let bytes = module.to_bytes()?;
+    crate::fsutil::write_atomic_with(out, |tmp| std::fs::write(tmp, &bytes).at(tmp))
 }
