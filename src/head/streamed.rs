@@ -230,11 +230,15 @@ pub fn train_head_streamed(path: &Path, classes: usize, cfg: &TrainConfig, layou
                 (Some(logits.cross_entropy_for_logits(&labels).double_value(&[])), Some(acc), calibrated)
             };
             let epoch = history.len() + 1;
-            tracing::info!(
-                "head (streamed): epoch {epoch}, L2 {l2:e}, train loss {train_loss:.4}{}, {:.1}s",
-                val_accuracy.map(|a| format!(", val accuracy {:.2}%", 100.0 * a)).unwrap_or_default(),
-                epoch_start.elapsed().as_secs_f64()
-            );
+            let (secs, val) = (epoch_start.elapsed().as_secs_f64(), val_accuracy.map(|a| format!(", val accuracy {:.2}%", 100.0 * a)).unwrap_or_default());
+            // A line an epoch when epochs are long (a pass over a big file); with small data
+            // the path runs hundreds of short epochs a penalty, and only a penalty's last one
+            // (its candidate) is worth a line.
+            if secs >= 1.0 || last_of_penalty {
+                tracing::info!("head (streamed): epoch {epoch}, L2 {l2:e}, train loss {train_loss:.4}{val}, {secs:.1}s");
+            } else {
+                tracing::debug!("head (streamed): epoch {epoch}, L2 {l2:e}, train loss {train_loss:.4}{val}, {secs:.1}s");
+            }
             history.push(EpochRecord { epoch, train_loss, train_accuracy, val_loss, val_accuracy, l2: Some(l2), val_loss_calibrated: calibrated });
             task.inc(1);
             let (judged, scale) = calibrated.unwrap_or((val_loss.unwrap_or(train_loss), 1.0));
