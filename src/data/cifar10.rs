@@ -26,6 +26,8 @@ pub struct Records {
     pub bytes: Vec<u8>,
     /// The files they came from.
     pub files: Vec<PathBuf>,
+    /// Records in each of those files, in the same order.
+    pub file_records: Vec<usize>,
 }
 
 impl Records {
@@ -42,6 +44,19 @@ impl Records {
     /// The label of record `i`.
     pub fn label(&self, i: usize) -> i64 {
         self.bytes[i * RECORD_BYTES] as i64
+    }
+
+    /// Where record `i` is, as a user finds it: `data_batch_3.bin#1234` (the file's name and
+    /// the record's 0-based index in that file).
+    pub fn record_name(&self, mut i: usize) -> String {
+        for (file, &n) in self.files.iter().zip(&self.file_records) {
+            if i < n {
+                let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                return format!("{name}#{i}");
+            }
+            i -= n;
+        }
+        format!("record#{i}")
     }
 
     /// The 3072 pixel bytes (CHW) of record `i`.
@@ -110,10 +125,13 @@ pub fn split_files(dir: &Path, split: &str) -> Result<Vec<PathBuf>> {
 pub fn read_split(dir: &Path, split: &str) -> Result<Records> {
     let files = split_files(dir, split)?;
     let mut bytes = Vec::new();
+    let mut file_records = Vec::with_capacity(files.len());
     for f in &files {
-        bytes.extend_from_slice(&read_batch_file(f)?);
+        let b = read_batch_file(f)?;
+        file_records.push(b.len() / RECORD_BYTES);
+        bytes.extend_from_slice(&b);
     }
-    Ok(Records { bytes, files })
+    Ok(Records { bytes, files, file_records })
 }
 
 /// Class names from `batches.meta.txt` when it lists ten, else the standard ones.

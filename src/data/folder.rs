@@ -23,6 +23,9 @@ pub struct Entry {
     pub path: PathBuf,
     /// `<class>/<file>`, independent of where the folder is.
     pub key: String,
+    /// The path relative to the data folder (`train/cat/0001.jpg`, or `cat/0001.jpg` without
+    /// split folders): how a user finds the picture.
+    pub name: String,
     /// Class index.
     pub label: i64,
 }
@@ -104,15 +107,15 @@ fn scan_names(root: &Path, test_fraction: f64) -> Result<FolderData> {
                 return Err(Error::bad_input(&test_dir, format!("has class folders that {} lacks; both need the same classes", train_dir.display())));
             }
             Ok(FolderData {
-                train: entries(&train_dir, &classes, true)?,
-                test: entries(&test_dir, &classes, false)?,
+                train: entries(&train_dir, "train/", &classes, true)?,
+                test: entries(&test_dir, &format!("{}/", test_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()), &classes, false)?,
                 classes,
                 skipped: Vec::new(),
             })
         }
         _ => {
             let classes = class_dirs(root)?;
-            let all = entries(root, &classes, true)?;
+            let all = entries(root, "", &classes, true)?;
             let (test, train) = all.into_iter().partition(|e| hash_fraction(&e.key) < test_fraction);
             Ok(FolderData { classes, train, test, skipped: Vec::new() })
         }
@@ -152,9 +155,9 @@ fn is_picture(p: &Path) -> bool {
     p.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).is_some_and(|e| EXTENSIONS.contains(&e.as_str()))
 }
 
-/// Picture files of each class folder under `dir`, sorted by key. With `require`, an empty
-/// class folder is an error.
-fn entries(dir: &Path, classes: &[String], require: bool) -> Result<Vec<Entry>> {
+/// Picture files of each class folder under `dir` (which is `prefix` in the data folder),
+/// sorted by key. With `require`, an empty class folder is an error.
+fn entries(dir: &Path, prefix: &str, classes: &[String], require: bool) -> Result<Vec<Entry>> {
     let mut out = Vec::new();
     for (label, class) in classes.iter().enumerate() {
         let cdir = dir.join(class);
@@ -178,7 +181,7 @@ fn entries(dir: &Path, classes: &[String], require: bool) -> Result<Vec<Entry>> 
         for path in files {
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let path = std::path::absolute(&path).at(&path)?;
-            out.push(Entry { key: format!("{class}/{name}"), path, label: label as i64 });
+            out.push(Entry { key: format!("{class}/{name}"), name: format!("{prefix}{class}/{name}"), path, label: label as i64 });
         }
     }
     Ok(out)

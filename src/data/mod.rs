@@ -2,6 +2,7 @@
 //! of pictures; stratified sampling; and turning rows into normalised input batches.
 
 pub mod cifar10;
+pub mod content;
 pub mod download;
 pub mod folder;
 pub mod on_device;
@@ -20,6 +21,7 @@ use tch::{Kind, Tensor};
 
 use crate::error::{Error, IoContext, Result};
 use crate::progress::Progress;
+use content::{ContentKey, HashIndex};
 use on_device::Pixels;
 use preprocess::Preprocessing;
 use views::{ViewOp, Views};
@@ -178,10 +180,34 @@ impl Split {
         }
     }
 
-    /// A content hash of exactly these rows: their pictures' bytes and labels (and, for files,
-    /// their `<class>/<file>` names; never where the folder is). For WebDataset samples, their
-    /// tar member headers, keys and labels (see [`webdataset`]).
-    pub fn identity(&self) -> Result<String> {
+    /// How a user finds picture `p`: a folder picture by its path relative to the data folder
+    /// (`train/cat/0001.jpg`), a CIFAR-10 record as `data_batch_3.bin#1234`, a WebDataset
+    /// sample as `<tar file>#<key>`.
+    pub fn picture_name(&self, p: usize) -> String {
+        match &self.pictures {
+            Pictures::Cifar(rec, idx) => rec.record_name(idx[p]),
+            Pictures::Files(entries) => entries[p].name.clone(),
+            Pictures::Tar(samples) => samples[p].key.replacen('/', "#", 1),
+        }
+    }
+
+    /// The content key of every picture (see [`content`]), in order: unchanged files' keys come
+    /// from `index` unread; files are read and hashed in parallel.
+    pub fn content_keys(&self, index: &HashIndex) -> Result<Vec<ContentKey>> {
+        match &self.pictures {
+            Pictures::Cifar(rec, idx) => Ok(idx.par_iter().map(|&i| ContentKey::of(rec.pixels(i))).collect()),
+            Pictures::Files(entries) => entries.par_iter().map(|e| index.file_key(&e.path)).collect(),
+            Pictures::Tar(samples) => {
+                samples.par_iter().map(|s| index.member_key(s.tar.as_path(), s.offset, s.len, || s.read())).collect()
+            }
+        }
+    }
+
+    /// A content hash of exactly these rows, given their pictures' `keys`
+    /// ([`Split::content_keys`]): the pictures' bytes and labels (and, for files, their
+    /// `<class>/<file>` names; never where the folder is). For WebDataset samples, their tar
+    /// member headers, keys and labels (see [`webdataset`]); `keys` may then be empty.
+    pub fn identity(&self, keys: &[ContentKey]) -> Result<String> {
         let mut h = blake3::Hasher::new();
         match &self.pictures {
             Pictures::Cifar(rec, idx) => {
@@ -191,16 +217,15 @@ impl Split {
                 }
             }
             Pictures::Files(entries) => {
+                if keys.len() != entries.len() {
+                    return Err(Error::usage("--data", format!("{} content keys for {} pictures", keys.len(), entries.len())));
+                }
                 h.update(b"folder\0");
-                let hashes: Vec<Result<[u8; 32]>> = entries
-                    .par_iter()
-                    .map(|e| Ok(*blake3::hash(&std::fs::read(&e.path).at(&e.path)?).as_bytes()))
-                    .collect();
-                for (e, digest) in entries.iter().zip(hashes) {
+                for (e, key) in entries.iter().zip(keys) {
                     h.update(e.key.as_bytes());
                     h.update(&[0]);
                     h.update(&e.label.to_le_bytes());
-                    h.update(&digest?);
+                    h.update(&key.0);
                 }
             }
             Pictures::Tar(samples) => {

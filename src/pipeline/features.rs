@@ -10,6 +10,7 @@ use super::shard::{find_or_merge, ShardSpec};
 use super::Session;
 use crate::backbone::{default_batch_size, Backbone, Engine, Precision, PrecisionChoice};
 use crate::cache::{CachedFeatures, EntryLock, FeatureCache, FeatureKey, ShardOf, FORMAT_VERSION};
+use crate::data::content::HashIndex;
 use crate::data::on_device;
 use crate::data::preprocess::{InputSpec, Preprocessing};
 use crate::data::sample::{stratified_subset, Subset};
@@ -173,12 +174,14 @@ pub fn features(session: &Session, req: &FeatureRequest) -> Result<FeatureSet> {
         PictureKind::Photos => Preprocessing::center_crop(&input),
     };
     let cache = FeatureCache::new(&session.cache_dir);
+    let hashes = HashIndex::open(&session.cache_dir);
     let mut splits: Vec<(Split, String)> = Vec::new();
     for name in &req.splits {
         let split = dataset.split(name)?;
         let rows = stratified_subset(&split.labels, req.subset, req.sample_seed);
         let split = split.subset(&rows);
-        let identity = split.identity()?;
+        let keys = split.content_keys(&hashes)?;
+        let identity = split.identity(&keys)?;
         let split = match views_of(name, req) {
             Some(views) => split.with_views(views),
             None => split,
