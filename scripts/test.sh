@@ -18,5 +18,8 @@ apt_packages=()
   apt_packages+=(slurmctld slurmd slurm-client munge)
 ((${#apt_packages[@]} == 0)) ||
   (apt-get update && apt-get install -y --no-install-recommends "${apt_packages[@]}")
-cargo build --examples                # examples must keep compiling
+cargo build --examples --bins         # examples must keep compiling
+# The CPU as `--precision auto` sees it: without native bf16 (AVX2 only), bf16 is emulated and
+# the tests that force bf16 run on fewer pictures (each says so in its output).
+target/debug/lastlayer --no-progress models 2>&1 >/dev/null | grep -o -- "--precision auto.*" | sed 's/^/test.sh: /' || true
 cargo test --lib --tests -- --test-threads=2

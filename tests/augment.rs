@@ -133,6 +133,7 @@ fn augmented_extraction_killed_twice_resumes_to_identical_bytes() {
     // Another seed: the same picture and mirror views, other crops; a separate cache entry.
     let other = run(&sb, &args("flip,crops=2,jitter=0.1,seed=1"));
     assert_ne!(other["splits"][0]["features"], resumed["splits"][0]["features"]);
+    assert_eq!(other["backbone_rows"], 80, "only the 2 x 40 new crops go through the backbone: {other}");
     let (z, _) = tensors(other["splits"][0]["features"].as_str().unwrap());
     let (x4, z4) = (x.view([40, 4, -1]), z.view([40, 4, -1]));
     assert!(x4.narrow(1, 0, 2).equal(&z4.narrow(1, 0, 2)), "the picture and its mirror do not depend on the seed");

@@ -42,18 +42,6 @@ fn shard_dirs(cache: &Path) -> Vec<String> {
     out
 }
 
-fn chunks_in_partials(cache: &Path) -> usize {
-    let mut n = 0;
-    for m in std::fs::read_dir(cache.join("features")).into_iter().flatten().flatten() {
-        for e in std::fs::read_dir(m.path()).unwrap().flatten() {
-            if e.file_name().to_string_lossy().ends_with(".partial") {
-                n += std::fs::read_dir(e.path()).unwrap().flatten().filter(|c| c.file_name().to_string_lossy().starts_with("chunk-")).count();
-            }
-        }
-    }
-    n
-}
-
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
@@ -91,7 +79,7 @@ fn three_shards_one_killed_and_resumed_merge_into_the_unsharded_bytes_and_head()
     cmd.env("LASTLAYER_CACHE", &cache);
     let mut child = cmd.spawn().unwrap();
     let start = Instant::now();
-    while chunks_in_partials(&cache) < 1 {
+    while find_model_chunks(&cache, "resnet18") < 1 {
         assert!(start.elapsed() < Duration::from_secs(120), "no chunk appeared");
         assert!(child.try_wait().unwrap().is_none(), "shard 0/3 ended before it could be killed");
         std::thread::sleep(Duration::from_millis(10));

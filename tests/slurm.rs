@@ -42,8 +42,8 @@ impl Drop for Cluster {
 }
 
 /// The batch script of one worker. Task `kill_task`, on its first run only, SIGKILLs its
-/// `lastlayer` once a chunk of its shard is saved and exits 137, which Slurm requeues
-/// (RequeueExit=137).
+/// `lastlayer` once a record of its shard is in the feature store (its segment holds more
+/// than the header) and exits 137, which Slurm requeues (RequeueExit=137).
 fn job_script(dir: &Path, name: &str, extract: &[String], cache: &Path, kill_task: Option<usize>) -> PathBuf {
     let cmd = extract.iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(" ");
     let kill = match kill_task {
@@ -51,7 +51,7 @@ fn job_script(dir: &Path, name: &str, extract: &[String], cache: &Path, kill_tas
         Some(k) => format!(
             r#"if [ "$SLURM_ARRAY_TASK_ID" = {k} ] && [ -z "${{SLURM_RESTART_COUNT:-}}" ]; then
   {cmd} & pid=$!
-  until ls {cache}/features/*/*.shard-{k}-of-4.partial/chunk-* >/dev/null 2>&1; do
+  until [ -n "$(find {cache}/store -name "seg-*-$pid-*.rows" -size +1k 2>/dev/null)" ]; do
     kill -0 $pid 2>/dev/null || {{ echo "worker finished before it could be killed"; exit 3; }}
     sleep 0.01
   done
@@ -144,7 +144,7 @@ fn a_slurm_array_of_shard_workers_gives_the_unsharded_head_even_with_a_worker_ki
             let text = assert_ran(&out_dir, &cluster, &id, i);
             if kill == Some(i) {
                 assert!(text.contains("killed worker") && text.contains("restart 1"), "task {i} was not killed and rerun:\n{text}");
-                assert!(text.contains("resuming"), "the requeued worker did not resume from its chunks:\n{text}");
+                assert!(text.contains("resuming"), "the requeued worker did not resume from the rows it saved:\n{text}");
             }
         }
         let (merged, head) = train(&cache, &format!("run-{round}"));

@@ -96,44 +96,131 @@ pub enum PrecisionChoice {
 }
 
 impl PrecisionChoice {
-    /// The precision to use for `architecture` on `device`.
+    /// The precision to use for `architecture` on `device`. `auto` logs its choice and why,
+    /// naming the CPU feature it found.
     pub fn resolve(self, device: Device, architecture: Architecture) -> Precision {
         match self {
             PrecisionChoice::Fixed(p) => p,
-            PrecisionChoice::Auto if device.is_cuda() => Precision::Bf16,
-            PrecisionChoice::Auto => match cpu_bf16() {
-                CpuBf16::Amx => Precision::Bf16,
-                CpuBf16::Avx512 if architecture.bf16_faster_on_avx512() => Precision::Bf16,
-                _ => Precision::Fp32,
-            },
+            PrecisionChoice::Auto => {
+                let (precision, why) = auto_precision(device, architecture, cpu_bf16());
+                tracing::info!("--precision auto: {} for {architecture:?}: {why}", precision.name());
+                precision
+            }
         }
     }
 }
 
-/// What the CPU offers for bf16.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What `--precision auto` chooses for `architecture` on `device` when the CPU offers `cpu`
+/// for bf16, and why, in words.
+pub fn auto_precision(device: Device, architecture: Architecture, cpu: CpuBf16) -> (Precision, String) {
+    if device.is_cuda() {
+        return (Precision::Bf16, "a CUDA GPU computes bf16 natively".into());
+    }
+    match cpu {
+        CpuBf16::Amx => (Precision::Bf16, "this CPU has AMX-BF16 (bf16 matrix units; flag amx_bf16)".into()),
+        CpuBf16::Avx512 if architecture.bf16_faster_on_avx512() => {
+            (Precision::Bf16, "this CPU has AVX512-BF16 (flag avx512_bf16), measured faster in bf16 for this network".into())
+        }
+        CpuBf16::Avx512 => (
+            Precision::Fp32,
+            "this CPU has AVX512-BF16 (flag avx512_bf16) but no AMX, where this network was measured slower in bf16".into(),
+        ),
+        CpuBf16::None => (
+            Precision::Fp32,
+            format!(
+                "this CPU has no native bf16 (neither avx512_bf16 nor amx_bf16 among its flags; best vector unit: {}), so bf16 \
+                 would be emulated and several times slower",
+                cpu_vector_isa()
+            ),
+        ),
+    }
+}
+
+/// One line saying what `--precision auto` picks on this machine's CPU for the registry's
+/// networks, and why (for `lastlayer models`).
+pub fn auto_precision_summary(architectures: &[Architecture]) -> String {
+    let cpu = cpu_bf16();
+    let choices: Vec<(Architecture, Precision, String)> =
+        architectures.iter().map(|&a| { let (p, why) = auto_precision(Device::Cpu, a, cpu); (a, p, why) }).collect();
+    let bf16: Vec<String> = choices.iter().filter(|c| c.1 == Precision::Bf16).map(|c| format!("{:?}", c.0)).collect();
+    let why = choices.first().map(|c| c.2.clone()).unwrap_or_default();
+    match (bf16.len(), choices.len()) {
+        (0, _) => format!("--precision auto on this CPU: fp32 for every model, because {why}"),
+        (b, n) if b == n => format!("--precision auto on this CPU: bf16 for every model, because {why}"),
+        _ => format!(
+            "--precision auto on this CPU: bf16 for {} and fp32 for the rest, because this CPU has AVX512-BF16 (flag avx512_bf16) but no \
+             AMX, where only those networks were measured faster in bf16",
+            bf16.join(", ")
+        ),
+    }
+}
+
+impl Precision {
+    /// `fp32` or `bf16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+/// The widest vector instruction set among the CPU's flags (`avx512f`, `avx2`, `avx`, `sse4_2`),
+/// for messages.
+pub fn cpu_vector_isa() -> &'static str {
+    let flags = cpu_flags();
+    ["avx512f", "avx2", "avx", "sse4_2"].into_iter().find(|f| flags.contains(&format!(" {f} "))).unwrap_or("none found")
+}
+
+/// `/proc/cpuinfo`'s first `flags` line, padded with spaces for whole-word search.
+fn cpu_flags() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("flags")).map(|l| format!("{} ", l.replace('\t', " "))))
+        .unwrap_or_default()
+}
+
+/// What the CPU offers for bf16 (ordered: `None < Avx512 < Amx`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum CpuBf16 {
-    /// AMX tiles (bf16 matrix units).
-    Amx,
-    /// AVX512-BF16 dot products only.
-    Avx512,
     /// Nothing native.
     None,
+    /// AVX512-BF16 dot products only.
+    Avx512,
+    /// AMX tiles (bf16 matrix units).
+    Amx,
 }
 
 /// Reads `/proc/cpuinfo`'s flags.
 pub fn cpu_bf16() -> CpuBf16 {
-    let flags = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("flags")).map(|l| format!("{l} ")))
-        .unwrap_or_default();
-    if flags.contains(" amx_bf16 ") {
+    let flags = cpu_flags();
+    let found = if flags.contains(" amx_bf16 ") {
         CpuBf16::Amx
     } else if flags.contains(" avx512_bf16 ") {
         CpuBf16::Avx512
     } else {
         CpuBf16::None
-    }
+    };
+    found.min(isa_cap(std::env::var("ONEDNN_MAX_CPU_ISA").ok().as_deref(), std::env::var("ATEN_CPU_CAPABILITY").ok().as_deref()))
+}
+
+/// The most bf16 support libtorch may use under the environment's instruction-set caps:
+/// oneDNN's `ONEDNN_MAX_CPU_ISA` (its convolutions and matrix products) and ATen's
+/// `ATEN_CPU_CAPABILITY` (its other kernels). With `avx2` or lower, bf16 is emulated whatever
+/// the CPU has, so `--precision auto` must not pick it (this is also how an AVX512 machine is
+/// made to behave like an AVX2-only one, as in docs/performance.md).
+fn isa_cap(onednn: Option<&str>, aten: Option<&str>) -> CpuBf16 {
+    let onednn_cap = match onednn.map(str::to_ascii_uppercase).as_deref() {
+        None | Some("") | Some("ALL") => CpuBf16::Amx,
+        Some(isa) if isa.contains("AMX") => CpuBf16::Amx,
+        Some("AVX512_CORE_BF16") | Some("AVX512_CORE_FP16") | Some("AVX10_1_512") => CpuBf16::Avx512,
+        Some(_) => CpuBf16::None,
+    };
+    let aten_cap = match aten.map(str::to_ascii_lowercase).as_deref() {
+        Some("default") | Some("avx2") => CpuBf16::None,
+        _ => CpuBf16::Amx,
+    };
+    onednn_cap.min(aten_cap)
 }
 
 /// `--device`: a device, or `auto` (CUDA when available).
@@ -512,4 +599,34 @@ impl Backbone {
 /// faster on; the shape stays `[N, C, H, W]`.
 fn channels_last(x: &Tensor) -> Tensor {
     x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+}
+
+#[cfg(test)]
+mod precision_tests {
+    use super::*;
+
+    #[test]
+    fn instruction_set_caps_take_native_bf16_away() {
+        assert_eq!(isa_cap(None, None), CpuBf16::Amx);
+        assert_eq!(isa_cap(Some("AVX2"), None), CpuBf16::None);
+        assert_eq!(isa_cap(Some("avx512_core_bf16"), None), CpuBf16::Avx512);
+        assert_eq!(isa_cap(Some("AVX512_CORE_AMX"), Some("avx512")), CpuBf16::Amx);
+        assert_eq!(isa_cap(None, Some("avx2")), CpuBf16::None);
+        assert_eq!(isa_cap(Some("AVX512_CORE"), None), CpuBf16::None);
+    }
+
+    #[test]
+    fn auto_precision_names_the_cpu_feature_it_found() {
+        let (p, why) = auto_precision(Device::Cpu, Architecture::Resnet50, CpuBf16::None);
+        assert_eq!(p, Precision::Fp32);
+        assert!(why.contains("no native bf16") && why.contains("avx512_bf16") && why.contains("emulated"), "{why}");
+        let (p, why) = auto_precision(Device::Cpu, Architecture::Resnet50, CpuBf16::Amx);
+        assert_eq!(p, Precision::Bf16);
+        assert!(why.contains("amx_bf16"), "{why}");
+        let (p, why) = auto_precision(Device::Cpu, Architecture::Resnet50, CpuBf16::Avx512);
+        assert_eq!(p, Precision::Fp32);
+        assert!(why.contains("avx512_bf16") && why.contains("slower"), "{why}");
+        let (p, _) = auto_precision(Device::Cpu, Architecture::EfficientnetLite0, CpuBf16::Avx512);
+        assert_eq!(p, Precision::Bf16);
+    }
 }

@@ -7,15 +7,17 @@
 //!   atomically. An entry without a valid manifest does not exist; one whose file does not match
 //!   its manifest is reported and recomputed, never used.
 //!
-//! Beside an entry, while it is being extracted: `<entry>.partial/` (chunks, see [`Partial`])
-//! and `<entry>.lock` (see [`EntryLock`]).
+//! Beside an entry: `<entry>.lock` (see [`EntryLock`]), held while it is written.
+//!
+//! Entries are made from the rows of the feature [`store`], where every picture's features
+//! are kept by content; a split's entry is what readers (the head, Python) open.
 
 mod lock;
-mod partial;
+pub mod maintain;
 pub mod shards;
+pub mod store;
 
 pub use lock::EntryLock;
-pub use partial::{Partial, PartialPlan};
 pub use shards::ShardOf;
 
 use std::path::{Path, PathBuf};
@@ -67,6 +69,11 @@ pub struct FeatureKey {
     /// row a picture, as before views existed (so older entries keep their digests).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub views: Option<Views>,
+    /// `content` for `--augment` views seeded by each picture's content (since the feature
+    /// store); absent in earlier entries, whose crops were seeded by the picture's name and are
+    /// therefore never taken for today's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub views_seeded_by: Option<String>,
     /// For a shard entry, which rows it holds (see [`shards`]); absent for a whole split, so
     /// that whole splits' digests are those of earlier versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -144,12 +151,13 @@ impl CachedFeatures {
 #[derive(Debug, Clone)]
 pub struct FeatureCache {
     root: PathBuf,
+    cache_dir: PathBuf,
 }
 
 impl FeatureCache {
     /// The feature cache inside `cache_dir`.
     pub fn new(cache_dir: &Path) -> Self {
-        FeatureCache { root: cache_dir.join("features") }
+        FeatureCache { root: cache_dir.join("features"), cache_dir: cache_dir.to_path_buf() }
     }
 
     /// The folder of `key`'s entry.
@@ -157,19 +165,20 @@ impl FeatureCache {
         self.root.join(&key.model).join(shards::entry_name(key))
     }
 
-    /// The folder of `key`'s unfinished extraction.
-    pub fn partial_dir(&self, key: &FeatureKey) -> PathBuf {
-        with_suffix(&self.entry_dir(key), ".partial")
-    }
-
     /// The lock file of `key`'s entry.
     pub fn lock_path(&self, key: &FeatureKey) -> PathBuf {
         with_suffix(&self.entry_dir(key), ".lock")
     }
 
-    /// Every entry folder (with a manifest or not), partial folder and lock, by model.
+    /// The cache folder this cache lives in.
+    pub fn cache_dir(&self) -> &Path {
+        &self.cache_dir
+    }
+
+    /// Every feature store, then every entry folder (with a manifest or not) and earlier
+    /// versions' partial folders, by model.
     pub fn list(&self) -> Result<Vec<Listed>> {
-        let mut out = Vec::new();
+        let mut out: Vec<Listed> = store::list_stores(&self.cache_dir)?.into_iter().map(Listed::Store).collect();
         let models = match std::fs::read_dir(&self.root) {
             Ok(d) => d,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
@@ -187,12 +196,10 @@ impl FeatureCache {
                 if name.ends_with(".lock") || !dir.is_dir() {
                     continue;
                 }
-                if let Some(base) = name.strip_suffix(".partial") {
-                    let plan: Option<PartialPlan> =
-                        std::fs::read(dir.join("progress.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
-                    let chunks_done = std::fs::read_dir(&dir).map(|d| d.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with("chunk-")).count()).unwrap_or(0);
-                    let lock = m.join(format!("{base}.lock"));
-                    out.push(Listed::Partial { bytes: dir_bytes(&dir), holder: EntryLock::holder(&lock), dir, plan, chunks_done });
+                if name.ends_with(".partial") {
+                    // An earlier lastlayer's unfinished extraction: the feature store resumes
+                    // extractions now, so its chunks are not used.
+                    out.push(Listed::Leftover { bytes: dir_bytes(&dir), dir });
                     continue;
                 }
                 let manifest: Option<Manifest> =
@@ -281,22 +288,19 @@ pub enum Listed {
         /// Bytes on disk.
         bytes: u64,
     },
-    /// An unfinished extraction.
-    Partial {
+    /// A feature store (one recipe's rows).
+    Store(store::StoreInfo),
+    /// An earlier lastlayer's unfinished extraction (`<entry>.partial/`), no longer used:
+    /// `cache rm --partial` deletes it.
+    Leftover {
         /// Its folder.
         dir: PathBuf,
-        /// Its plan.
-        plan: Option<PartialPlan>,
-        /// Chunks on disk.
-        chunks_done: usize,
         /// Bytes on disk.
         bytes: u64,
-        /// pid of the process extracting it now, if any.
-        holder: Option<u32>,
     },
 }
 
-fn with_suffix(dir: &Path, suffix: &str) -> PathBuf {
+pub(crate) fn with_suffix(dir: &Path, suffix: &str) -> PathBuf {
     let mut s = dir.as_os_str().to_owned();
     s.push(suffix);
     PathBuf::from(s)

@@ -45,7 +45,7 @@ impl FeatureKey {
 
 /// The folder name of an entry: `<split>-<digest>`, or for a shard
 /// `<split>-<whole digest>.shard-<i>-of-<n>`.
-pub(super) fn entry_name(key: &FeatureKey) -> String {
+pub fn entry_name(key: &FeatureKey) -> String {
     match &key.shard {
         None => format!("{}-{}", key.split, key.digest()),
         Some(s) => format!("{}-{}.shard-{}-of-{}", key.split, key.whole().digest(), s.index, s.count),

@@ -178,10 +178,19 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum CacheCommand {
-    /// List cached features and unfinished extractions, with their sizes.
+    /// List the feature stores (recipe, rows, bytes) and the split entries made from them.
     Ls,
-    /// Check every cached file against its manifest (size and blake3); exit 5 if any is damaged.
+    /// Check every store record against its checksum and every entry against its manifest
+    /// (size and blake3); exit 5 if any is damaged (damaged rows are computed again when next
+    /// needed).
     Verify,
+    /// Drop the store rows that no split used within --older-than, and the split entries not
+    /// used since; nothing in use (recently used, or being extracted now) is removed.
+    Prune {
+        /// How long unused rows are kept: a duration like `30d`, `12h`, `0s`.
+        #[arg(long, default_value = "30d", value_name = "DURATION")]
+        older_than: String,
+    },
     /// Merge every complete set of shard entries (`extract --shard`) into its split's entry,
     /// then delete the shards; `train`, `sweep` and `eval` do the same on first use.
     Merge,
@@ -189,10 +198,10 @@ pub enum CacheCommand {
     Rm {
         /// Entry folders or digests (as `cache ls` shows them).
         entries: Vec<String>,
-        /// Every entry of this model.
+        /// Every entry and store of this model.
         #[arg(long)]
         model: Option<String>,
-        /// Unfinished extractions that no process is working on.
+        /// Earlier versions' unfinished extractions (`*.partial` folders).
         #[arg(long)]
         partial: bool,
         /// Everything.
@@ -246,9 +255,10 @@ pub struct DataArgs {
     /// Pictures per backbone batch [default: 32 on the CPU, 256 on a GPU].
     #[arg(long)]
     pub extract_batch_size: Option<usize>,
-    /// Extraction saves its progress every this many rows; a killed run resumes from there.
-    #[arg(long, default_value_t = lastlayer::pipeline::DEFAULT_CHUNK_ROWS)]
-    pub chunk_rows: usize,
+    /// Extraction saves its progress to the feature store every this many rows (rounded up to
+    /// whole batches; by default every batch); a killed run resumes from there.
+    #[arg(long, value_name = "N")]
+    pub chunk_rows: Option<usize>,
     /// Extra views of every training picture, extracted once and cached (the head trains on
     /// all of them): `flip` (the mirror image), `crops=N` (random resized crops),
     /// `jitter=X` (the crops' colour), `scale=X` (a crop's smallest share of the area, 0.35),

@@ -89,7 +89,7 @@ fn feature_request(d: &DataArgs, splits: Vec<String>) -> Result<FeatureRequest> 
         weights: d.weights.clone(),
         input_size: d.input_size,
         batch_size: d.extract_batch_size,
-        chunk_rows: d.chunk_rows,
+        chunk_rows: d.chunk_rows.unwrap_or(lastlayer::pipeline::DEFAULT_CHUNK_ROWS),
         augment: d.augment.as_deref().map(Augment::parse).transpose()?.flatten(),
         tta: match d.tta {
             args::TtaArg::None => Tta::None,
@@ -137,6 +137,8 @@ pub fn run(cli: Cli) -> Result<()> {
     let json = cli.global.json;
     match &cli.command {
         Command::Models => {
+            let architectures: Vec<_> = s.registry.models().iter().map(|m| m.architecture).collect();
+            tracing::info!("{}", lastlayer::backbone::auto_precision_summary(&architectures));
             let pins = Pins::load(&s.cache_dir)?;
             let rows: Vec<_> = s
                 .registry
@@ -149,6 +151,7 @@ pub fn run(cli: Cli) -> Result<()> {
                         "revision": m.revision.clone().or_else(|| pin.map(|p| p.revision.clone())),
                         "sha256": m.sha256.clone().or_else(|| pin.map(|p| p.sha256.clone())),
                         "pinned": if m.sha256.is_some() { "registry" } else if pin.is_some() { "first use" } else { "not yet" },
+                        "auto_precision": lastlayer::backbone::auto_precision(tch::Device::Cpu, m.architecture, lastlayer::backbone::cpu_bf16()).0,
                     })
                 })
                 .collect();
@@ -345,33 +348,57 @@ fn cache_command(s: &Session, c: &args::CacheCommand, json: bool) -> Result<()> 
             print!("{}", output::cache_listing(&listed));
         }
         args::CacheCommand::Verify => {
-            let mut report = Vec::new();
-            for l in &listed {
-                if let Listed::Entry { dir, .. } = l {
-                    let result = FeatureCache::verify_dir(dir);
-                    report.push(json!({"dir": dir, "ok": result.is_ok(), "error": result.err().map(|e| e.to_string())}));
-                }
-            }
-            let bad = report.iter().filter(|r| r["ok"] == false).count();
+            let report = lastlayer::cache::maintain::verify_all(&cache)?;
+            let bad = report.iter().filter(|r| !r.ok).count();
             if json {
                 print_json(&report)?;
             } else {
                 for r in &report {
-                    let verdict = if r["ok"] == true { "ok".to_string() } else { format!("DAMAGED: {}", r["error"].as_str().unwrap_or("")) };
-                    println!("{}  {verdict}", r["dir"].as_str().unwrap_or(""));
+                    let verdict = match &r.error {
+                        None => match r.records {
+                            Some(n) => format!("ok ({n} records)"),
+                            None => "ok".to_string(),
+                        },
+                        Some(e) => format!("DAMAGED: {e}"),
+                    };
+                    println!("{} {}  {verdict}", r.kind, r.dir.display());
                 }
-                println!("{} entries checked, {bad} damaged", report.len());
+                println!("{} stores and entries checked, {bad} damaged", report.len());
             }
             if bad > 0 {
                 return Err(lastlayer::Error::Checksum {
-                    path: s.cache_dir.join("features"),
+                    path: s.cache_dir.clone(),
                     algorithm: "blake3",
-                    expected: "the manifests' values".into(),
-                    actual: format!("{bad} damaged entries"),
-                    action: "they will be recomputed when next needed; `lastlayer cache rm` deletes them now".into(),
+                    expected: "the recorded checksums".into(),
+                    actual: format!("{bad} damaged stores or entries"),
+                    action: "damaged rows and entries are recomputed when next needed (nothing else is); `lastlayer cache rm` deletes them now".into(),
                 }
                 .into());
             }
+        }
+        args::CacheCommand::Prune { older_than } => {
+            let age = lastlayer::cache::maintain::parse_age(older_than)
+                .ok_or_else(|| lastlayer::Error::usage("--older-than", format!("'{older_than}' is not a duration; write e.g. 30d, 12h, 90m or 0s")))?;
+            let since = std::time::SystemTime::now().checked_sub(age).unwrap_or(std::time::UNIX_EPOCH);
+            let report = lastlayer::cache::maintain::prune_all(&cache, since)?;
+            if json {
+                return print_json(&report);
+            }
+            for st in &report.stores {
+                println!(
+                    "store {}: {} -> {} rows, {} -> {}{}",
+                    st.dir.display(),
+                    st.rows_before,
+                    st.rows_after,
+                    output::mib(st.bytes_before),
+                    output::mib(st.bytes_after),
+                    if st.segments_skipped > 0 { format!(" ({} segment(s) being written, left alone)", st.segments_skipped) } else { String::new() }
+                );
+            }
+            for d in &report.entries_removed {
+                println!("removed entry {}", d.display());
+            }
+            println!("{} entries removed ({}); rows unused for {older_than} dropped", report.entries_removed.len(), output::mib(report.entry_bytes));
         }
         args::CacheCommand::Merge => {
             let report = lastlayer::cache::shards::merge_all(&cache)?;
@@ -401,8 +428,9 @@ fn cache_command(s: &Session, c: &args::CacheCommand, json: bool) -> Result<()> 
             let mut removed = Vec::new();
             for l in &listed {
                 let (dir, is_partial, busy) = match l {
-                    Listed::Entry { dir, .. } => (dir, false, None),
-                    Listed::Partial { dir, holder, .. } => (dir, true, *holder),
+                    Listed::Entry { dir, .. } => (dir, false, false),
+                    Listed::Store(st) => (&st.dir, false, st.writers > 0),
+                    Listed::Leftover { dir, .. } => (dir, true, false),
                 };
                 let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 let model_name = dir.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
@@ -413,8 +441,8 @@ fn cache_command(s: &Session, c: &args::CacheCommand, json: bool) -> Result<()> 
                 if !chosen {
                     continue;
                 }
-                if let Some(pid) = busy {
-                    tracing::warn!("skipping {}: process {pid} is extracting it", dir.display());
+                if busy {
+                    tracing::warn!("skipping {}: a lastlayer process is extracting into it now", dir.display());
                     continue;
                 }
                 std::fs::remove_dir_all(dir).with_context(|| format!("cannot delete {}", dir.display()))?;

@@ -39,7 +39,14 @@ fn abbreviate(name: &str) -> String {
 pub fn features(fs: &FeatureSet) -> String {
     let mut s = format!("model {} ({:?}), weights sha256 {}\n", fs.model, fs.precision, fs.weights_sha256);
     for sp in &fs.splits {
-        s += &format!("{:<5} {:>6} rows  {:<9} {}\n", sp.split, sp.rows, sp.source, sp.features.display());
+        s += &format!(
+            "{:<5} {:>6} rows  {:<9} {:>6} through the backbone  {}\n",
+            sp.split,
+            sp.rows,
+            sp.source,
+            sp.backbone_rows,
+            sp.features.display()
+        );
     }
     s
 }
@@ -85,7 +92,7 @@ pub fn status(run_dir: &Path, st: &RunStatus) -> String {
     s
 }
 
-fn mib(bytes: u64) -> String {
+pub fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / 1048576.0)
 }
 
@@ -113,11 +120,25 @@ pub fn cache_listing(listed: &[Listed]) -> String {
                 total += bytes;
                 s += &format!("(no manifest: unusable, `cache rm` it) {:>10}  {}\n", mib(*bytes), dir.display());
             }
-            Listed::Partial { dir, plan, chunks_done, bytes, holder } => {
+            Listed::Store(st) => {
+                total += st.bytes;
+                let recipe = match &st.recipe {
+                    Some(r) => format!(
+                        "{} {} {}px {} weights {}",
+                        r.model,
+                        format!("{:?}", r.precision).to_lowercase(),
+                        r.preprocessing.input_size,
+                        r.engine.map_or("any engine".to_string(), |e| format!("{e:?} engine").to_lowercase()),
+                        &r.weights_sha256[..r.weights_sha256.len().min(12)]
+                    ),
+                    None => "(no store.json: unusable, `cache rm` it)".to_string(),
+                };
+                let writers = if st.writers > 0 { format!(", {} extracting now", st.writers) } else { String::new() };
+                s += &format!("store: {recipe}: {} rows x {}, {} segment(s){writers} {:>10}  {}\n", st.rows, st.width.unwrap_or(0), st.segments, mib(st.bytes), st.dir.display());
+            }
+            Listed::Leftover { dir, bytes } => {
                 total += bytes;
-                let of = plan.as_ref().map_or("?".to_string(), |p| p.chunks().to_string());
-                let who = holder.map_or("resumes when run again".to_string(), |p| format!("being extracted by pid {p}"));
-                s += &format!("unfinished: {chunks_done}/{of} chunks, {who} {:>10}  {}\n", mib(*bytes), dir.display());
+                s += &format!("unused: an earlier lastlayer's unfinished extraction (`cache rm --partial`) {:>10}  {}\n", mib(*bytes), dir.display());
             }
         }
     }

@@ -64,6 +64,39 @@ impl<'de> Deserialize<'de> for ContentKey {
     }
 }
 
+/// What names one row of the feature store: a picture's content key and which view of it.
+/// The plain view's key is the content key itself; another view's is blake3 of the content key
+/// and the view's tag (see [`crate::data::views::Views::row_key`]).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RowKey(pub [u8; 32]);
+
+impl RowKey {
+    /// The row of the picture itself.
+    pub fn plain(content: ContentKey) -> RowKey {
+        RowKey(content.0)
+    }
+
+    /// The row of a view of the picture, named by `tag` (`mirror`, `crop:...`).
+    pub fn view(content: ContentKey, tag: &str) -> RowKey {
+        let mut h = blake3::Hasher::new();
+        h.update(b"lastlayer-row\0");
+        h.update(&content.0);
+        h.update(tag.as_bytes());
+        RowKey(*h.finalize().as_bytes())
+    }
+
+    /// Lower-case hex.
+    pub fn hex(&self) -> String {
+        ContentKey(self.0).hex()
+    }
+}
+
+impl fmt::Debug for RowKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RowKey({})", &self.hex()[..16])
+    }
+}
+
 /// What identifies a file's version without reading it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct Stamp {
@@ -174,6 +207,18 @@ impl HashIndex {
         let key = ContentKey::of(&bytes);
         self.learn(name, stamp, key, bytes.len() as u64);
         Ok(key)
+    }
+
+    /// Forgets what is remembered of `path` (and of the members of the tar at `path`): its bytes
+    /// are read again next time. For a file found changed although its stamp was not.
+    pub fn forget(&self, path: &Path) {
+        let name = path.display().to_string();
+        let mut inner = self.lock();
+        let before = inner.file.entries.len();
+        inner.file.entries.retain(|k, _| k != &name && !(k.starts_with(&name) && k[name.len()..].starts_with('#')));
+        if inner.file.entries.len() != before {
+            inner.changed = true;
+        }
     }
 
     /// True when `path`'s stamp is remembered: the file was read whole before, unchanged since.

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
+use super::content::HashIndex;
 use crate::error::{Error, IoContext, Result};
 
 /// File extensions read as pictures (case-insensitive).
@@ -43,15 +44,17 @@ pub struct FolderData {
     pub skipped: Vec<PathBuf>,
 }
 
-/// Lists `root` (see the module docs for the layouts). Every picture's header is read: one
-/// that cannot be read as a JPEG or PNG is skipped with a warning (and counted in
-/// [`FolderData::skipped`]), or is an error when `strict`.
-pub fn scan(root: &Path, test_fraction: f64, strict: bool) -> Result<FolderData> {
+/// Lists `root` (see the module docs for the layouts). Every picture's header is read, but
+/// for files that `known` remembers unchanged since they were read whole: one that cannot be
+/// read as a JPEG or PNG is skipped with a warning (and counted in [`FolderData::skipped`]), or
+/// is an error when `strict`.
+pub fn scan(root: &Path, test_fraction: f64, strict: bool, known: &HashIndex) -> Result<FolderData> {
     let mut data = scan_names(root, test_fraction)?;
     for split in [&mut data.train, &mut data.test] {
         let bad: Vec<(usize, String)> = split
             .par_iter()
             .enumerate()
+            .filter(|(_, e)| !known.knows(&e.path))
             .filter_map(|(i, e)| probe(&e.path).err().map(|why| (i, why)))
             .collect();
         if let (true, Some((i, why))) = (strict, bad.first()) {
@@ -221,10 +224,10 @@ mod tests {
     fn empty_class_and_single_class_are_errors_naming_the_folder() {
         let a = tempfile::tempdir().unwrap();
         touch(&a.path().join("cats/1.jpg"));
-        let err = scan(a.path(), 0.2, false).unwrap_err().to_string();
+        let err = scan(a.path(), 0.2, false, &HashIndex::none()).unwrap_err().to_string();
         assert!(err.contains("at least two"), "{err}");
         std::fs::create_dir_all(a.path().join("dogs")).unwrap();
-        let err = scan(a.path(), 0.2, false).unwrap_err().to_string();
+        let err = scan(a.path(), 0.2, false, &HashIndex::none()).unwrap_err().to_string();
         assert!(err.contains("dogs") && err.contains("no pictures"), "{err}");
     }
 
@@ -240,18 +243,18 @@ mod tests {
         }
         std::fs::write(a.path().join("train/cats/broken.jpg"), b"not a jpeg at all").unwrap();
         std::fs::write(a.path().join("train/dogs/notes.txt"), b"ignored: not a picture name").unwrap();
-        let d = scan(a.path(), 0.2, false).unwrap();
+        let d = scan(a.path(), 0.2, false, &HashIndex::none()).unwrap();
         assert_eq!(d.train.len(), 2);
         assert_eq!(d.skipped.len(), 1);
         assert!(d.skipped[0].ends_with("train/cats/broken.jpg"));
-        let err = scan(a.path(), 0.2, true).unwrap_err().to_string();
+        let err = scan(a.path(), 0.2, true, &HashIndex::none()).unwrap_err().to_string();
         assert!(err.contains("broken.jpg") && err.contains("--strict"), "{err}");
     }
 
     #[test]
     fn shared_imagefolder_uses_its_train_and_val_folders() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/imagefolder-sample");
-        let d = scan(&root, 0.2, true).unwrap();
+        let d = scan(&root, 0.2, true, &HashIndex::none()).unwrap();
         assert_eq!(d.classes.len(), 10);
         assert_eq!((d.train.len(), d.test.len()), (300, 100));
     }

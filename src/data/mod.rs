@@ -21,7 +21,7 @@ use tch::{Kind, Tensor};
 
 use crate::error::{Error, IoContext, Result};
 use crate::progress::Progress;
-use content::{ContentKey, HashIndex};
+use content::{ContentKey, HashIndex, RowKey};
 use on_device::Pixels;
 use preprocess::Preprocessing;
 use views::{ViewOp, Views};
@@ -120,7 +120,14 @@ pub struct Split {
     pictures: Pictures,
     /// With views, each picture is `views.count()` rows (see [`views`]).
     views: Option<Views>,
+    /// `(picture, view)` of each row when the rows are a selection of them (the rows the
+    /// feature store lacks, say); `None`: every view of every picture, picture-major.
+    selected: Option<Arc<Vec<(u32, u16)>>>,
 }
+
+/// A batch's input and the store key of each of its rows, computed from the very bytes that
+/// were decoded.
+pub type KeyedBatch = (Tensor, Vec<RowKey>);
 
 impl Split {
     /// Number of rows.
@@ -135,20 +142,36 @@ impl Split {
 
     /// The rows `rows` (indices into this split, which has no views yet), in that order.
     pub fn subset(&self, rows: &[usize]) -> Split {
-        debug_assert!(self.views.is_none(), "a sample is taken of pictures, before their views");
+        debug_assert!(self.views.is_none() && self.selected.is_none(), "a sample is taken of pictures, before their views");
         let pictures = match &self.pictures {
             Pictures::Cifar(rec, idx) => Pictures::Cifar(rec.clone(), rows.iter().map(|&r| idx[r]).collect()),
             Pictures::Files(entries) => Pictures::Files(rows.iter().map(|&r| entries[r].clone()).collect()),
             Pictures::Tar(samples) => Pictures::Tar(rows.iter().map(|&r| samples[r].clone()).collect()),
         };
-        Split { name: self.name.clone(), labels: rows.iter().map(|&r| self.labels[r]).collect(), pictures, views: None }
+        Split { name: self.name.clone(), labels: rows.iter().map(|&r| self.labels[r]).collect(), pictures, views: None, selected: None }
     }
 
     /// This split with `views` of every picture: row `p * V + v` is view `v` of picture `p`.
     pub fn with_views(&self, views: Views) -> Split {
         let v = views.count();
         let labels = self.labels.iter().flat_map(|&l| std::iter::repeat_n(l, v)).collect();
-        Split { name: self.name.clone(), labels, pictures: self.pictures.clone(), views: Some(views) }
+        Split { name: self.name.clone(), labels, pictures: self.pictures.clone(), views: Some(views), selected: None }
+    }
+
+    /// Only the rows `rows` (indices into this split's rows), in that order: for extracting
+    /// just the rows the feature store lacks. The result's rows are views of the same pictures.
+    pub fn select(&self, rows: &[usize]) -> Split {
+        let selected = rows.iter().map(|&r| {
+            let (p, v) = self.row(r);
+            (p as u32, v as u16)
+        });
+        Split {
+            name: self.name.clone(),
+            labels: rows.iter().map(|&r| self.labels[r]).collect(),
+            pictures: self.pictures.clone(),
+            views: self.views,
+            selected: Some(Arc::new(selected.collect())),
+        }
     }
 
     /// The views of its pictures, if any.
@@ -156,27 +179,44 @@ impl Split {
         self.views.as_ref()
     }
 
-    /// Number of pictures (rows, unless the split has views).
+    /// Number of pictures.
     pub fn pictures(&self) -> usize {
-        self.len() / self.views.map_or(1, |v| v.count())
-    }
-
-    /// The name of picture `p` within its data set (a view's seed): `cifar10:<record>` or the
-    /// file's `<class>/<file>`.
-    fn picture_key(&self, p: usize) -> String {
         match &self.pictures {
-            Pictures::Cifar(_, idx) => format!("cifar10:{}:{}", self.name, idx[p]),
-            Pictures::Files(entries) => entries[p].key.clone(),
-            Pictures::Tar(samples) => samples[p].key.clone(),
+            Pictures::Cifar(_, idx) => idx.len(),
+            Pictures::Files(entries) => entries.len(),
+            Pictures::Tar(samples) => samples.len(),
         }
     }
 
-    /// Picture `p`, decoded `[1, 3, h, w]` uint8.
-    fn picture(&self, p: usize) -> Result<Tensor> {
+    /// Row `r`'s picture and view.
+    pub fn row(&self, r: usize) -> (usize, usize) {
+        match (&self.selected, &self.views) {
+            (Some(sel), _) => (sel[r].0 as usize, sel[r].1 as usize),
+            (None, Some(views)) => (r / views.count(), r % views.count()),
+            (None, None) => (r, 0),
+        }
+    }
+
+    /// The store key of every row, given the content key of every picture.
+    pub fn row_keys(&self, content: &[ContentKey]) -> Vec<RowKey> {
+        (0..self.len())
+            .map(|r| {
+                let (p, v) = self.row(r);
+                match &self.views {
+                    Some(views) => views.row_key(content[p], v),
+                    None => RowKey::plain(content[p]),
+                }
+            })
+            .collect()
+    }
+
+    /// The file picture `p` is read from (a picture file, or the tar holding a sample); `None`
+    /// for a CIFAR-10 record.
+    pub fn picture_file(&self, p: usize) -> Option<&Path> {
         match &self.pictures {
-            Pictures::Cifar(rec, idx) => Ok(cifar_pixels(rec, &idx[p..p + 1])),
-            Pictures::Files(entries) => load_picture(&entries[p].path),
-            Pictures::Tar(samples) => tar_picture(&samples[p]),
+            Pictures::Cifar(..) => None,
+            Pictures::Files(entries) => Some(&entries[p].path),
+            Pictures::Tar(samples) => Some(samples[p].tar.as_path()),
         }
     }
 
@@ -201,6 +241,12 @@ impl Split {
                 samples.par_iter().map(|s| index.member_key(s.tar.as_path(), s.offset, s.len, || s.read())).collect()
             }
         }
+    }
+
+    /// True when [`Split::identity`] needs the pictures' content keys (a folder's files);
+    /// CIFAR-10 records and WebDataset samples have theirs without them.
+    pub fn identity_needs_content(&self) -> bool {
+        matches!(self.pictures, Pictures::Files(_))
     }
 
     /// A content hash of exactly these rows, given their pictures' `keys`
@@ -242,53 +288,96 @@ impl Split {
         Ok(h.finalize().to_hex().to_string())
     }
 
-    /// Normalised input `[len, 3, S, S]` for `rows`.
-    pub fn batch(&self, rows: Range<usize>, pre: &Preprocessing) -> Result<Tensor> {
-        if let Some(views) = &self.views {
-            // Each picture is decoded once for all of its views in these rows.
-            let v = views.count();
-            let per_picture: Vec<Result<Vec<Tensor>>> = (rows.start / v..rows.end.div_ceil(v))
-                .into_par_iter()
-                .map(|p| {
-                    let (picture, key) = (self.picture(p)?, self.picture_key(p));
-                    Ok((rows.start.max(p * v)..rows.end.min((p + 1) * v)).map(|r| views.input(&picture, &key, r % v, pre)).collect())
-                })
-                .collect();
-            let inputs: Vec<Tensor> = per_picture.into_iter().collect::<Result<Vec<_>>>()?.into_iter().flatten().collect();
-            return Ok(Tensor::cat(&inputs, 0));
-        }
+    /// Picture `p`, decoded `[1, 3, h, w]` uint8, with the content key of the bytes decoded.
+    fn picture(&self, p: usize) -> Result<(Tensor, ContentKey)> {
         match &self.pictures {
-            Pictures::Cifar(rec, idx) => Ok(pre.batch(&cifar_pixels(rec, &idx[rows]))),
-            Pictures::Files(entries) => {
-                let inputs: Vec<Result<Tensor>> =
-                    entries[rows].par_iter().map(|e| Ok(pre.batch(&load_picture(&e.path)?))).collect();
-                let inputs = inputs.into_iter().collect::<Result<Vec<_>>>()?;
-                Ok(Tensor::cat(&inputs, 0))
-            }
-            Pictures::Tar(samples) => {
-                let inputs: Vec<Result<Tensor>> = samples[rows].par_iter().map(|s| Ok(pre.batch(&tar_picture(s)?))).collect();
-                let inputs = inputs.into_iter().collect::<Result<Vec<_>>>()?;
-                Ok(Tensor::cat(&inputs, 0))
-            }
+            Pictures::Cifar(rec, idx) => Ok((cifar_pixels(rec, &idx[p..p + 1]), ContentKey::of(rec.pixels(idx[p])))),
+            Pictures::Files(entries) => read_picture(&entries[p].path),
+            Pictures::Tar(samples) => tar_picture(&samples[p]),
         }
     }
 
+    /// The rows `rows` grouped by picture: `(picture, first row, end row)` for each run of
+    /// consecutive rows of one picture, so that each picture is decoded once for its views.
+    fn picture_runs(&self, rows: Range<usize>) -> Vec<(usize, usize, usize)> {
+        let mut runs: Vec<(usize, usize, usize)> = Vec::new();
+        for r in rows {
+            let (p, _) = self.row(r);
+            match runs.last_mut() {
+                Some(last) if last.0 == p => last.2 = r + 1,
+                _ => runs.push((p, r, r + 1)),
+            }
+        }
+        runs
+    }
+
+    /// True when every row is a picture as it is (no views, or only view 0 selected).
+    fn plain_rows(&self) -> bool {
+        match (&self.views, &self.selected) {
+            (None, _) => true,
+            (Some(_), Some(sel)) => sel.iter().all(|&(_, v)| v == 0),
+            (Some(_), None) => false,
+        }
+    }
+
+    /// Normalised input `[len, 3, S, S]` for `rows`.
+    pub fn batch(&self, rows: Range<usize>, pre: &Preprocessing) -> Result<Tensor> {
+        Ok(self.batch_keyed(rows, pre)?.0)
+    }
+
+    /// Normalised input `[len, 3, S, S]` for `rows`, with each row's store key. Pictures are
+    /// decoded in parallel, each once for all of its rows here.
+    pub fn batch_keyed(&self, rows: Range<usize>, pre: &Preprocessing) -> Result<KeyedBatch> {
+        if let (Pictures::Cifar(rec, idx), true) = (&self.pictures, self.plain_rows()) {
+            // CIFAR records: one batched resize for the whole batch.
+            let pictures: Vec<usize> = rows.clone().map(|r| idx[self.row(r).0]).collect();
+            let keys = pictures.iter().map(|&i| RowKey::plain(ContentKey::of(rec.pixels(i)))).collect();
+            return Ok((pre.batch(&cifar_pixels(rec, &pictures)), keys));
+        }
+        let per_picture: Vec<Result<Vec<(Tensor, RowKey)>>> = self
+            .picture_runs(rows)
+            .into_par_iter()
+            .map(|(p, start, end)| {
+                let (picture, content) = self.picture(p)?;
+                Ok((start..end)
+                    .map(|r| {
+                        let v = self.row(r).1;
+                        match &self.views {
+                            Some(views) => (views.input(&picture, content, v, pre), views.row_key(content, v)),
+                            None => (pre.batch(&picture), RowKey::plain(content)),
+                        }
+                    })
+                    .collect())
+            })
+            .collect();
+        let (inputs, keys): (Vec<Tensor>, Vec<RowKey>) = per_picture.into_iter().collect::<Result<Vec<_>>>()?.into_iter().flatten().unzip();
+        Ok((Tensor::cat(&inputs, 0), keys))
+    }
+
     /// The decoded uint8 pictures of `rows`, at their stored size, for
-    /// [`Preprocessing::batch_on`] (files are decoded in parallel). A split with views has
+    /// [`Preprocessing::batch_on`] (files are decoded in parallel). Rows that are views have
     /// [`Split::view_pixels`] instead.
     pub fn pixels(&self, rows: Range<usize>) -> Result<Pixels> {
-        if self.views.is_some() {
+        Ok(self.pixels_keyed(rows)?.0)
+    }
+
+    /// [`Split::pixels`] with each row's store key.
+    pub fn pixels_keyed(&self, rows: Range<usize>) -> Result<(Pixels, Vec<RowKey>)> {
+        if !self.plain_rows() {
             return Err(Error::usage("--augment", "this split's rows are views, not plain pictures: see `Split::view_pixels`"));
         }
+        let pictures: Vec<usize> = rows.map(|r| self.row(r).0).collect();
         match &self.pictures {
-            Pictures::Cifar(rec, idx) => Pixels::batch(&cifar_pixels(rec, &idx[rows])),
-            Pictures::Files(entries) => {
-                let decoded: Vec<Result<Tensor>> = entries[rows].par_iter().map(|e| load_picture(&e.path)).collect();
-                Pixels::pictures(&decoded.into_iter().collect::<Result<Vec<_>>>()?)
+            Pictures::Cifar(rec, idx) => {
+                let records: Vec<usize> = pictures.iter().map(|&p| idx[p]).collect();
+                let keys = records.iter().map(|&i| RowKey::plain(ContentKey::of(rec.pixels(i)))).collect();
+                Ok((Pixels::batch(&cifar_pixels(rec, &records))?, keys))
             }
-            Pictures::Tar(samples) => {
-                let decoded: Vec<Result<Tensor>> = samples[rows].par_iter().map(tar_picture).collect();
-                Pixels::pictures(&decoded.into_iter().collect::<Result<Vec<_>>>()?)
+            _ => {
+                let decoded: Vec<Result<(Tensor, ContentKey)>> = pictures.par_iter().map(|&p| self.picture(p)).collect();
+                let (decoded, keys): (Vec<Tensor>, Vec<RowKey>) =
+                    decoded.into_iter().collect::<Result<Vec<_>>>()?.into_iter().map(|(t, k)| (t, RowKey::plain(k))).unzip();
+                Ok((Pixels::pictures(&decoded)?, keys))
             }
         }
     }
@@ -298,18 +387,27 @@ impl Split {
     /// and what its view does. [`Preprocessing::views_on`] makes the views from them on the
     /// backbone's device; [`Split::batch`] makes the same ones here.
     pub fn view_pixels(&self, rows: Range<usize>) -> Result<(Pixels, Vec<(usize, ViewOp)>)> {
+        let (pixels, ops, _) = self.view_pixels_keyed(rows)?;
+        Ok((pixels, ops))
+    }
+
+    /// [`Split::view_pixels`] with each row's store key.
+    pub fn view_pixels_keyed(&self, rows: Range<usize>) -> Result<(Pixels, Vec<(usize, ViewOp)>, Vec<RowKey>)> {
         let views = self.views.ok_or_else(|| Error::usage("--augment", "this split's rows are plain pictures, not views"))?;
-        let v = views.count();
-        let first = rows.start / v;
-        let decoded: Vec<Result<Tensor>> = (first..rows.end.div_ceil(v)).into_par_iter().map(|p| self.picture(p)).collect();
+        let runs = self.picture_runs(rows);
+        let decoded: Vec<Result<(Tensor, ContentKey)>> = runs.par_iter().map(|&(p, _, _)| self.picture(p)).collect();
         let decoded = decoded.into_iter().collect::<Result<Vec<_>>>()?;
-        let ops = rows
-            .map(|r| {
-                let (p, size) = (r / v, decoded[r / v - first].size());
-                (p - first, views.op(&self.picture_key(p), r % v, size[2], size[3]))
-            })
-            .collect();
-        Ok((Pixels::pictures(&decoded)?, ops))
+        let (mut ops, mut keys) = (Vec::new(), Vec::new());
+        for (i, (&(_, start, end), (picture, content))) in runs.iter().zip(&decoded).enumerate() {
+            let size = picture.size();
+            for r in start..end {
+                let v = self.row(r).1;
+                ops.push((i, views.op(*content, v, size[2], size[3])));
+                keys.push(views.row_key(*content, v));
+            }
+        }
+        let pictures: Vec<Tensor> = decoded.into_iter().map(|(t, _)| t).collect();
+        Ok((Pixels::pictures(&pictures)?, ops, keys))
     }
 
     /// Where the split may be cut between `--shard`s: `0 = b₀ < b₁ < … = len`, with the name of
@@ -346,7 +444,7 @@ impl Split {
                 let stored = if views.averaged() { 1 } else { views.count() };
                 let v = views.count();
                 let pictures: Vec<usize> = (start / stored..end / stored).collect();
-                let plain = Split { name: self.name.clone(), labels: self.labels.iter().step_by(v).copied().collect(), pictures: self.pictures.clone(), views: None };
+                let plain = Split { name: self.name.clone(), labels: self.labels.iter().step_by(v).copied().collect(), pictures: self.pictures.clone(), views: None, selected: None };
                 plain.subset(&pictures).with_views(views)
             }
         }
@@ -358,10 +456,20 @@ fn gcd(a: usize, b: usize) -> usize {
     if b == 0 { a } else { gcd(b, a % b) }
 }
 
-/// A WebDataset sample's picture as a `[1, 3, h, w]` uint8 RGB tensor.
-fn tar_picture(s: &webdataset::Sample) -> Result<Tensor> {
+/// A WebDataset sample's picture as a `[1, 3, h, w]` uint8 RGB tensor, with its content key.
+fn tar_picture(s: &webdataset::Sample) -> Result<(Tensor, ContentKey)> {
     let bytes = s.read()?;
-    decode_picture(&bytes).map_err(|e| Error::bad_input(s.tar.as_path(), format!("sample {}: {e}", s.key)))
+    let picture = decode_picture(&bytes).map_err(|e| Error::bad_input(s.tar.as_path(), format!("sample {}: {e}", s.key)))?;
+    Ok((picture, ContentKey::of(&bytes)))
+}
+
+/// A picture file as a `[1, 3, h, w]` uint8 RGB tensor, with the content key of the bytes
+/// decoded (read once for both).
+pub fn read_picture(path: &Path) -> Result<(Tensor, ContentKey)> {
+    let bytes = std::fs::read(path).at(path)?;
+    let reader = image::ImageReader::new(std::io::Cursor::new(&bytes)).with_guessed_format().at(path)?;
+    let picture = decode_rgb(reader).map_err(|e| Error::bad_input(path, format!("cannot decode as a picture ({e})")))?;
+    Ok((picture, ContentKey::of(&bytes)))
 }
 
 /// The records `rows` as one `[N, 3, 32, 32]` uint8 batch.
@@ -448,6 +556,12 @@ pub struct OpenOptions {
 impl Dataset {
     /// Opens (downloading CIFAR-10 if needed) and lists the data set.
     pub fn open(spec: &DataSpec, opts: &OpenOptions) -> Result<Self> {
+        Self::open_indexed(spec, opts, &HashIndex::none())
+    }
+
+    /// [`Dataset::open`], where the pictures of a folder that `known` remembers unchanged are
+    /// not read again to check that they decode.
+    pub fn open_indexed(spec: &DataSpec, opts: &OpenOptions, known: &HashIndex) -> Result<Self> {
         match spec {
             DataSpec::Cifar10 { data_dir } => {
                 let dir = match data_dir {
@@ -463,7 +577,7 @@ impl Dataset {
                 })
             }
             DataSpec::Folder { root, test_fraction, strict } => {
-                let data = folder::scan(root, *test_fraction, *strict)?;
+                let data = folder::scan(root, *test_fraction, *strict, known)?;
                 Ok(Dataset {
                     spec: spec.clone(),
                     name: root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "folder".into()),
@@ -522,7 +636,7 @@ impl Dataset {
                 (samples.iter().map(|s| s.label).collect(), Pictures::Tar(samples))
             }
         };
-        Ok(Split { name: name.to_string(), labels, pictures, views: None })
+        Ok(Split { name: name.to_string(), labels, pictures, views: None, selected: None })
     }
 
     fn root(&self) -> PathBuf {

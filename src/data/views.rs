@@ -27,6 +27,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
+use super::content::{ContentKey, RowKey};
 use super::preprocess::Preprocessing;
 use crate::error::{Error, Result};
 
@@ -191,8 +192,34 @@ impl Views {
         matches!(self, Views::TtaFlip)
     }
 
-    /// What view `view` does to a `height` x `width` picture named `key`.
-    pub fn op(&self, key: &str, view: usize, height: i64, width: i64) -> ViewOp {
+    /// The tag that names view `view` in a row key ([`RowKey::view`]): `None` for the picture
+    /// itself, `mirror` for its mirror image, and for a crop everything its randomness and
+    /// look depend on (its number among the crops and the spec), so that the same view is the
+    /// same row whichever `--augment` or `--tta` asked for it.
+    pub fn tag(&self, view: usize) -> Option<String> {
+        match (self, view) {
+            (_, 0) => None,
+            (Views::TtaFlip, _) => Some("mirror".into()),
+            (Views::Augment(a), 1) if a.flip => Some("mirror".into()),
+            (Views::Augment(a), v) => {
+                let k = v - 1 - usize::from(a.flip);
+                Some(format!("crop:{k}:scale={}:jitter={}:flip={}:seed={}", a.scale, a.jitter, a.flip, a.seed))
+            }
+        }
+    }
+
+    /// The store's key of view `view` of the picture with content key `content`.
+    pub fn row_key(&self, content: ContentKey, view: usize) -> RowKey {
+        match self.tag(view) {
+            None => RowKey::plain(content),
+            Some(tag) => RowKey::view(content, &tag),
+        }
+    }
+
+    /// What view `view` does to a `height` x `width` picture whose content key is `key`. A
+    /// crop's randomness is seeded by the picture's content, the crop's number and the seed, so
+    /// it does not depend on the picture's name or on which other pictures are extracted.
+    pub fn op(&self, key: ContentKey, view: usize, height: i64, width: i64) -> ViewOp {
         let plain = ViewOp { crop: None, mirror: false, jitter: None };
         let a = match self {
             Views::TtaFlip => return ViewOp { mirror: view == 1, ..plain },
@@ -202,7 +229,8 @@ impl Views {
             0 => plain,
             1 if a.flip => ViewOp { mirror: true, ..plain },
             _ => {
-                let mut rng = view_rng(a.seed, key, view);
+                let crop_number = view - 1 - usize::from(a.flip);
+                let mut rng = view_rng(a.seed, key, crop_number);
                 let crop = random_resized_crop(&mut rng, height, width, a.scale);
                 let mirror = a.flip && rng.gen_bool(0.5);
                 let jitter = (a.jitter > 0.0).then(|| {
@@ -215,8 +243,8 @@ impl Views {
     }
 
     /// The normalised input `[1, 3, S, S]` of view `view` of `picture` (`[1, 3, h, w]` uint8),
-    /// named `key` in its data set. View 0 of `--augment` is exactly `pre.batch(picture)`.
-    pub fn input(&self, picture: &Tensor, key: &str, view: usize, pre: &Preprocessing) -> Tensor {
+    /// whose content key is `key`. View 0 of `--augment` is exactly `pre.batch(picture)`.
+    pub fn input(&self, picture: &Tensor, key: ContentKey, view: usize, pre: &Preprocessing) -> Tensor {
         let (h, w) = (picture.size()[2], picture.size()[3]);
         self.op(key, view, h, w).apply(picture, pre)
     }
@@ -276,14 +304,15 @@ pub fn average_views(rows: &Tensor, views: usize, which: &[usize]) -> Tensor {
     }
 }
 
-/// The generator of view `view` of picture `key`: seeded from a hash of the three, so a view
-/// does not depend on which other pictures or views are extracted, or in what order.
-fn view_rng(seed: u64, key: &str, view: usize) -> ChaCha8Rng {
+/// The generator of crop `crop` of the picture with content key `key`: seeded from a hash of
+/// the three, so a crop does not depend on the picture's name, on which other pictures or views
+/// are extracted, or in what order.
+fn view_rng(seed: u64, key: ContentKey, crop: usize) -> ChaCha8Rng {
     let mut h = blake3::Hasher::new();
-    h.update(b"lastlayer-view\0");
+    h.update(b"lastlayer-crop\0");
     h.update(&seed.to_le_bytes());
-    h.update(&(view as u64).to_le_bytes());
-    h.update(key.as_bytes());
+    h.update(&(crop as u64).to_le_bytes());
+    h.update(&key.0);
     ChaCha8Rng::from_seed(*h.finalize().as_bytes())
 }
 
@@ -361,21 +390,45 @@ mod tests {
 
     #[test]
     fn a_view_depends_only_on_seed_picture_and_index() {
+        let (cat1, cat2, dog) = (ContentKey::of(b"cat 1"), ContentKey::of(b"cat 2"), ContentKey::of(b"dog 7"));
         let v = Views::Augment(Augment::parse("flip,crops=3,jitter=0.2").unwrap().unwrap());
-        assert_eq!(v.op("cat/1.jpg", 2, 100, 80), v.op("cat/1.jpg", 2, 100, 80));
-        assert_ne!(v.op("cat/1.jpg", 2, 100, 80), v.op("cat/1.jpg", 3, 100, 80));
-        assert_ne!(v.op("cat/1.jpg", 2, 100, 80), v.op("cat/2.jpg", 2, 100, 80));
+        assert_eq!(v.op(cat1, 2, 100, 80), v.op(cat1, 2, 100, 80));
+        assert_ne!(v.op(cat1, 2, 100, 80), v.op(cat1, 3, 100, 80));
+        assert_ne!(v.op(cat1, 2, 100, 80), v.op(cat2, 2, 100, 80));
         let w = Views::Augment(Augment { seed: 1, ..Augment::parse("flip,crops=3,jitter=0.2").unwrap().unwrap() });
-        assert_ne!(v.op("cat/1.jpg", 2, 100, 80), w.op("cat/1.jpg", 2, 100, 80));
+        assert_ne!(v.op(cat1, 2, 100, 80), w.op(cat1, 2, 100, 80));
         for view in 2..5 {
-            let op = v.op("dog/7.jpg", view, 100, 80);
+            let op = v.op(dog, view, 100, 80);
             let (top, left, h, w) = op.crop.unwrap();
             assert!(top >= 0 && left >= 0 && top + h <= 100 && left + w <= 80, "{op:?}");
             assert!((h * w) as f64 >= 0.35 * 8000.0 * 0.99, "{op:?}");
             assert!(op.jitter.unwrap().iter().all(|f| (0.8..=1.2).contains(f)));
         }
-        assert_eq!(v.op("x", 0, 10, 10), ViewOp { crop: None, mirror: false, jitter: None });
-        assert!(v.op("x", 1, 10, 10).mirror);
+        let x = ContentKey::of(b"x");
+        assert_eq!(v.op(x, 0, 10, 10), ViewOp { crop: None, mirror: false, jitter: None });
+        assert!(v.op(x, 1, 10, 10).mirror);
+    }
+
+    #[test]
+    fn the_same_view_is_the_same_row_whichever_spec_asked_for_it() {
+        let k = ContentKey::of(b"picture");
+        let flip = Views::Augment(Augment::parse("flip").unwrap().unwrap());
+        let flip_crops = Views::Augment(Augment::parse("flip,crops=2").unwrap().unwrap());
+        let crops = Views::Augment(Augment::parse("crops=2").unwrap().unwrap());
+        // The picture itself and its mirror image are shared by every spec and by --tta flip.
+        assert_eq!(flip.row_key(k, 0), RowKey::plain(k));
+        assert_eq!(flip.row_key(k, 1), Views::TtaFlip.row_key(k, 1));
+        assert_eq!(flip_crops.row_key(k, 1), flip.row_key(k, 1));
+        assert_eq!(crops.row_key(k, 0), RowKey::plain(k));
+        // Crops mirrored at random (flip) are not the unmirrored crops; other crops differ.
+        assert_ne!(flip_crops.row_key(k, 2), crops.row_key(k, 1));
+        assert_ne!(flip_crops.row_key(k, 2), flip_crops.row_key(k, 3));
+        // A crop's number, not its view index, seeds it: crop 0 of `crops=2` and of `crops=3`.
+        let crops3 = Views::Augment(Augment::parse("crops=3").unwrap().unwrap());
+        assert_eq!(crops.op(k, 1, 64, 48), crops3.op(k, 1, 64, 48));
+        assert_eq!(crops.row_key(k, 1), crops3.row_key(k, 1), "the same crop, so the same row");
+        let scaled = Views::Augment(Augment::parse("crops=2,scale=0.5").unwrap().unwrap());
+        assert_ne!(crops.row_key(k, 1), scaled.row_key(k, 1), "the spec is in the tag");
     }
 
     #[test]

@@ -159,26 +159,49 @@ pub fn assert_fails(out: &Output, code: i32, needles: &[&str]) {
     }
 }
 
-/// Chunks saved so far in `model`'s unfinished extractions (`*.partial/chunk-*`) under `cache`.
+/// Records (saved batches) in `model`'s feature stores under `cache`: what a killed
+/// extraction keeps.
 pub fn find_model_chunks(cache: &Path, model: &str) -> usize {
-    let Ok(models) = std::fs::read_dir(cache.join("features").join(model)) else { return 0 };
-    models
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
-        .map(|e| std::fs::read_dir(e.path()).unwrap().filter(|c| c.as_ref().unwrap().file_name().to_string_lossy().starts_with("chunk-")).count())
-        .sum()
+    let Ok(recipes) = std::fs::read_dir(cache.join("store").join(model)) else { return 0 };
+    let mut n = 0;
+    for r in recipes.flatten() {
+        let Ok(files) = std::fs::read_dir(r.path()) else { continue };
+        for f in files.flatten() {
+            if f.file_name().to_string_lossy().ends_with(".rows") {
+                n += lastlayer::cache::store::segment::SegmentReader::open(&f.path()).map(|s| s.records.len()).unwrap_or(0);
+            }
+        }
+    }
+    n
 }
 
-/// Starts `lastlayer ARGS` in `sb`, and kills it (SIGKILL) once `model`'s partial entry under
-/// `cache` holds `chunks` chunks; fails if the run ends first or no such chunks appear in 300 s.
+/// Starts `lastlayer ARGS` in `sb`, and kills it (SIGKILL) once `model`'s feature store under
+/// `cache` holds `chunks` records; fails if the run ends first or no such records appear in
+/// 300 s.
 pub fn kill_after_chunks(sb: &Sandbox, args: &[&str], cache: &Path, model: &str, chunks: usize) {
     let mut child = sb.command(args).spawn().unwrap();
     let start = std::time::Instant::now();
     while find_model_chunks(cache, model) < chunks {
-        assert!(start.elapsed() < std::time::Duration::from_secs(300), "{model}: no {chunks} chunks appeared");
+        assert!(start.elapsed() < std::time::Duration::from_secs(300), "{model}: no {chunks} records appeared");
         assert!(child.try_wait().unwrap().is_none(), "{model}: the run ended before it could be killed");
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// True when this CPU computes bf16 natively (AVX512-BF16 or AMX), detected as `--precision
+/// auto` does. Elsewhere (AVX2 only) libtorch emulates bf16, many times slower than fp32, so the
+/// tests that force bf16 run on fewer pictures there and say so with [`bf16_shortened`].
+pub fn native_bf16() -> bool {
+    lastlayer::backbone::cpu_bf16() != lastlayer::backbone::CpuBf16::None
+}
+
+/// Says (on the test's output, and on stderr for the log of a whole run) what a bf16 test
+/// shortened on a CPU without native bf16, and why.
+pub fn bf16_shortened(test: &str, what: &str) {
+    let why = lastlayer::backbone::auto_precision(tch::Device::Cpu, lastlayer::backbone::Architecture::Resnet50, lastlayer::backbone::cpu_bf16()).1;
+    let line = format!("{test}: bf16 shortened to {what}, because {why}");
+    println!("{line}");
+    eprintln!("{line}");
 }
