@@ -261,9 +261,29 @@ fn webdataset_tars_are_read_in_place_skip_bad_samples_and_shard_by_whole_tars() 
     let swapped = members[pics[1]].1.clone();
     members[pics[0]].1 = swapped;
     write_tar(&tar_path, &members);
+    // The rewritten member now holds the second picture's bytes: a new test entry, whose first
+    // two rows are the same picture's features, from the feature store without the backbone.
     let changed = ok(run_in(&sb, &cache_ref, &margs), "extract after rewriting a member");
-    assert_eq!(changed["backbone_runs"], 1, "{changed}");
-    assert_eq!((changed["splits"][0]["source"].as_str(), changed["splits"][1]["source"].as_str()), (Some("cache"), Some("extracted")));
+    assert_eq!(changed["backbone_runs"], 0, "{changed}");
+    assert_eq!((changed["splits"][0]["source"].as_str(), changed["splits"][1]["source"].as_str()), (Some("cache"), Some("store")));
+    let x = tch::Tensor::read_safetensors(changed["splits"][1]["features"].as_str().unwrap()).unwrap().into_iter().find(|(n, _)| n == "features").unwrap().1;
+    let n = x.size()[0];
+    let twins = (0..n).flat_map(|i| (i + 1..n).map(move |j| (i, j))).filter(|&(i, j)| x.get(i).equal(&x.get(j))).count();
+    assert_eq!(twins, 1, "one pair of rows (the same bytes) must have the same features");
+    // Bytes never seen before do go through the backbone, and only they.
+    members[pics[0]].1 = shifted_jpeg(&members[pics[2]].1);
+    write_tar(&tar_path, &members);
+    let fresh = ok(run_in(&sb, &cache_ref, &margs), "extract after writing new bytes");
+    assert_eq!((fresh["backbone_runs"].as_u64(), fresh["backbone_rows"].as_u64()), (Some(1), Some(1)), "{fresh}");
+}
+
+/// Other bytes of a picture: the JPEG re-encoded after shifting its pixels.
+fn shifted_jpeg(jpeg: &[u8]) -> Vec<u8> {
+    let img = image::load_from_memory(jpeg).unwrap().to_rgb8();
+    let shifted = image::RgbImage::from_fn(img.width(), img.height(), |x, y| *img.get_pixel((x + 1) % img.width(), y));
+    let mut out = std::io::Cursor::new(Vec::new());
+    shifted.write_to(&mut out, image::ImageFormat::Jpeg).unwrap();
+    out.into_inner()
 }
 
 #[test]
