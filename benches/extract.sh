@@ -51,8 +51,14 @@ timed() { /usr/bin/time -f "%e %M" -o "$work/time" "$@" >"$work/out" 2>"$work/er
 ref() { timed python3 benches/reference.py "$TIMM" "$work/weights.safetensors" "$1" "$SIZE" "$MEAN" "$STD" "$2" "$work/ref.safetensors"; }
 
 head -c $((256 * 3073)) "$work/cifar-10-batches-bin/data_batch_1.bin" >"$work/calib.bin"
+# On a CPU without native bf16 (as `--precision auto` detects it) the reference's bf16 modes are
+# emulated, many times slower, and never the fastest: they are not tried there.
+auto=$("$BIN" --no-progress models 2>&1 >/dev/null | grep -o -- "--precision auto.*" || true)
+echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; $auto"
+modes="fp32-nchw fp32-cl bf16-nchw bf16-cl"
+case "$auto" in *"no native bf16"*) modes="fp32-nchw fp32-cl"; echo "reference: bf16 modes skipped (emulated on this CPU)";; esac
 best_mode="" best_rate=0
-for mode in fp32-nchw fp32-cl bf16-nchw bf16-cl; do
+for mode in $modes; do
   ref "$work/calib.bin" "$mode" >/dev/null
   rate=$(grep -oE "batch loop [0-9.]+" "$work/out" | awk '{print $3}')
   echo "reference calibration: $mode $(printf %.1f "$rate") images/s (256 pictures, batch loop only)"
