@@ -538,7 +538,12 @@ impl Context<'_> {
                     tracing::info!("{} features: made by another process meanwhile", split.name);
                     return Ok(Made { entry: hit, extracted, store_rows: keys.len() - extracted.rows });
                 }
-                match index.gather(&keys)? {
+                let gathered = match index.gather(&keys) {
+                    // A segment replaced by `cache prune` since the store was read: read again.
+                    Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => continue,
+                    other => other?,
+                };
+                match gathered {
                     Ok(features) => {
                         let entry = self.store_entry(split, key, features, extracted.seconds)?;
                         let from_store = keys.len().saturating_sub(extracted.rows);

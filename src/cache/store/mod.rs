@@ -39,6 +39,9 @@ use crate::fsutil::write_json_atomic;
 /// Version of the store's layout; part of every recipe.
 pub const STORE_FORMAT: u32 = 1;
 
+/// From this many finished segments on, `cache prune` rewrites them all into one.
+pub const CONSOLIDATE_SEGMENTS: usize = 8;
+
 /// Everything that determines a picture's features, but the picture and its view.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Recipe {
@@ -98,7 +101,9 @@ struct Loc {
     row: u32,
 }
 
-/// What the store holds, read at one moment: its segments (kept open) and where each row is.
+/// What the store holds, read at one moment: its segments' records and where each row is. A
+/// segment that `cache prune` replaces meanwhile is gone when its rows are read
+/// ([`StoreIndex::gather`] then fails with the file not found, and the caller reads again).
 #[derive(Debug)]
 pub struct StoreIndex {
     segments: Vec<SegmentReader>,
@@ -167,9 +172,14 @@ impl StoreIndex {
         // elements, owned here and not shared until it is returned.
         let out: &mut [f32] = unsafe { std::slice::from_raw_parts_mut(result.data_ptr() as *mut f32, keys.len() * width) };
         let mut damaged = Vec::new();
+        let mut open: Option<(u32, File)> = None;
         for (s, r) in order {
             let seg = &self.segments[s as usize];
-            match seg.read_features(r as usize) {
+            if open.as_ref().is_none_or(|(o, _)| *o != s) {
+                open = Some((s, seg.open_file()?));
+            }
+            let file = &open.as_ref().expect("opened above").1;
+            match seg.read_features_from(file, r as usize) {
                 Ok(features) => {
                     for &(i, row) in &by_record[&(s, r)] {
                         let src = &features[row as usize * width..(row as usize + 1) * width];
@@ -453,8 +463,11 @@ impl FeatureStore {
     }
 
     /// Drops the rows that no split entry used since `since` and no live process is
-    /// extracting, and the damaged records, by rewriting the segments that hold them
-    /// (segments being written are left alone). Nothing else is touched.
+    /// extracting, and the damaged records, by rewriting the segments that hold them into one
+    /// new segment, a record at a time (segments being written are left alone). With
+    /// [`CONSOLIDATE_SEGMENTS`] or more finished segments, all of them are rewritten into one, so
+    /// that a store used by many processes does not keep many small files. Nothing else is
+    /// touched.
     pub fn prune(&self, since: SystemTime) -> Result<PruneReport> {
         let _lock = self.lock()?;
         let (mut keep, stale) = self.uses_since(since)?;
@@ -466,51 +479,54 @@ impl FeatureStore {
         let damaged = self.damaged_list();
         let mut report = PruneReport { dir: self.dir.clone(), rows_before: index.rows(), bytes_before: before.1, ..PruneReport::default() };
         let width = index.width.unwrap_or(0);
-        let mut seen: HashSet<RowKey> = HashSet::new();
-        for seg in &index.segments {
-            if segment::is_being_written(&seg.path) {
+        let w = width as usize;
+        let (live, finished): (Vec<&SegmentReader>, Vec<&SegmentReader>) = index.segments.iter().partition(|s| segment::is_being_written(&s.path));
+        report.segments_skipped = live.len();
+        // Rows in segments being written stay where they are.
+        let mut seen: HashSet<RowKey> = live.iter().flat_map(|s| s.records.iter().flat_map(|r| r.keys.iter().copied())).collect();
+        let consolidate = finished.len() >= CONSOLIDATE_SEGMENTS;
+        let mut writer: Option<SegmentWriter> = None;
+        let mut replaced: Vec<&Path> = Vec::new();
+        for seg in finished {
+            let name = file_name(&seg.path);
+            let is_damaged = |offset: u64| damaged.contains(&(name.clone(), offset));
+            let changed = consolidate
+                || seg.tail_bytes > 0
+                || seg.records.iter().any(|rec| is_damaged(rec.offset) || rec.keys.iter().any(|k| !keep.contains(k) || seen.contains(k)));
+            if !changed {
                 seen.extend(seg.records.iter().flat_map(|r| r.keys.iter().copied()));
-                report.segments_skipped += 1;
                 continue;
             }
-            let name = file_name(&seg.path);
-            let mut kept: Vec<(Vec<RowKey>, Vec<f32>)> = Vec::new();
-            let mut changed = seg.tail_bytes > 0;
+            let file = seg.open_file()?;
             for (r, rec) in seg.records.iter().enumerate() {
                 let wanted: Vec<usize> = (0..rec.keys.len()).filter(|&i| keep.contains(&rec.keys[i]) && !seen.contains(&rec.keys[i])).collect();
-                if damaged.contains(&(name.clone(), rec.offset)) || wanted.len() < rec.keys.len() {
-                    changed = true;
-                }
-                if wanted.is_empty() || damaged.contains(&(name.clone(), rec.offset)) {
+                if wanted.is_empty() || is_damaged(rec.offset) {
                     continue;
                 }
-                let features = match seg.read_features(r) {
+                let features = match seg.read_features_from(&file, r) {
                     Ok(f) => f,
-                    Err(Error::Checksum { .. }) => {
-                        changed = true;
-                        continue;
-                    }
+                    Err(Error::Checksum { .. }) => continue,
                     Err(e) => return Err(e),
                 };
-                let w = width as usize;
                 let keys: Vec<RowKey> = wanted.iter().map(|&i| rec.keys[i]).collect();
                 let rows: Vec<f32> = wanted.iter().flat_map(|&i| features[i * w..(i + 1) * w].iter().copied()).collect();
-                seen.extend(keys.iter().copied());
-                kept.push((keys, rows));
-            }
-            if !changed {
-                continue;
-            }
-            if !kept.is_empty() {
-                let mut w = SegmentWriter::create(&self.dir, SegmentHeader { width, recipe: self.recipe.header_tag() })?;
-                for (keys, rows) in &kept {
-                    w.append(keys, rows)?;
+                if writer.is_none() {
+                    writer = Some(SegmentWriter::create(&self.dir, SegmentHeader { width, recipe: self.recipe.header_tag() })?);
                 }
-                w.sync()?;
+                writer.as_mut().expect("made above").append(&keys, &rows)?;
+                seen.extend(keys);
             }
-            std::fs::remove_file(&seg.path).at(&seg.path)?;
-            report.segments_rewritten += 1;
+            replaced.push(&seg.path);
         }
+        // The new segment is whole on disk before any old one goes.
+        if let Some(w) = &writer {
+            w.sync()?;
+        }
+        drop(writer);
+        for path in &replaced {
+            std::fs::remove_file(path).at(path)?;
+        }
+        report.segments_rewritten = replaced.len();
         for path in stale {
             let _ = std::fs::remove_file(path);
         }
@@ -543,9 +559,10 @@ impl FeatureStore {
             if seg.tail_bytes > 0 && !segment::is_being_written(&seg.path) {
                 report.cut_tails.push(format!("{}: {} bytes after the last whole record (a killed writer's last batch; ignored)", seg.path.display(), seg.tail_bytes));
             }
+            let file = seg.open_file()?;
             for r in 0..seg.records.len() {
                 report.records += 1;
-                if let Err(e) = seg.read_features(r) {
+                if let Err(e) = seg.read_features_from(&file, r) {
                     let rec = &seg.records[r];
                     report.damaged.push(Damaged { segment: seg.path.clone(), offset: rec.offset, rows: rec.rows, error: e.to_string() });
                 }
@@ -682,4 +699,71 @@ fn is_segment(p: &Path) -> bool {
 
 fn file_name(p: &Path) -> String {
     p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::preprocess::{InputSpec, Interpolation};
+
+    fn store(dir: &Path) -> FeatureStore {
+        let input = InputSpec { input_size: 32, interpolation: Interpolation::Bilinear, crop_pct: 1.0, mean: [0.5; 3], std: [0.5; 3] };
+        FeatureStore::new(
+            dir,
+            Recipe {
+                format: STORE_FORMAT,
+                model: "m".into(),
+                architecture: Architecture::Resnet18,
+                weights_sha256: "0".repeat(64),
+                preprocessing: Preprocessing::stretch(&input),
+                precision: Precision::Fp32,
+                engine: None,
+            },
+        )
+    }
+
+    fn key(i: u8) -> RowKey {
+        RowKey([i; 32])
+    }
+
+    #[test]
+    fn prune_keeps_used_rows_drops_the_rest_and_folds_many_segments_into_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = store(dir.path());
+        for i in 0..10u8 {
+            let mut w = st.writer(2).unwrap();
+            w.append(&[key(i)], &[i as f32, -(i as f32)]).unwrap();
+        }
+        // Rows 0-4 are used by an entry; 5-9 by nobody.
+        st.record_use("train-x", &(0..5).map(key).collect::<Vec<_>>()).unwrap();
+        assert_eq!(st.read().unwrap().segments(), 10);
+        let r = st.prune(SystemTime::now() - Duration::from_secs(60)).unwrap();
+        assert_eq!((r.rows_before, r.rows_after, r.segments_rewritten), (10, 5, 10));
+        let index = st.read().unwrap();
+        assert_eq!(index.segments(), 1);
+        let rows = index.gather(&[key(3), key(0)]).unwrap().unwrap();
+        assert_eq!(Vec::<f32>::try_from(rows.view([-1])).unwrap(), vec![3.0, -3.0, 0.0, 0.0]);
+        assert!(!index.contains(&key(7)));
+    }
+
+    #[test]
+    fn a_live_writers_segment_and_claimed_rows_are_never_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = store(dir.path());
+        let mut live = st.writer(2).unwrap();
+        live.append(&[key(1)], &[1.0, 1.0]).unwrap();
+        {
+            let mut done = st.writer(2).unwrap();
+            done.append(&[key(2), key(3)], &[2.0, 2.0, 3.0, 3.0]).unwrap();
+        }
+        let claim = st.claim(&[key(3), key(4)]).unwrap();
+        assert_eq!(claim.mine, vec![key(4)], "3 is stored already");
+        // Nobody used anything: the claim keeps nothing stored (4 is not stored yet), the live
+        // segment keeps row 1, and rows 2 and 3 go.
+        let r = st.prune(SystemTime::now()).unwrap();
+        assert_eq!((r.segments_skipped, r.rows_after), (1, 1), "{r:?}");
+        assert!(st.read().unwrap().contains(&key(1)));
+        drop(live);
+        drop(claim);
+    }
 }

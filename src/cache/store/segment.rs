@@ -91,13 +91,12 @@ impl SegmentHeader {
     }
 }
 
-/// A segment opened for reading, with the records found in it.
+/// A segment's records, as read at one moment (the file is opened again to read features, so
+/// that a store of many segments holds no file open).
 #[derive(Debug)]
 pub struct SegmentReader {
     /// Its path.
     pub path: PathBuf,
-    /// Open for reading (kept open, so that a segment replaced meanwhile stays readable).
-    pub file: File,
     /// Its header.
     pub header: SegmentHeader,
     /// Whole records, in file order.
@@ -145,18 +144,23 @@ impl SegmentReader {
             records.push(RecordInfo { offset, rows, keys, checksum });
             offset += total;
         }
-        drop(reader);
-        Ok(SegmentReader { path: path.to_path_buf(), file, header, records, tail_bytes: len - offset })
+        Ok(SegmentReader { path: path.to_path_buf(), header, records, tail_bytes: len - offset })
     }
 
-    /// Reads record `i`'s features, checking its checksum: `[rows * width]` f32. A mismatch is
-    /// [`Error::Checksum`] naming the segment and the record's offset.
-    pub fn read_features(&self, i: usize) -> Result<Vec<f32>> {
+    /// Opens the segment's file for [`SegmentReader::read_features`].
+    pub fn open_file(&self) -> Result<File> {
+        File::open(&self.path).at(&self.path)
+    }
+
+    /// Reads record `i`'s features from `file` (this segment's, [`SegmentReader::open_file`]),
+    /// checking its checksum: `[rows * width]` f32. A mismatch is [`Error::Checksum`] naming
+    /// the segment and the record's offset.
+    pub fn read_features_from(&self, file: &File, i: usize) -> Result<Vec<f32>> {
         let rec = &self.records[i];
         let width = self.header.width as usize;
         let keys_bytes = rec.rows as usize * 32;
         let mut buf = vec![0u8; keys_bytes + rec.rows as usize * width * 4];
-        self.file.read_exact_at(&mut buf, rec.offset + RECORD_HEADER_BYTES).at(&self.path)?;
+        file.read_exact_at(&mut buf, rec.offset + RECORD_HEADER_BYTES).at(&self.path)?;
         let actual = blake3::hash(&buf);
         if actual.as_bytes() != &rec.checksum {
             return Err(Error::Checksum {
@@ -168,6 +172,11 @@ impl SegmentReader {
             });
         }
         Ok(buf[keys_bytes..].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    }
+
+    /// [`SegmentReader::read_features_from`] on a newly opened file.
+    pub fn read_features(&self, i: usize) -> Result<Vec<f32>> {
+        self.read_features_from(&self.open_file()?, i)
     }
 }
 
