@@ -172,7 +172,7 @@ impl Split {
     }
 
     /// Picture `p`, decoded `[1, 3, h, w]` uint8.
-    fn picture(&self, p: usize) -> Result<Tensor> {
+    pub fn picture(&self, p: usize) -> Result<Tensor> {
         match &self.pictures {
             Pictures::Cifar(rec, idx) => Ok(cifar_pixels(rec, &idx[p..p + 1])),
             Pictures::Files(entries) => load_picture(&entries[p].path),
