@@ -5,7 +5,8 @@
 //! ResNet / Inception-v3) → [`cache`] (features extracted once, on disk) → [`head`] (the new
 //! last layer, trained on cached features) → [`export`] (the run folder: `head.safetensors`,
 //! `head.json`). [`pipeline`] ties them together for the commands; [`serve`] puts a trained run
-//! behind HTTP.
+//! behind HTTP; [`review`] finds a run's confident mistakes, likely label errors and
+//! train/test duplicates from the cached features.
 
 pub mod backbone;
 pub mod cache;
@@ -18,6 +19,7 @@ pub mod hub;
 pub mod net;
 pub mod pipeline;
 pub mod progress;
+pub mod review;
 pub mod serve;
 pub mod status;
 

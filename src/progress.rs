@@ -28,6 +28,8 @@ pub enum Unit {
     Bytes,
     /// Training epochs.
     Epochs,
+    /// Heads trained (`review`'s fold heads).
+    Heads,
 }
 
 impl Unit {
@@ -36,6 +38,7 @@ impl Unit {
             Unit::Images => "images",
             Unit::Bytes => "bytes",
             Unit::Epochs => "epochs",
+            Unit::Heads => "heads",
         }
     }
 }

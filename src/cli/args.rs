@@ -75,6 +75,15 @@ pub enum FormatArg {
     Onnx,
 }
 
+/// `--rank-by`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RankByArg {
+    /// The probability of the given label.
+    SelfConfidence,
+    /// The probability of the given label minus the largest other one.
+    NormalizedMargin,
+}
+
 /// `--optimizer`.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum OptimizerArg {
@@ -117,6 +126,34 @@ pub enum Command {
     Eval {
         /// A run folder written by `train` or `run`.
         run_dir: PathBuf,
+        /// Pictures per backbone batch, if features must be extracted [default: 32 on the
+        /// CPU, 256 on a GPU].
+        #[arg(long)]
+        extract_batch_size: Option<usize>,
+    },
+    /// What a run gets wrong, and why: its confident test mistakes, likely wrong labels (confident
+    /// learning on out-of-fold probabilities of K heads trained on the cached features) and
+    /// test pictures with a copy in train (and copies within a split), as a table, --json, and
+    /// the page RUN_DIR/review.html.
+    Review {
+        /// A run folder written by `train`, `run` or `sweep`.
+        run_dir: PathBuf,
+        /// Folds: K heads, each trained on the other folds' pictures, judge the training
+        /// pictures they did not see.
+        #[arg(long, default_value_t = lastlayer::review::DEFAULT_FOLDS)]
+        folds: usize,
+        /// How likely label errors are ranked.
+        #[arg(long, value_enum, default_value = "self-confidence")]
+        rank_by: RankByArg,
+        /// Cosine similarity (of whitened features) from which two pictures are near-duplicates.
+        #[arg(long, default_value_t = lastlayer::review::DEFAULT_MIN_SIMILARITY, allow_negative_numbers = true)]
+        min_similarity: f64,
+        /// Do not write RUN_DIR/review.html.
+        #[arg(long)]
+        no_page: bool,
+        /// Rows of each list in the table on stdout (--json has them all).
+        #[arg(long, default_value_t = 10, value_name = "N")]
+        show: usize,
         /// Pictures per backbone batch, if features must be extracted [default: 32 on the
         /// CPU, 256 on a GPU].
         #[arg(long)]

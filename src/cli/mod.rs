@@ -277,6 +277,23 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             print!("{}", output::evaluation("test", &out.test));
         }
+        Command::Review { run_dir, folds, rank_by, min_similarity, no_page, show, extract_batch_size } => {
+            let opts = pipeline::ReviewOptions {
+                folds: *folds,
+                rank_by: match rank_by {
+                    args::RankByArg::SelfConfidence => lastlayer::review::RankBy::SelfConfidence,
+                    args::RankByArg::NormalizedMargin => lastlayer::review::RankBy::NormalizedMargin,
+                },
+                min_similarity: *min_similarity,
+                page: !no_page,
+                batch_size: *extract_batch_size,
+            };
+            let review = pipeline::review_run(&s, run_dir, &opts)?;
+            if json {
+                return print_json(&review);
+            }
+            print!("{}", output::review(&review, *show));
+        }
         Command::Predict { run_dir, images, top_k, batch_size } => {
             let preds = pipeline::predict(&s, run_dir, images, *top_k, *batch_size)?;
             if json {

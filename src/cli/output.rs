@@ -209,3 +209,75 @@ pub fn models_table(models: &[lastlayer::hub::ModelEntry], rows: &[serde_json::V
     }
     out
 }
+
+/// `lastlayer review`: the counts, then the first `show` rows of each list.
+pub fn review(r: &lastlayer::review::Review, show: usize) -> String {
+    let s = &r.summary;
+    let d = &s.duplicates;
+    let mut out = format!(
+        "{}: test accuracy {:.2}% ({} pictures), out-of-fold accuracy {:.2}% ({} training pictures, {} folds{})\n",
+        s.model,
+        100.0 * s.test_accuracy,
+        s.test_pictures,
+        100.0 * s.out_of_fold_accuracy,
+        s.train_pictures,
+        s.folds,
+        s.l2.map(|l| format!(", L2 {l:e}")).unwrap_or_default()
+    );
+    out += &format!(
+        "{} mistakes; {} label issues ({} train, {} test; estimated wrong labels {} train, {} test); \
+         {} test pictures ({:.2}%) with a copy in train\n",
+        s.mistakes,
+        s.label_issues.train + s.label_issues.test,
+        s.label_issues.train,
+        s.label_issues.test,
+        s.estimated_wrong_labels.train,
+        s.estimated_wrong_labels.test,
+        d.test_pictures_with_train_duplicate,
+        100.0 * d.test_share
+    );
+    let width = s.per_class.iter().map(|c| c.class.len()).max().unwrap_or(5).max(5);
+    out += &format!("\n{:<width$}  {:>6} {:>6} {:>8} {:>13} {:>13} {:>7}\n", "class", "train", "test", "mistakes", "issues tr/te", "est. wrong", "copied");
+    for c in &s.per_class {
+        out += &format!(
+            "{:<width$}  {:>6} {:>6} {:>8} {:>13} {:>13} {:>7}\n",
+            c.class,
+            c.train,
+            c.test,
+            c.mistakes,
+            format!("{}/{}", c.label_issues.train, c.label_issues.test),
+            format!("{}/{}", c.estimated_wrong_labels.train, c.estimated_wrong_labels.test),
+            c.test_with_train_duplicate
+        );
+    }
+    let more = |n: usize| if n > show { format!(" (first {show} of {n}; --json has all)") } else { String::new() };
+    out += &format!("\nconfident mistakes{}\n", more(r.mistakes.len()));
+    for m in r.mistakes.iter().take(show) {
+        out += &format!("  {:>6.2}%  {} -> {}  {}\n", 100.0 * m.probability, m.given, m.predicted, m.picture);
+    }
+    out += &format!("\nlikely label errors, ranked by {}{}\n", s.rank_by.name(), more(r.label_issues.len()));
+    for i in r.label_issues.iter().take(show) {
+        out += &format!("  {:.3}  {:<5}  {} -> {}?  {}\n", i.score, i.split, i.given, i.suggested, i.picture);
+    }
+    out += &format!(
+        "\nduplicates: {} test-train ({} the same bytes), {} within train, {} within test; similarity >= {}{}\n",
+        d.test_train,
+        d.test_train_exact,
+        d.within_train,
+        d.within_test,
+        d.min_similarity,
+        more(r.duplicates.len())
+    );
+    for p in r.duplicates.iter().take(show) {
+        let kind = match p.kind {
+            lastlayer::review::PairKind::TestTrain => "test-train",
+            lastlayer::review::PairKind::WithinTrain => "train",
+            lastlayer::review::PairKind::WithinTest => "test",
+        };
+        out += &format!("  {:.3}{}  {:<10}  {}  {}\n", p.similarity, if p.exact { " same bytes" } else { "" }, kind, p.test, p.train);
+    }
+    if let Some(page) = &s.page {
+        out += &format!("\npage: {}\n", page.display());
+    }
+    out
+}

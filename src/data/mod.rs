@@ -289,7 +289,7 @@ impl Split {
     }
 
     /// Picture `p`, decoded `[1, 3, h, w]` uint8, with the content key of the bytes decoded.
-    fn picture(&self, p: usize) -> Result<(Tensor, ContentKey)> {
+    pub fn picture(&self, p: usize) -> Result<(Tensor, ContentKey)> {
         match &self.pictures {
             Pictures::Cifar(rec, idx) => Ok((cifar_pixels(rec, &idx[p..p + 1]), ContentKey::of(rec.pixels(idx[p])))),
             Pictures::Files(entries) => read_picture(&entries[p].path),

@@ -9,7 +9,7 @@ mod train;
 pub use metrics::{evaluate, evaluate_logits, ClassAccuracy, Evaluation};
 pub use path::{L2_BATCHES_PER_EPOCH, L2_BATCH_ROWS, L2_EPOCHS_PER_STEP, L2_PATH, L2_PATIENCE_STEPS, L2_UPDATES_PER_STEP};
 pub use streamed::{evaluate_streamed, should_stream, train_head_streamed, FeatureFile, BLOCK_ROWS, GROUP_BLOCKS};
-pub use train::{train_head, train_head_views, EpochRecord, OptimizerKind, RefitRecord, Schedule, TrainConfig, TrainReport, ViewLayout};
+pub use train::{train_head, train_head_l2, train_head_views, EpochRecord, OptimizerKind, RefitRecord, Schedule, TrainConfig, TrainReport, ViewLayout};
 
 use std::path::Path;
 

@@ -145,10 +145,11 @@ impl Drop for OneThread {
     }
 }
 
-/// Runs the path (and the refit) on `x` `[N, D]` (f32, on the CPU or a GPU) and `y` `[N]` (on the same device), split into
-/// `train_rows` and `val_rows` (which the refit adds); the penalties are judged on
-/// `validation` when given (views averaged per picture), else on `val_rows`. `cfg` is
-/// already validated.
+/// Runs the path `penalties` (strongest first; [`L2_PATH`] when tuning, one penalty for a
+/// head at a known penalty) and the refit on `x` `[N, D]` (f32, on the CPU or a GPU) and `y`
+/// `[N]` (on the same device), split into `train_rows` and `val_rows` (which the refit adds);
+/// the penalties (and the temperature) are judged on `validation` when given (views averaged
+/// per picture), else on `val_rows`. `cfg` is already validated; `penalties` is not empty.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn fit(
     x: &Tensor,
@@ -158,6 +159,7 @@ pub(super) fn fit(
     validation: Option<&ValidationSet>,
     classes: usize,
     cfg: &TrainConfig,
+    penalties: &[f64],
     progress: &Progress,
 ) -> (LinearHead, TrainReport) {
     let start = Instant::now();
@@ -195,9 +197,9 @@ pub(super) fn fit(
     let mut best: Option<(f64, usize, usize, Tensor, Tensor, f64)> = None;
     let refit_planned = cfg.refit && nv > 0;
     let refit_epochs = per_step(rows.all);
-    let mut task = progress.task("train head", (L2_PATH.len() * epochs_per_l2 + if refit_planned { refit_epochs } else { 0 }) as u64, Unit::Epochs);
+    let mut task = progress.task("train head", (penalties.len() * epochs_per_l2 + if refit_planned { refit_epochs } else { 0 }) as u64, Unit::Epochs);
     let mut stopped_early = false;
-    'path: for (k, &l2) in L2_PATH.iter().enumerate() {
+    'path: for (k, &l2) in penalties.iter().enumerate() {
         for e in 0..epochs_per_l2 {
             let epoch = history.len() + 1;
             let cycle = epochs_per_l2 * steps_per_epoch;
@@ -224,13 +226,13 @@ pub(super) fn fit(
             best = Some((tie, last.epoch, k, model.w.copy(), model.b.copy(), scale));
         }
         let best_k = best.as_ref().map_or(k, |b| b.2);
-        if k - best_k >= L2_PATIENCE_STEPS && k + 1 < L2_PATH.len() {
+        if k - best_k >= L2_PATIENCE_STEPS && k + 1 < penalties.len() {
             stopped_early = true;
             break 'path;
         }
     }
     let (_, best_epoch, best_k, w, b, scale) = best.expect("the path ran");
-    let l2 = L2_PATH[best_k];
+    let l2 = penalties[best_k];
     let record = &history[best_epoch - 1];
     let best_val_accuracy = record.val_accuracy.unwrap_or(record.train_accuracy);
     let (w, b, refit) = if refit_planned {

@@ -224,11 +224,35 @@ pub(super) type ValidationSet = (Tensor, Tensor);
 /// returned is on the CPU.
 pub fn train_head_views(features: &Tensor, labels: &Tensor, classes: usize, cfg: &TrainConfig, layout: &ViewLayout, progress: &Progress) -> Result<(LinearHead, TrainReport)> {
     cfg.validate()?;
-    let (head, report) = train_on_device(features, labels, classes, cfg, layout, progress)?;
+    let penalties = cfg.weight_decay_auto.then_some(&super::L2_PATH[..]);
+    let (head, report) = train_on_device(features, labels, classes, cfg, layout, penalties, progress)?;
     Ok((head.into_cpu(), report))
 }
 
-fn train_on_device(features: &Tensor, labels: &Tensor, classes: usize, cfg: &TrainConfig, layout: &ViewLayout, progress: &Progress) -> Result<(LinearHead, TrainReport)> {
+/// Trains a head as the tuned path does, but at the one L2 penalty `l2` instead of a search
+/// along [`super::L2_PATH`] (`cfg.weight_decay_auto` and `cfg.weight_decay` are not used):
+/// the validation rows (`cfg.val_fraction`, drawn by picture) fit only the temperature, and
+/// the refit (`cfg.refit`) adds them. `review`'s fold heads use it with a run's chosen
+/// penalty, so that K heads cost K fits, not K searches.
+pub fn train_head_l2(features: &Tensor, labels: &Tensor, classes: usize, cfg: &TrainConfig, layout: &ViewLayout, l2: f64, progress: &Progress) -> Result<(LinearHead, TrainReport)> {
+    cfg.validate()?;
+    if !(l2.is_finite() && l2 >= 0.0) {
+        return Err(Error::usage("report.l2", format!("{l2} is not an L2 penalty (a number >= 0)")));
+    }
+    let (head, report) = train_on_device(features, labels, classes, cfg, layout, Some(&[l2]), progress)?;
+    Ok((head.into_cpu(), report))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train_on_device(
+    features: &Tensor,
+    labels: &Tensor,
+    classes: usize,
+    cfg: &TrainConfig,
+    layout: &ViewLayout,
+    penalties: Option<&[f64]>,
+    progress: &Progress,
+) -> Result<(LinearHead, TrainReport)> {
     let x = features.to_kind(Kind::Float);
     let device = x.device();
     let labels = labels.to_kind(Kind::Int64).to_device(Device::Cpu);
@@ -254,8 +278,8 @@ fn train_on_device(features: &Tensor, labels: &Tensor, classes: usize, cfg: &Tra
         let idx = index_on(device, val_pictures.iter().map(|&p| p * v));
         (judged, y.index_select(0, &idx))
     });
-    if cfg.weight_decay_auto {
-        return Ok(tch::no_grad(|| super::path::fit(&x, &y, &train_rows, &val_rows, validation.as_ref(), classes, cfg, progress)));
+    if let Some(penalties) = penalties {
+        return Ok(tch::no_grad(|| super::path::fit(&x, &y, &train_rows, &val_rows, validation.as_ref(), classes, cfg, penalties, progress)));
     }
     let start = Instant::now();
     let (head, mut report) = fit_fixed(&x, &y, &train_rows, &val_rows, validation.as_ref(), classes, cfg, None, progress)?;
@@ -517,6 +541,28 @@ mod tests {
         let (with, without) = (loss_on(&refit, &x, &y, &val_rows), loss_on(&kept, &x, &y, &val_rows));
         println!("validation-row loss: refit head {with:.4}, head without refit {without:.4}");
         assert!(with < without, "refit {with} vs {without}");
+    }
+
+    /// At a given penalty the path is one step: the report keeps that penalty, runs one
+    /// penalty's epochs (and the refit), and at the penalty the tuned path chose the head
+    /// scores as that path's does.
+    #[test]
+    fn a_given_l2_penalty_is_used_without_a_search() {
+        let (x, y) = blobs(60, 6, 60);
+        let (xt, yt) = blobs(40, 6, 61);
+        let classes: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let cfg = TrainConfig::default();
+        let (tuned, report) = train_head(&x, &y, 3, &cfg, &Progress::hidden()).unwrap();
+        let chosen = report.l2.unwrap();
+        let (fixed, fixed_report) = train_head_l2(&x, &y, 3, &cfg, &ViewLayout::single(), chosen, &Progress::hidden()).unwrap();
+        assert_eq!(fixed_report.l2, Some(chosen));
+        assert!(fixed_report.history.iter().all(|e| e.l2 == Some(chosen)));
+        assert!(fixed_report.history.len() < report.history.len() || report.history.iter().all(|e| e.l2 == Some(chosen)));
+        let (a, b) = (super::super::evaluate(&tuned, &xt, &yt, &classes).accuracy, super::super::evaluate(&fixed, &xt, &yt, &classes).accuracy);
+        println!("test accuracy: tuned path {a:.3}, its penalty {chosen} given {b:.3}");
+        assert!((a - b).abs() <= 0.03, "{a} vs {b}");
+        let err = train_head_l2(&x, &y, 3, &cfg, &ViewLayout::single(), f64::NAN, &Progress::hidden()).unwrap_err();
+        assert!(err.to_string().contains("L2 penalty"), "{err}");
     }
 
     /// With a fixed weight decay the refit repeats the kept epoch count on all rows.

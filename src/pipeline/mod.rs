@@ -1,13 +1,15 @@
 //! The commands' work, end to end, one file per command family: [`features`] finds each
 //! split's features in the cache or extracts them ([`extract`] runs the backbone, resumably),
 //! [`train`] trains and exports a head (and [`sweep`] a grid of them), [`evaluate`] re-scores a
-//! run, [`predict`] classifies pictures with one, and [`export`] writes it for other runtimes.
+//! run, [`predict`] classifies pictures with one, [`export`] writes it for other runtimes, and
+//! [`review_run`] finds what a run gets wrong and why (see [`crate::review`]).
 
 mod evaluate;
 mod export;
 mod extract;
 mod features;
 mod predict;
+mod review;
 pub mod shard;
 mod sweep;
 mod train;
@@ -25,6 +27,7 @@ pub use extract::extract_split;
 pub use features::{features, FeatureRequest, FeatureSet, SplitFeatures, DEFAULT_CHUNK_ROWS};
 pub use shard::ShardSpec;
 pub use predict::{collect_pictures, predict, ClassScore, Classifier, Prediction};
+pub use review::{page_path, review_run, ReviewOptions, PAGE_FILE};
 pub use sweep::{sweep, SweepOutcome, Trial};
 pub use train::{train, TrainOutcome};
 

@@ -8,7 +8,7 @@ use tch::Device;
 use super::{features, FeatureRequest, FeatureSet, Finished, Session, SplitFeatures};
 use crate::error::{Error, Result};
 use crate::export::{write_run, BackboneCard, DataCard, HeadCard, Metrics, HEAD_FORMAT, HEAD_FORMAT_VERSION};
-use crate::data::views::Tta;
+use crate::data::views::{Augment, Tta};
 use crate::head::{evaluate, evaluate_streamed, should_stream, train_head_streamed, train_head_views, Evaluation, LinearHead, TrainConfig, TrainReport, ViewLayout};
 use crate::hub::WeightsOrigin;
 
@@ -139,9 +139,14 @@ fn where_(device: Device) -> String {
 /// picture is judged as a test picture is (with `--tta flip` and a mirror view, on the mean of
 /// the picture and its mirror).
 pub(super) fn view_layout(fs: &FeatureSet) -> ViewLayout {
-    match fs.augment {
+    view_layout_of(fs.augment, fs.tta)
+}
+
+/// [`view_layout`] of a run trained with `augment` and `tta`.
+pub(super) fn view_layout_of(augment: Option<Augment>, tta: Tta) -> ViewLayout {
+    match augment {
         None => ViewLayout::single(),
-        Some(a) => ViewLayout { views: a.views(), validate_on: if a.flip && fs.tta == Tta::Flip { vec![0, 1] } else { vec![0] } },
+        Some(a) => ViewLayout { views: a.views(), validate_on: if a.flip && tta == Tta::Flip { vec![0, 1] } else { vec![0] } },
     }
 }
 

@@ -4,6 +4,8 @@
 //!   `{"model", "top": [{"class", "index", "probability"}...], "elapsed_ms"}`.
 //! - `GET /health`: `{"status": "ok", "model", "classes"}`.
 //! - `GET /`: a small page (no external scripts, styles or fonts) to try pictures in a browser.
+//! - `GET /review.html`: the run's `lastlayer review` page, once `review` has written it (the
+//!   page at `/` links to it then).
 //!
 //! Errors are JSON `{"error": "..."}`: 400 for a body that is not a picture or a bad `k`, 413
 //! for a body over the limit, 503 when too many pictures are already waiting for the model.
@@ -141,7 +143,7 @@ impl Server {
         })?;
         let addr = listener.local_addr().map_err(|e| Error::Server { message: format!("cannot read the listening address ({e})") })?;
         let state = Arc::new(AppState { jobs, model: model.clone(), classes, max_body_bytes: opts.max_body_bytes, queue: opts.queue });
-        Ok(Server { runtime, listener, addr, app: router(state), model, run_dir: run_dir.to_path_buf(), worker })
+        Ok(Server { runtime, listener, addr, app: router(state, run_dir), model, run_dir: run_dir.to_path_buf(), worker })
     }
 
     /// The address listened on (with the port the system chose for `--port 0`).
@@ -200,10 +202,12 @@ fn inference_loop(classifier: &Classifier, mut queue: mpsc::Receiver<Job>) {
     }
 }
 
-fn router(state: Arc<AppState>) -> Router {
+fn router(state: Arc<AppState>, run_dir: &Path) -> Router {
     let limit = state.max_body_bytes;
+    let review = crate::pipeline::page_path(run_dir);
     Router::new()
         .route("/", get(|| async { Html(PAGE) }))
+        .route("/review.html", get(move || review_page(review.clone())))
         .route("/health", get(health))
         .route("/predict", post(predict))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such page; there are GET /, GET /health and POST /predict") })
@@ -215,6 +219,16 @@ fn router(state: Arc<AppState>) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn(log_request))
         .with_state(state)
+}
+
+/// `GET /review.html`: the run's `lastlayer review` page, read when asked for (404 until
+/// `review` has written it).
+async fn review_page(path: PathBuf) -> Response {
+    let read = path.clone();
+    match tokio::task::spawn_blocking(move || std::fs::read_to_string(read)).await {
+        Ok(Ok(page)) => Html(page).into_response(),
+        _ => error(StatusCode::NOT_FOUND, format!("no review page yet: run `lastlayer review {}`", path.parent().unwrap_or(&path).display())),
+    }
 }
 
 /// A JSON error answer.
