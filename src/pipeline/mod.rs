@@ -24,7 +24,7 @@ pub use export::export;
 pub use extract::extract_split;
 pub use features::{features, FeatureRequest, FeatureSet, SplitFeatures, DEFAULT_CHUNK_ROWS};
 pub use shard::ShardSpec;
-pub use predict::{collect_pictures, predict, ClassScore, Classifier, Prediction};
+pub use predict::{collect_pictures, predict, ClassScore, Classifier, Prediction, Preparer};
 pub use sweep::{sweep, SweepOutcome, Trial};
 pub use train::{train, TrainOutcome};
 
