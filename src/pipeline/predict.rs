@@ -8,7 +8,7 @@ use tch::Tensor;
 use super::evaluate::weights_file_of;
 use super::features::load_backbone;
 use super::Session;
-use crate::backbone::{Backbone, Precision};
+use crate::backbone::{Architecture, Backbone, Engine, Precision};
 use crate::data::load_picture;
 use crate::data::on_device::{self, Pixels};
 use crate::error::{Error, IoContext, Result};
@@ -126,7 +126,31 @@ impl Classifier {
         }
         let preparer = self.preparer();
         let inputs = pictures.iter().map(|p| preparer.prepare(p)).collect::<Result<Vec<_>>>()?;
-        self.classify_prepared(&inputs, &vec![top_k; inputs.len()])
+        self.classify_prepared(&inputs, &vec![top_k; inputs.len()], inputs.len())
+    }
+
+    /// Runs the backbone with `engine` from now on ([`Engine::Frozen`] applies on the CPU
+    /// only). `predict` runs eagerly, as [`Engine::choose`] picks for a few pictures.
+    pub fn set_engine(&mut self, engine: Engine) {
+        self.backbone.set_engine(engine);
+    }
+
+    /// How the backbone runs.
+    pub fn engine(&self) -> Engine {
+        self.backbone.engine()
+    }
+
+    /// The backbone's network.
+    pub fn architecture(&self) -> Architecture {
+        self.backbone.architecture()
+    }
+
+    /// Runs one blank picture through, so that the first real one does not pay for what the
+    /// engine does once (tracing and freezing the frozen engine, a first batch of one).
+    pub fn warm_up(&self) -> Result<()> {
+        let side = self.card.preprocessing.input_size;
+        let blank = Tensor::zeros([1, 3, side, side], (tch::Kind::Uint8, tch::Device::Cpu));
+        self.classify(&[blank], 1).map(|_| ())
     }
 
     /// What turns a decoded picture into this classifier's input, to run on another thread
@@ -141,11 +165,12 @@ impl Classifier {
     }
 
     /// The top `ks[i]` classes (at least 1, at most as many as there are) of each of `inputs`,
-    /// made by [`Preparer::prepare`], run through the backbone as one batch of
-    /// `inputs.len()` pictures (no padding). Each picture's answer is what
+    /// made by [`Preparer::prepare`], run through the backbone as one batch of `rows` rows
+    /// (at least `inputs.len()`; extra rows repeat the last picture and are thrown away, so
+    /// that the frozen engine sees only a few batch shapes). Each picture's answer is what
     /// [`Classifier::classify`] gives it alone or in any other batch, up to the rounding of the
     /// backbone's kernels (tests/serve.rs compares it with `predict` to 1e-6).
-    pub fn classify_prepared(&self, inputs: &[Tensor], ks: &[usize]) -> Result<Vec<Vec<ClassScore>>> {
+    pub fn classify_prepared(&self, inputs: &[Tensor], ks: &[usize], rows: usize) -> Result<Vec<Vec<ClassScore>>> {
         if inputs.len() != ks.len() {
             return Err(Error::usage("ks", format!("{} pictures but {} values of k", inputs.len(), ks.len())));
         }
@@ -157,13 +182,16 @@ impl Classifier {
         }
         let classes = &self.card.classes;
         let k_max = ks.iter().copied().max().unwrap_or(1).min(classes.len());
+        let n = inputs.len();
+        let padded: Vec<Tensor> = inputs.iter().chain(std::iter::repeat_n(&inputs[n - 1], rows.saturating_sub(n))).map(Tensor::shallow_clone).collect();
         let device = self.backbone.device();
         let input = if on_device::preprocesses_on(device) {
-            self.card.preprocessing.batch_on(&Pixels::pictures(inputs)?.staged_for(device)?, device)?
+            self.card.preprocessing.batch_on(&Pixels::pictures(&padded)?.staged_for(device)?, device)?
         } else {
-            Tensor::f_cat(inputs, 0)?
+            Tensor::f_cat(&padded, 0)?
         };
-        let probs = self.head.probabilities(&self.backbone.features_with(&input, self.card.data.tta)?);
+        let features = self.backbone.features_with(&input, self.card.data.tta)?.f_narrow(0, 0, n as i64)?;
+        let probs = self.head.probabilities(&features);
         // The best k_max, best first; each picture keeps its own first k.
         let (values, indices) = probs.topk(k_max as i64, -1, true, true);
         let values: Vec<f64> = Vec::<f64>::try_from(values.to_kind(tch::Kind::Double).reshape([-1])).map_err(Error::Torch)?;

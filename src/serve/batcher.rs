@@ -4,8 +4,8 @@
 //! `--max-batch`; while the batch is not full and other requests are still being decoded (they
 //! will reach the queue shortly), it waits for them, until `--max-wait-ms` after the first
 //! picture entered the queue. A picture alone, with nothing on its way, runs at once: a single
-//! client waits for no one. The batch then runs as one forward pass of exactly its pictures
-//! (no padding), and every request gets its own answer.
+//! client waits for no one. The batch then runs as one forward pass (padded, for the frozen
+//! engine, to one of a few batch shapes: [`rows_for`]), and every request gets its own answer.
 //!
 //! Requests whose client has gone or whose `--timeout` has passed (their handler answered 503
 //! and dropped the reply channel) are skipped, so they cost no forward pass.
@@ -18,6 +18,7 @@ use tch::Tensor;
 use tokio::sync::oneshot;
 
 use super::metrics::Metrics;
+use crate::backbone::Engine;
 use crate::error::{Error, Result};
 use crate::pipeline::{ClassScore, Classifier};
 
@@ -81,7 +82,8 @@ pub(super) fn run(classifier: &Classifier, queue: Receiver<Job>, batching: Batch
             continue;
         }
         let start = Instant::now();
-        let answers = classify(classifier, &batch);
+        let rows = rows_for(batch.len(), batching.max_batch, classifier.engine());
+        let answers = classify(classifier, &batch, rows);
         metrics.batch_seconds.observe(start.elapsed().as_secs_f64());
         metrics.batch_size.observe(batch.len() as f64);
         for (job, answer) in batch.into_iter().zip(answers) {
@@ -116,21 +118,31 @@ fn collect<T>(queue: &Receiver<T>, first: T, max_batch: usize, deadline: Instant
     batch
 }
 
-/// Every job's answer, from one forward pass. Should the batch fail, each picture is tried
-/// alone, so that one bad picture fails only its own request.
-fn classify(classifier: &Classifier, batch: &[Job]) -> Vec<Result<Vec<ClassScore>>> {
-    let run = |jobs: &[Job]| -> Result<Vec<Vec<ClassScore>>> {
+/// The rows a batch of `n` pictures runs as: `n` for the eager engine; for the frozen one, `n`
+/// rounded up to a power of two (at most `max_batch`, else `n`), so that it runs a few batch
+/// shapes, each traced and fused once (a new shape runs unfused the first times it is seen).
+pub(super) fn rows_for(n: usize, max_batch: usize, engine: Engine) -> usize {
+    match engine {
+        Engine::Eager => n,
+        Engine::Frozen => n.checked_next_power_of_two().unwrap_or(n).min(max_batch).max(n),
+    }
+}
+
+/// Every job's answer, from one forward pass of `rows` rows. Should the batch fail, each
+/// picture is tried alone, so that one bad picture fails only its own request.
+fn classify(classifier: &Classifier, batch: &[Job], rows: usize) -> Vec<Result<Vec<ClassScore>>> {
+    let run = |jobs: &[Job], rows: usize| -> Result<Vec<Vec<ClassScore>>> {
         let inputs: Vec<Tensor> = jobs.iter().map(|j| j.input.shallow_clone()).collect();
         let ks: Vec<usize> = jobs.iter().map(|j| j.k).collect();
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| classifier.classify_prepared(&inputs, &ks)))
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| classifier.classify_prepared(&inputs, &ks, rows)))
             .unwrap_or_else(|_| Err(Error::Server { message: "libtorch failed on this batch".into() }))
     };
-    match run(batch) {
+    match run(batch, rows) {
         Ok(tops) => tops.into_iter().map(Ok).collect(),
         Err(e) if batch.len() == 1 => vec![Err(e)],
         Err(e) => {
             tracing::warn!("a batch of {} pictures failed ({e}); trying them one by one", batch.len());
-            batch.iter().map(|job| run(std::slice::from_ref(job)).map(|mut tops| tops.pop().unwrap_or_default())).collect()
+            batch.iter().map(|job| run(std::slice::from_ref(job), 1).map(|mut tops| tops.pop().unwrap_or_default())).collect()
         }
     }
 }
@@ -153,6 +165,15 @@ mod tests {
         // The rest, with nothing on its way: no wait.
         assert_eq!(collect(&rx, 10, 4, start + Duration::from_secs(60), || false), vec![10, 4, 5]);
         assert!(start.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn the_frozen_engine_runs_a_few_batch_shapes_and_the_eager_one_exact_batches() {
+        let frozen: Vec<usize> = (1..=12).map(|n| rows_for(n, 12, Engine::Frozen)).collect();
+        assert_eq!(frozen, vec![1, 2, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12]);
+        assert_eq!(rows_for(32, 32, Engine::Frozen), 32);
+        assert_eq!(rows_for(17, 32, Engine::Frozen), 32);
+        assert!((1..=40).all(|n| rows_for(n, 40, Engine::Eager) == n));
     }
 
     #[test]

@@ -40,7 +40,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{oneshot, Semaphore};
 
-use crate::backbone::default_batch_size;
+use crate::backbone::{default_batch_size, Engine};
 use crate::data::decode_picture;
 use crate::error::{Error, Result};
 use crate::pipeline::{Classifier, Preparer, Session};
@@ -142,6 +142,7 @@ struct Loaded {
     classes: Vec<String>,
     preparer: Preparer,
     device: tch::Device,
+    engine: Engine,
 }
 
 /// What the handlers and the inference thread share.
@@ -183,6 +184,7 @@ pub struct Server {
     model: String,
     run_dir: PathBuf,
     batching: Batching,
+    engine: Engine,
     timeout: Duration,
     worker: std::thread::JoinHandle<()>,
 }
@@ -204,7 +206,15 @@ impl Server {
         let worker = std::thread::Builder::new()
             .name("lastlayer-inference".into())
             .spawn(move || {
-                let classifier = match Classifier::open(&session, &dir) {
+                // A server sees many pictures: the engine extraction would use for many of them
+                // (the frozen one on the CPU, for the networks it speeds up), warmed up on a
+                // blank picture before anything listens.
+                let opened = Classifier::open(&session, &dir).and_then(|mut classifier| {
+                    classifier.set_engine(Engine::choose(classifier.device(), usize::MAX, classifier.architecture()));
+                    classifier.warm_up()?;
+                    Ok(classifier)
+                });
+                let classifier = match opened {
                     Ok(classifier) => classifier,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -216,6 +226,7 @@ impl Server {
                     classes: classifier.classes().to_vec(),
                     preparer: classifier.preparer(),
                     device: classifier.device(),
+                    engine: classifier.engine(),
                 };
                 let _ = ready_tx.send(Ok(loaded));
                 // Nothing comes when binding failed: the thread ends.
@@ -233,6 +244,7 @@ impl Server {
             }
         };
         let batching = Batching { max_batch: opts.max_batch.unwrap_or_else(|| default_batch_size(loaded.device)), max_wait: opts.max_wait };
+        let engine = loaded.engine;
         let bound = Self::listen(opts, batching, loaded);
         let (runtime, listener, addr, state, queue) = match bound {
             Ok(bound) => bound,
@@ -246,7 +258,7 @@ impl Server {
         start_tx
             .send(Start { queue, batching, shared: state.shared.clone() })
             .map_err(|_| Error::Server { message: "the inference thread stopped after loading the run".into() })?;
-        Ok(Server { runtime, listener, addr, app: router(state), model, run_dir: run_dir.to_path_buf(), batching, timeout: opts.timeout, worker })
+        Ok(Server { runtime, listener, addr, app: router(state), model, run_dir: run_dir.to_path_buf(), batching, engine, timeout: opts.timeout, worker })
     }
 
     /// The runtime, the bound socket, the handlers' state and the queue's receiving end.
@@ -302,9 +314,13 @@ impl Server {
     /// answered within `--timeout` of its arrival, and the server waits at most that plus
     /// [`SHUTDOWN_MARGIN`] (or until a second Ctrl-C).
     pub fn run(self) -> Result<()> {
-        let Server { runtime, listener, addr, app, model, run_dir, batching, timeout, worker } = self;
+        let Server { runtime, listener, addr, app, model, run_dir, batching, engine, timeout, worker } = self;
+        let shapes = match engine {
+            Engine::Frozen => ", padded to a power of two rows",
+            Engine::Eager => "",
+        };
         tracing::info!(
-            "serving {} ({model}) on http://{addr}: batches of at most {} pictures, waiting at most {} ms for one to fill; --timeout {}",
+            "serving {} ({model}, engine {engine:?}) on http://{addr}: batches of at most {} pictures{shapes}, waiting at most {} ms for one to fill; --timeout {}",
             run_dir.display(),
             batching.max_batch,
             batching.max_wait.as_millis(),
