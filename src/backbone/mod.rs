@@ -589,6 +589,11 @@ impl Backbone {
         self.precision
     }
 
+    /// The network it is.
+    pub fn architecture(&self) -> Architecture {
+        self.architecture
+    }
+
     /// The device it runs on.
     pub fn device(&self) -> Device {
         self.vs.device()

@@ -194,7 +194,8 @@ pub enum Command {
         batch_size: usize,
     },
     /// Serve a trained run over HTTP: POST /predict (a picture's bytes in, JSON top classes
-    /// out), GET /health, and GET / a page to try pictures in a browser. Stops on Ctrl-C.
+    /// out; requests that arrive together share a forward pass), GET /health, GET /metrics
+    /// (Prometheus), and GET / a page to try pictures in a browser. Stops on Ctrl-C or SIGTERM.
     Serve {
         /// A run folder written by `train`, `run` or `sweep`.
         run_dir: PathBuf,
@@ -210,6 +211,18 @@ pub enum Command {
         /// Pictures that may wait for the model; requests beyond are refused with 503.
         #[arg(long, default_value_t = 32)]
         queue: usize,
+        /// Most pictures per forward pass [default: the extraction batch size, 32 on the CPU,
+        /// 256 on a GPU].
+        #[arg(long, value_name = "N")]
+        max_batch: Option<usize>,
+        /// Longest a picture waits, in milliseconds, for requests still being decoded to join
+        /// its batch (a picture with none on their way runs at once).
+        #[arg(long, default_value_t = 5, value_name = "MS")]
+        max_wait_ms: u64,
+        /// Longest a request may take from its arrival to its answer, in seconds; past it, 503
+        /// (408 while its body is still arriving).
+        #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+        timeout: f64,
     },
 }
 

@@ -301,17 +301,23 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             print!("{}", output::predictions(&preds));
         }
-        Command::Serve { run_dir, host, port, max_body_mb, queue } => {
+        Command::Serve { run_dir, host, port, max_body_mb, queue, max_batch, max_wait_ms, timeout } => {
+            let timeout = std::time::Duration::try_from_secs_f64(*timeout)
+                .ok()
+                .filter(|t| !t.is_zero())
+                .ok_or_else(|| lastlayer::Error::usage("--timeout", format!("{timeout} is not a number of seconds above 0 (say 30, or 0.5)")))?;
             let opts = lastlayer::serve::ServeOptions {
-                host: host.clone(),
-                port: *port,
                 max_body_bytes: max_body_mb.saturating_mul(1 << 20),
                 queue: *queue,
+                max_batch: *max_batch,
+                max_wait: std::time::Duration::from_millis(*max_wait_ms),
+                timeout,
+                ..lastlayer::serve::ServeOptions::new(host.clone(), *port)
             };
             let server = lastlayer::serve::Server::bind(&s, run_dir, &opts)?;
             let url = format!("http://{}", server.local_addr());
             if json {
-                println!("{}", json!({ "url": url, "run_dir": run_dir, "model": server.model() }));
+                println!("{}", json!({ "url": url, "run_dir": run_dir, "model": server.model(), "max_batch": server.max_batch() }));
             } else {
                 println!("serving {} on {url}", run_dir.display());
             }

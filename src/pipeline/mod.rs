@@ -26,7 +26,7 @@ pub use export::export;
 pub use extract::extract_split;
 pub use features::{features, FeatureRequest, FeatureSet, SplitFeatures, DEFAULT_CHUNK_ROWS};
 pub use shard::ShardSpec;
-pub use predict::{collect_pictures, predict, ClassScore, Classifier, Prediction};
+pub use predict::{collect_pictures, predict, ClassScore, Classifier, Prediction, Preparer};
 pub use review::{page_path, review_run, ReviewOptions, PAGE_FILE};
 pub use sweep::{sweep, SweepOutcome, Trial};
 pub use train::{train, TrainOutcome};

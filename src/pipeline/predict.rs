@@ -8,7 +8,7 @@ use tch::Tensor;
 use super::evaluate::weights_file_of;
 use super::features::load_backbone;
 use super::Session;
-use crate::backbone::{Backbone, Precision};
+use crate::backbone::{Architecture, Backbone, Engine, Precision};
 use crate::data::load_picture;
 use crate::data::on_device::{self, Pixels};
 use crate::error::{Error, IoContext, Result};
@@ -124,31 +124,111 @@ impl Classifier {
         if top_k == 0 {
             return Err(Error::usage("top_k", "must be at least 1"));
         }
-        if pictures.is_empty() {
+        let preparer = self.preparer();
+        let inputs = pictures.iter().map(|p| preparer.prepare(p)).collect::<Result<Vec<_>>>()?;
+        self.classify_prepared(&inputs, &vec![top_k; inputs.len()], inputs.len())
+    }
+
+    /// Runs the backbone with `engine` from now on ([`Engine::Frozen`] applies on the CPU
+    /// only). `predict` runs eagerly, as [`Engine::choose`] picks for a few pictures.
+    pub fn set_engine(&mut self, engine: Engine) {
+        self.backbone.set_engine(engine);
+    }
+
+    /// How the backbone runs.
+    pub fn engine(&self) -> Engine {
+        self.backbone.engine()
+    }
+
+    /// The backbone's network.
+    pub fn architecture(&self) -> Architecture {
+        self.backbone.architecture()
+    }
+
+    /// Runs one blank picture through, so that the first real one does not pay for what the
+    /// engine does once (tracing and freezing the frozen engine, a first batch of one).
+    pub fn warm_up(&self) -> Result<()> {
+        let side = self.card.preprocessing.input_size;
+        let blank = Tensor::zeros([1, 3, side, side], (tch::Kind::Uint8, tch::Device::Cpu));
+        self.classify(&[blank], 1).map(|_| ())
+    }
+
+    /// What turns a decoded picture into this classifier's input, to run on another thread
+    /// (a server's decoding pool) than the one holding the classifier.
+    pub fn preparer(&self) -> Preparer {
+        Preparer { preprocessing: self.card.preprocessing.clone(), on_device: on_device::preprocesses_on(self.backbone.device()) }
+    }
+
+    /// The backbone's device.
+    pub fn device(&self) -> tch::Device {
+        self.backbone.device()
+    }
+
+    /// The top `ks[i]` classes (at least 1, at most as many as there are) of each of `inputs`,
+    /// made by [`Preparer::prepare`], run through the backbone as one batch of `rows` rows
+    /// (at least `inputs.len()`; extra rows repeat the last picture and are thrown away, so
+    /// that the frozen engine sees only a few batch shapes). Each picture's answer is what
+    /// [`Classifier::classify`] gives it alone or in any other batch, up to the rounding of the
+    /// backbone's kernels (tests/serve.rs compares it with `predict` to 1e-6).
+    pub fn classify_prepared(&self, inputs: &[Tensor], ks: &[usize], rows: usize) -> Result<Vec<Vec<ClassScore>>> {
+        if inputs.len() != ks.len() {
+            return Err(Error::usage("ks", format!("{} pictures but {} values of k", inputs.len(), ks.len())));
+        }
+        if ks.contains(&0) {
+            return Err(Error::usage("top_k", "must be at least 1"));
+        }
+        if inputs.is_empty() {
             return Ok(Vec::new());
         }
         let classes = &self.card.classes;
-        let k = top_k.min(classes.len());
-        let pre = &self.card.preprocessing;
+        let k_max = ks.iter().copied().max().unwrap_or(1).min(classes.len());
+        let n = inputs.len();
+        let padded: Vec<Tensor> = inputs.iter().chain(std::iter::repeat_n(&inputs[n - 1], rows.saturating_sub(n))).map(Tensor::shallow_clone).collect();
         let device = self.backbone.device();
         let input = if on_device::preprocesses_on(device) {
-            pre.batch_on(&Pixels::pictures(pictures)?.staged_for(device)?, device)?
+            self.card.preprocessing.batch_on(&Pixels::pictures(&padded)?.staged_for(device)?, device)?
         } else {
-            Tensor::cat(&pictures.iter().map(|p| pre.batch(p)).collect::<Vec<_>>(), 0)
+            Tensor::f_cat(&padded, 0)?
         };
-        let probs = self.head.probabilities(&self.backbone.features_with(&input, self.card.data.tta)?);
-        let (values, indices) = probs.topk(k as i64, -1, true, true);
-        (0..pictures.len())
-            .map(|i| {
-                let v: Vec<f64> = Vec::<f64>::try_from(values.get(i as i64).to_kind(tch::Kind::Double)).map_err(Error::Torch)?;
-                let ix: Vec<i64> = Vec::<i64>::try_from(indices.get(i as i64)).map_err(Error::Torch)?;
-                Ok(ix
+        let features = self.backbone.features_with(&input, self.card.data.tta)?.f_narrow(0, 0, n as i64)?;
+        let probs = self.head.probabilities(&features);
+        // The best k_max, best first; each picture keeps its own first k.
+        let (values, indices) = probs.topk(k_max as i64, -1, true, true);
+        let values: Vec<f64> = Vec::<f64>::try_from(values.to_kind(tch::Kind::Double).reshape([-1])).map_err(Error::Torch)?;
+        let indices: Vec<i64> = Vec::<i64>::try_from(indices.reshape([-1])).map_err(Error::Torch)?;
+        Ok(ks
+            .iter()
+            .enumerate()
+            .map(|(i, &k)| {
+                let row = i * k_max..i * k_max + k.min(k_max);
+                indices[row.clone()]
                     .iter()
-                    .zip(v)
-                    .map(|(&c, p)| ClassScore { class: classes[c as usize].clone(), index: c as usize, probability: p })
-                    .collect())
+                    .zip(&values[row])
+                    .map(|(&c, &p)| ClassScore { class: classes[c as usize].clone(), index: c as usize, probability: p })
+                    .collect()
             })
-            .collect()
+            .collect())
+    }
+}
+
+/// Turns decoded pictures into a [`Classifier`]'s input ([`Classifier::preparer`]): on the
+/// CPU, resized and normalised (`[1, 3, S, S]` f32, what the backbone takes); for a backbone
+/// that preprocesses on its device, the uint8 picture as it is. Holds no libtorch module, so
+/// it can be cloned to any thread.
+#[derive(Debug, Clone)]
+pub struct Preparer {
+    preprocessing: crate::data::preprocess::Preprocessing,
+    on_device: bool,
+}
+
+impl Preparer {
+    /// One decoded `[1, 3, h, w]` uint8 picture, ready for [`Classifier::classify_prepared`].
+    pub fn prepare(&self, picture: &Tensor) -> Result<Tensor> {
+        if self.on_device {
+            Ok(picture.shallow_clone())
+        } else {
+            Ok(self.preprocessing.batch(picture))
+        }
     }
 }
 

@@ -3,26 +3,36 @@
 //! - `POST /predict[?k=N]`: the body is the bytes of a JPEG or PNG picture; the answer is
 //!   `{"model", "top": [{"class", "index", "probability"}...], "elapsed_ms"}`.
 //! - `GET /health`: `{"status": "ok", "model", "classes"}`.
+//! - `GET /metrics`: request counts, latency and batch-size histograms and the queue's depth,
+//!   in Prometheus text format ([`metrics`]).
 //! - `GET /`: a small page (no external scripts, styles or fonts) to try pictures in a browser.
 //! - `GET /review.html`: the run's `lastlayer review` page, once `review` has written it (the
 //!   page at `/` links to it then).
 //!
-//! Errors are JSON `{"error": "..."}`: 400 for a body that is not a picture or a bad `k`, 413
-//! for a body over the limit, 503 when too many pictures are already waiting for the model.
+//! Errors are JSON `{"error": "..."}`: 400 for a body that is not a picture or a bad `k`, 408
+//! for a body that has not arrived within `--timeout`, 413 for a body over the limit, 503 (with
+//! `Retry-After`) when `--queue` pictures are already waiting for the model or when the answer
+//! is not ready within `--timeout`.
 //!
 //! The rest of lastlayer is synchronous; only this module runs an async (tokio) runtime, and
-//! no model work happens on its threads: pictures are decoded on tokio's blocking pool and
-//! classified on one dedicated thread that owns the [`Classifier`] (libtorch modules are not
-//! `Sync`), fed through a bounded queue with a one-shot reply per request.
+//! no model work happens on its threads. A request's body is read (at most `--queue` +
+//! `--max-batch` bodies at once), decoded and resized on tokio's blocking pool (as many at once
+//! as there are cores) and queued (at most `--queue` pictures); one dedicated thread owns the
+//! [`Classifier`] (libtorch modules are not `Sync`) and runs the queued pictures in batches
+//! ([`batcher`]), answering each request through its own one-shot channel. Memory is bounded by
+//! those limits whatever the load: the bodies being read (each at most `--max-body-mb`), the
+//! pictures being decoded, and `--queue` + `--max-batch` prepared pictures. A slow or idle
+//! client holds at most a body slot, until `--timeout`, and never the model thread.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Bytes, HttpBody};
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
@@ -30,12 +40,18 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use tch::Tensor;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{oneshot, Semaphore};
 
+use crate::backbone::{default_batch_size, Engine};
 use crate::data::decode_picture;
 use crate::error::{Error, Result};
-use crate::pipeline::{ClassScore, Classifier, Session};
+use crate::pipeline::{Classifier, Preparer, Session};
+
+mod batcher;
+pub mod metrics;
+
+use batcher::{Arriving, Batching, Job};
+use metrics::Metrics;
 
 /// The page served at `GET /`.
 const PAGE: &str = include_str!("page.html");
@@ -49,8 +65,16 @@ pub const DEFAULT_TOP_K: usize = 5;
 const DRAIN_BYTES: usize = 64 << 20;
 const DRAIN_TIME: Duration = Duration::from_secs(5);
 
-/// How long the requests in flight may take to finish after Ctrl-C or SIGTERM.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long after `--timeout` the server still waits, after Ctrl-C or SIGTERM, for the
+/// requests in flight (each of which is answered within `--timeout` of its arrival).
+pub const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
+
+/// `--max-wait-ms`'s default: how long a picture may wait for the requests still being decoded
+/// to join its batch (measured in docs/performance.md).
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_millis(5);
+
+/// `--timeout`'s default.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How the server listens and what it accepts.
 #[derive(Debug, Clone)]
@@ -63,22 +87,93 @@ pub struct ServeOptions {
     pub max_body_bytes: usize,
     /// Pictures that may wait for the model; requests beyond get 503.
     pub queue: usize,
+    /// Most pictures per forward pass; `None`: the extraction batch size of the run's device
+    /// ([`default_batch_size`]).
+    pub max_batch: Option<usize>,
+    /// Longest a picture waits for others on their way to join its batch.
+    pub max_wait: Duration,
+    /// Longest a request may take from its arrival to its answer; past it, 503 (or 408 while
+    /// its body is still arriving).
+    pub timeout: Duration,
 }
 
-/// A picture waiting for the model, and where its answer goes.
-struct Job {
-    picture: Tensor,
-    k: usize,
-    reply: oneshot::Sender<Result<Vec<ClassScore>>>,
+impl ServeOptions {
+    /// The defaults (`lastlayer serve`'s), listening on `host:port`.
+    pub fn new(host: impl Into<String>, port: u16) -> ServeOptions {
+        ServeOptions {
+            host: host.into(),
+            port,
+            max_body_bytes: 16 << 20,
+            queue: 32,
+            max_batch: None,
+            max_wait: DEFAULT_MAX_WAIT,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.max_body_bytes == 0 {
+            return Err(Error::usage("--max-body-mb", "must be at least 1"));
+        }
+        if self.queue == 0 {
+            return Err(Error::usage("--queue", "must be at least 1"));
+        }
+        if self.max_batch == Some(0) {
+            return Err(Error::usage("--max-batch", "must be at least 1"));
+        }
+        if self.timeout.is_zero() {
+            return Err(Error::usage("--timeout", "must be more than 0 seconds"));
+        }
+        if self.max_wait >= self.timeout {
+            return Err(Error::usage(
+                "--max-wait-ms",
+                format!(
+                    "{} ms is not shorter than --timeout ({}); a few milliseconds is usual",
+                    self.max_wait.as_millis(),
+                    seconds(self.timeout)
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What the inference thread reports once the run is loaded.
+struct Loaded {
+    model: String,
+    classes: Vec<String>,
+    preparer: Preparer,
+    device: tch::Device,
+    engine: Engine,
+}
+
+/// What the handlers and the inference thread share.
+struct Shared {
+    arriving: Arriving,
+    metrics: Metrics,
+}
+
+/// What the inference thread needs to start batching, sent once the socket is bound.
+struct Start {
+    queue: std::sync::mpsc::Receiver<Job>,
+    batching: Batching,
+    shared: Arc<Shared>,
 }
 
 /// What every handler shares.
 struct AppState {
-    jobs: mpsc::Sender<Job>,
+    jobs: SyncSender<Job>,
     model: String,
     classes: Vec<String>,
+    preparer: Preparer,
     max_body_bytes: usize,
     queue: usize,
+    timeout: Duration,
+    /// Bodies being read or decoded: `--queue` + `--max-batch` at once.
+    bodies: Arc<Semaphore>,
+    /// Pictures being decoded: one a core.
+    decoders: Arc<Semaphore>,
+    shared: Arc<Shared>,
 }
 
 /// A server bound to its address with the run loaded, not yet answering: [`Server::run`]
@@ -90,6 +185,9 @@ pub struct Server {
     app: Router,
     model: String,
     run_dir: PathBuf,
+    batching: Batching,
+    engine: Engine,
+    timeout: Duration,
     worker: std::thread::JoinHandle<()>,
 }
 
@@ -101,37 +199,77 @@ impl std::fmt::Debug for Server {
 
 impl Server {
     /// Loads the run `run_dir` (on its own inference thread) and binds the listening socket.
-    /// A bad run folder fails here, before anything listens.
+    /// A bad run folder or a bad option fails here, before anything listens.
     pub fn bind(session: &Session, run_dir: &Path, opts: &ServeOptions) -> Result<Server> {
-        if opts.max_body_bytes == 0 {
-            return Err(Error::usage("--max-body-mb", "must be at least 1"));
-        }
-        if opts.queue == 0 {
-            return Err(Error::usage("--queue", "must be at least 1"));
-        }
-        let (jobs, queue) = mpsc::channel::<Job>(opts.queue);
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(String, Vec<String>)>>();
+        opts.validate()?;
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Loaded>>();
+        let (start_tx, start_rx) = std::sync::mpsc::channel::<Start>();
         let (session, dir) = (session.clone(), run_dir.to_path_buf());
         let worker = std::thread::Builder::new()
             .name("lastlayer-inference".into())
-            .spawn(move || match Classifier::open(&session, &dir) {
-                Ok(classifier) => {
-                    let _ = ready_tx.send(Ok((classifier.model().to_string(), classifier.classes().to_vec())));
-                    inference_loop(&classifier, queue);
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
+            .spawn(move || {
+                // A server sees many pictures: the engine extraction would use for many of them
+                // (the frozen one on the CPU, for the networks it speeds up), warmed up on a
+                // blank picture before anything listens.
+                let opened = Classifier::open(&session, &dir).and_then(|mut classifier| {
+                    classifier.set_engine(Engine::choose(classifier.device(), usize::MAX, classifier.architecture()));
+                    classifier.warm_up()?;
+                    Ok(classifier)
+                });
+                let classifier = match opened {
+                    Ok(classifier) => classifier,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let loaded = Loaded {
+                    model: classifier.model().to_string(),
+                    classes: classifier.classes().to_vec(),
+                    preparer: classifier.preparer(),
+                    device: classifier.device(),
+                    engine: classifier.engine(),
+                };
+                let _ = ready_tx.send(Ok(loaded));
+                // Nothing comes when binding failed: the thread ends.
+                if let Ok(Start { queue, batching, shared }) = start_rx.recv() {
+                    batcher::run(&classifier, queue, batching, &shared.arriving, &shared.metrics);
                 }
             })
             .map_err(|e| Error::Server { message: format!("cannot start the inference thread ({e})") })?;
         let ready = ready_rx.recv().map_err(|_| Error::Server { message: "the inference thread stopped while loading the run".into() });
-        let (model, classes) = match ready {
+        let loaded = match ready {
             Ok(Ok(loaded)) => loaded,
             Ok(Err(e)) | Err(e) => {
                 let _ = worker.join();
                 return Err(e);
             }
         };
+        let batching = Batching { max_batch: opts.max_batch.unwrap_or_else(|| default_batch_size(loaded.device)), max_wait: opts.max_wait };
+        let engine = loaded.engine;
+        let bound = Self::listen(opts, batching, loaded);
+        let (runtime, listener, addr, state, queue) = match bound {
+            Ok(bound) => bound,
+            Err(e) => {
+                drop(start_tx);
+                let _ = worker.join();
+                return Err(e);
+            }
+        };
+        let model = state.model.clone();
+        start_tx
+            .send(Start { queue, batching, shared: state.shared.clone() })
+            .map_err(|_| Error::Server { message: "the inference thread stopped after loading the run".into() })?;
+        Ok(Server { runtime, listener, addr, app: router(state, run_dir), model, run_dir: run_dir.to_path_buf(), batching, engine, timeout: opts.timeout, worker })
+    }
+
+    /// The runtime, the bound socket, the handlers' state and the queue's receiving end.
+    #[allow(clippy::type_complexity)] // used once, by `bind`
+    fn listen(
+        opts: &ServeOptions,
+        batching: Batching,
+        loaded: Loaded,
+    ) -> Result<(tokio::runtime::Runtime, tokio::net::TcpListener, SocketAddr, Arc<AppState>, std::sync::mpsc::Receiver<Job>)> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .thread_name("lastlayer-http")
@@ -142,8 +280,21 @@ impl Server {
             Error::usage(flag, format!("cannot listen on {}:{} ({e}); choose another --host or --port (--port 0 picks a free one)", opts.host, opts.port))
         })?;
         let addr = listener.local_addr().map_err(|e| Error::Server { message: format!("cannot read the listening address ({e})") })?;
-        let state = Arc::new(AppState { jobs, model: model.clone(), classes, max_body_bytes: opts.max_body_bytes, queue: opts.queue });
-        Ok(Server { runtime, listener, addr, app: router(state, run_dir), model, run_dir: run_dir.to_path_buf(), worker })
+        let (jobs, queue) = sync_channel::<Job>(opts.queue);
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let state = Arc::new(AppState {
+            jobs,
+            model: loaded.model,
+            classes: loaded.classes,
+            preparer: loaded.preparer,
+            max_body_bytes: opts.max_body_bytes,
+            queue: opts.queue,
+            timeout: opts.timeout,
+            bodies: Arc::new(Semaphore::new(opts.queue.saturating_add(batching.max_batch).min(Semaphore::MAX_PERMITS))),
+            decoders: Arc::new(Semaphore::new(cores)),
+            shared: Arc::new(Shared { arriving: Arriving::default(), metrics: Metrics::new(opts.queue, batching.max_batch)? }),
+        });
+        Ok((runtime, listener, addr, state, queue))
     }
 
     /// The address listened on (with the port the system chose for `--port 0`).
@@ -156,11 +307,28 @@ impl Server {
         &self.model
     }
 
-    /// Serves until Ctrl-C or SIGTERM, then lets the requests in flight finish (for at most
-    /// [`SHUTDOWN_GRACE`], or until a second Ctrl-C).
+    /// Most pictures per forward pass (`--max-batch`, or its default for the run's device).
+    pub fn max_batch(&self) -> usize {
+        self.batching.max_batch
+    }
+
+    /// Serves until Ctrl-C or SIGTERM, then lets the requests in flight finish: each is
+    /// answered within `--timeout` of its arrival, and the server waits at most that plus
+    /// [`SHUTDOWN_MARGIN`] (or until a second Ctrl-C).
     pub fn run(self) -> Result<()> {
-        let Server { runtime, listener, addr, app, model, run_dir, worker } = self;
-        tracing::info!("serving {} ({model}) on http://{addr}", run_dir.display());
+        let Server { runtime, listener, addr, app, model, run_dir, batching, engine, timeout, worker } = self;
+        let shapes = match engine {
+            Engine::Frozen => ", padded to a power of two rows",
+            Engine::Eager => "",
+        };
+        tracing::info!(
+            "serving {} ({model}, engine {engine:?}) on http://{addr}: batches of at most {} pictures{shapes}, waiting at most {} ms for one to fill; --timeout {}",
+            run_dir.display(),
+            batching.max_batch,
+            batching.max_wait.as_millis(),
+            seconds(timeout)
+        );
+        let grace = timeout + SHUTDOWN_MARGIN;
         let served = runtime.block_on(async move {
             let stopping = Arc::new(tokio::sync::Notify::new());
             let signalled = stopping.clone();
@@ -173,7 +341,7 @@ impl Server {
                 _ = async {
                     stopping.notified().await;
                     tokio::select! {
-                        _ = tokio::time::sleep(SHUTDOWN_GRACE) => {}
+                        _ = tokio::time::sleep(grace) => {}
                         _ = shutdown_signal() => {}
                     }
                 } => {
@@ -182,23 +350,11 @@ impl Server {
                 }
             }
         });
-        // The router (and with it the queue's sender) is gone: the inference thread ends.
+        // The router (and with it the queue's sender) is gone: the inference thread finishes
+        // what is queued (skipping pictures nobody waits for) and ends.
         drop(runtime);
         let _ = worker.join();
         served.map_err(|e| Error::Server { message: format!("stopped with an error ({e})") })
-    }
-}
-
-/// The inference thread: classifies queued pictures one at a time until every sender is gone.
-fn inference_loop(classifier: &Classifier, mut queue: mpsc::Receiver<Job>) {
-    while let Some(job) = queue.blocking_recv() {
-        if job.reply.is_closed() {
-            continue; // the client went away while the picture waited
-        }
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| classifier.classify(std::slice::from_ref(&job.picture), job.k)))
-            .unwrap_or_else(|_| Err(Error::Server { message: "libtorch failed on this picture".into() }))
-            .map(|mut tops| tops.pop().unwrap_or_default());
-        let _ = job.reply.send(result);
     }
 }
 
@@ -209,15 +365,16 @@ fn router(state: Arc<AppState>, run_dir: &Path) -> Router {
         .route("/", get(|| async { Html(PAGE) }))
         .route("/review.html", get(move || review_page(review.clone())))
         .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
         .route("/predict", post(predict))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such page; there are GET /, GET /health and POST /predict") })
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such page; there are GET /, GET /health, GET /metrics and POST /predict") })
         .method_not_allowed_fallback(|| async {
-            error(StatusCode::METHOD_NOT_ALLOWED, "wrong method; there are GET /, GET /health and POST /predict")
+            error(StatusCode::METHOD_NOT_ALLOWED, "wrong method; there are GET /, GET /health, GET /metrics and POST /predict")
         })
         // The limit for axum's own body extractors; /predict reads its body itself (see
         // `read_body`) to answer an oversized one cleanly.
         .layer(DefaultBodyLimit::max(limit))
-        .layer(middleware::from_fn(log_request))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
 
@@ -236,16 +393,53 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
-/// One log line per request: method, path, status, milliseconds.
-async fn log_request(req: Request, next: Next) -> Response {
+/// A 503 with `Retry-After`, counted under `reason` in `lastlayer_refused_total`.
+fn unavailable(st: &AppState, reason: &str, message: impl Into<String>) -> Response {
+    st.shared.metrics.refused.with_label_values(&[reason]).inc();
+    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, message);
+    r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    r
+}
+
+/// The 503 of a request that waited longer than `--timeout`.
+fn timed_out(st: &AppState, waiting_for: &str) -> Response {
+    unavailable(
+        st,
+        "timeout",
+        format!("timed out: {waiting_for} for longer than --timeout ({}); the server is busy, try again shortly", seconds(st.timeout)),
+    )
+}
+
+/// `response` with `Connection: close`, for a request whose body was not read.
+fn closing(mut r: Response) -> Response {
+    r.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    r
+}
+
+/// One log line per request (method, path, status, milliseconds), and its count and latency
+/// in the metrics, by route.
+async fn observe(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map_or_else(|| "other".to_string(), |p| p.as_str().to_string());
     let (method, path, start) = (req.method().clone(), req.uri().path().to_string(), Instant::now());
     let response = next.run(req).await;
-    tracing::info!("{method} {path} {} {:.1} ms", response.status().as_u16(), start.elapsed().as_secs_f64() * 1e3);
+    let secs = start.elapsed().as_secs_f64();
+    let status = response.status();
+    tracing::info!("{method} {path} {} {:.1} ms", status.as_u16(), secs * 1e3);
+    let metrics = &st.shared.metrics;
+    metrics.requests.with_label_values(&[route.as_str(), status.as_str()]).inc();
+    metrics.latency.with_label_values(&[route.as_str()]).observe(secs);
     response
 }
 
 async fn health(State(st): State<Arc<AppState>>) -> Response {
     Json(json!({ "status": "ok", "model": st.model, "classes": st.classes })).into_response()
+}
+
+async fn metrics_text(State(st): State<Arc<AppState>>) -> Response {
+    match st.shared.metrics.encode() {
+        Ok(text) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -255,8 +449,15 @@ struct PredictQuery {
 
 async fn predict(State(st): State<Arc<AppState>>, query: std::result::Result<Query<PredictQuery>, QueryRejection>, req: Request) -> Response {
     let start = Instant::now();
+    let deadline = tokio::time::Instant::now() + st.timeout;
+    // A slot for the body (bounded memory); while none is free the body stays unread.
+    let body_slot = match tokio::time::timeout_at(deadline, st.bodies.clone().acquire_owned()).await {
+        Ok(Ok(slot)) => slot,
+        Ok(Err(_)) => return closing(unavailable(&st, "shutting_down", "the server is shutting down")),
+        Err(_) => return closing(timed_out(&st, "waited for a slot to read the picture")),
+    };
     // The body first, whatever the answer: a connection is left clean only once it is read.
-    let body = match read_body(req, st.max_body_bytes).await {
+    let body = match read_body(req, st.max_body_bytes, deadline, st.timeout).await {
         Ok(body) => body,
         Err(response) => return response,
     };
@@ -268,46 +469,70 @@ async fn predict(State(st): State<Arc<AppState>>, query: std::result::Result<Que
     if k == 0 {
         return error(StatusCode::BAD_REQUEST, format!("k must be at least 1 (it is at most the number of classes, {n})"));
     }
-    let picture = match tokio::task::spawn_blocking(move || decode_picture(&body)).await {
-        Ok(Ok(picture)) => picture,
+    // On its way to the queue: the model thread may wait (--max-wait-ms) for it to join a batch.
+    let arriving = st.shared.arriving.enter();
+    let decode_slot = match tokio::time::timeout_at(deadline, st.decoders.clone().acquire_owned()).await {
+        Ok(Ok(slot)) => slot,
+        Ok(Err(_)) => return unavailable(&st, "shutting_down", "the server is shutting down"),
+        Err(_) => return timed_out(&st, "waited to be decoded"),
+    };
+    let preparer = st.preparer.clone();
+    let decoded = tokio::task::spawn_blocking(move || {
+        let _slots = (body_slot, decode_slot);
+        decode_picture(&body).and_then(|picture| preparer.prepare(&picture))
+    })
+    .await;
+    let input = match decoded {
+        Ok(Ok(input)) => input,
         Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, e.to_string()),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("decoding failed ({e})")),
     };
     let (reply, answer) = oneshot::channel();
-    match st.jobs.try_send(Job { picture, k: k.min(n), reply }) {
+    let depth = &st.shared.metrics.queue_depth;
+    depth.inc();
+    match st.jobs.try_send(Job { input, k: k.min(n), queued: Instant::now(), reply }) {
         Ok(()) => {}
-        Err(mpsc::error::TrySendError::Full(_)) => {
-            let mut r = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("busy: {} pictures are already waiting for the model (--queue); try again shortly", st.queue),
-            );
-            r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-            return r;
+        Err(TrySendError::Full(_)) => {
+            depth.dec();
+            return unavailable(&st, "queue_full", format!("busy: {} pictures are already waiting for the model (--queue); try again shortly", st.queue));
         }
-        Err(mpsc::error::TrySendError::Closed(_)) => return error(StatusCode::SERVICE_UNAVAILABLE, "the model is not running (shutting down)"),
+        Err(TrySendError::Disconnected(_)) => {
+            depth.dec();
+            return unavailable(&st, "shutting_down", "the model is not running (shutting down)");
+        }
     }
-    match answer.await {
-        Ok(Ok(top)) => Json(json!({
+    drop(arriving);
+    match tokio::time::timeout_at(deadline, answer).await {
+        Ok(Ok(Ok(top))) => Json(json!({
             "model": st.model,
             "top": top,
             "elapsed_ms": (start.elapsed().as_secs_f64() * 1e4).round() / 10.0,
         }))
         .into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("classification failed: {e}")),
-        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the model stopped before answering"),
+        Ok(Ok(Err(e))) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("classification failed: {e}")),
+        Ok(Err(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, "the model stopped before answering"),
+        Err(_) => timed_out(&st, "waited for the model"),
     }
+}
+
+/// `d` in seconds, as a user writes it (`30 s`, `0.5 s`).
+fn seconds(d: Duration) -> String {
+    format!("{} s", d.as_secs_f64())
 }
 
 /// Reads a request body of at most `limit` bytes. A longer one is answered with 413, at once
 /// when its declared length is far over (or the client waits for `100 Continue`), otherwise
-/// after reading and discarding the rest, within [`DRAIN_BYTES`] and [`DRAIN_TIME`].
-async fn read_body(req: Request, limit: usize) -> std::result::Result<Bytes, Response> {
+/// after reading and discarding the rest, within [`DRAIN_BYTES`] and [`DRAIN_TIME`]. A body
+/// not all there by `deadline` (`timeout` after the request's arrival) is answered with 408.
+async fn read_body(req: Request, limit: usize, deadline: tokio::time::Instant, timeout: Duration) -> std::result::Result<Bytes, Response> {
     let too_large = || {
         error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over the limit of {} (--max-body-mb); send a smaller JPEG or PNG", mib(limit)))
     };
-    let closing = |mut r: Response| {
-        r.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
-        r
+    let too_slow = || {
+        closing(error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the body did not arrive within --timeout ({}); send it at once, or raise --timeout", seconds(timeout)),
+        ))
     };
     let (declared, expects_continue) = {
         let header = |name| req.headers().get(name).and_then(|v: &header::HeaderValue| v.to_str().ok()).map(str::to_ascii_lowercase);
@@ -326,7 +551,10 @@ async fn read_body(req: Request, limit: usize) -> std::result::Result<Bytes, Res
     loop {
         let next = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx));
         let frame = match drain_until {
-            None => next.await,
+            None => match tokio::time::timeout_at(deadline, next).await {
+                Ok(frame) => frame,
+                Err(_) => return Err(too_slow()),
+            },
             Some(until) => match tokio::time::timeout_at(until, next).await {
                 Ok(frame) => frame,
                 Err(_) => return Err(closing(too_large())),
