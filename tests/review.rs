@@ -415,7 +415,7 @@ fn review_extracts_missing_features_or_says_offline_prevents_it() {
 
     let out = sb.run(&["--json", "review", "run", "--folds", "3", "--no-page"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("rows extracted"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("60 extracted now"), "{}", stderr(&out));
     let review: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(review["summary"]["train_pictures"], 60);
     assert!(review["summary"]["page"].is_null() && !sb.path().join("run/review.html").exists());
