@@ -31,6 +31,20 @@ pub(super) fn weights_file_of(card: &HeadCard) -> Option<PathBuf> {
     }
 }
 
+/// Refuses features of other weights than those the run's head was trained on.
+pub(super) fn same_weights(fs: &super::FeatureSet, card: &HeadCard, run_dir: &Path) -> Result<()> {
+    if fs.weights_sha256 != card.backbone.weights_sha256 {
+        return Err(Error::bad_input(
+            RunFiles::in_dir(run_dir).card,
+            format!(
+                "the head was trained on features of weights {}, but the weights now resolve to {}",
+                card.backbone.weights_sha256, fs.weights_sha256
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Re-evaluates a run's head on its test split (from the cache, extracting if needed).
 pub fn evaluate_run(session: &Session, run_dir: &Path, batch_size: Option<usize>) -> Result<EvalOutcome> {
     let (card, head) = read_run(run_dir)?;
@@ -50,15 +64,7 @@ pub fn evaluate_run(session: &Session, run_dir: &Path, batch_size: Option<usize>
         shard: None,
     };
     let fs = features(session, &req)?;
-    if fs.weights_sha256 != card.backbone.weights_sha256 {
-        return Err(Error::bad_input(
-            RunFiles::in_dir(run_dir).card,
-            format!(
-                "the head was trained on features of weights {}, but the weights now resolve to {}",
-                card.backbone.weights_sha256, fs.weights_sha256
-            ),
-        ));
-    }
+    same_weights(&fs, &card, run_dir)?;
     let split = fs.split("test").expect("test was requested").clone();
     let test = super::train::evaluate_split(&head, &split, &card.classes)?;
     Ok(EvalOutcome { run_dir: run_dir.to_path_buf(), test_accuracy: test.accuracy, test, features: split })

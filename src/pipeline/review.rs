@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use super::evaluate::weights_file_of;
+use super::evaluate::{same_weights, weights_file_of};
 use super::train::streams;
 use super::{features, FeatureRequest, Session, DEFAULT_CHUNK_ROWS};
 use crate::backbone::PrecisionChoice;
@@ -16,7 +16,7 @@ use crate::data::content::HashIndex;
 use crate::data::sample::stratified_subset;
 use crate::data::{Dataset, OpenOptions, Split};
 use crate::error::{Error, Result};
-use crate::export::{read_run, RunFiles};
+use crate::export::read_run;
 use crate::review::page::{pictures_needed, render, thumbnail, PageLimits, Which};
 use crate::review::{review, RankBy, Review, Settings, SplitData};
 
@@ -68,15 +68,7 @@ pub fn review_run(session: &Session, run_dir: &Path, opts: &ReviewOptions) -> Re
     };
     settings.validate()?;
     let fs = features(session, &req)?;
-    if fs.weights_sha256 != card.backbone.weights_sha256 {
-        return Err(Error::bad_input(
-            RunFiles::in_dir(run_dir).card,
-            format!(
-                "the head was trained on features of weights {}, but the weights now resolve to {}",
-                card.backbone.weights_sha256, fs.weights_sha256
-            ),
-        ));
-    }
+    same_weights(&fs, &card, run_dir)?;
     // The pictures behind the rows: the same data set, split and sample the features are of.
     let open = OpenOptions { data_root: session.cache_dir.join("data"), offline: session.offline, progress: session.progress.clone() };
     let dataset = Dataset::open(&card.data.spec, &open)?;
