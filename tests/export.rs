@@ -149,35 +149,57 @@ fn torchscript_matches(f: Fixture) {
     f.check(&cpp, "libtorch C++ loader");
 }
 
+// One test per architecture, so that two run at once: much of each (writing and checking the
+// ONNX file, onnxruntime's session) runs on one core.
+#[test]
+fn onnx_export_of_resnet18_matches_predict_in_onnxruntime() {
+    onnx_matches("resnet18", None);
+}
+
+#[test]
+fn onnx_export_of_inception_v3_matches_predict_in_onnxruntime() {
+    onnx_matches("inception_v3", None);
+}
+
+#[test]
+fn onnx_export_of_efficientnet_lite0_matches_predict_in_onnxruntime() {
+    onnx_matches("efficientnet_lite0", None);
+}
+
+#[test]
+fn onnx_export_of_a_dinov2_vit_with_registers_matches_predict_in_onnxruntime() {
+    onnx_matches("vit_small_patch14_reg4_dinov2", Some("112"));
+}
+
+#[test]
+fn onnx_export_of_siglip_matches_predict_in_onnxruntime() {
+    onnx_matches("vit_base_patch16_siglip_224", Some("96"));
+}
+
+#[test]
+fn onnx_export_of_convnext_matches_predict_in_onnxruntime() {
+    onnx_matches("convnext_tiny", Some("128"));
+}
+
 /// Every architecture family: ResNet (residual adds, max pool), Inception-v3 (concatenations,
 /// average pools counting padding, 1x7 kernels), EfficientNet-Lite0 (TF "same" padding,
 /// depthwise convolutions, ReLU6), a DINOv2 ViT with registers (prefix tokens, LayerScale,
 /// attention, LayerNormalization, GELU as Erf), SigLIP (attention pooling with a learned query)
-/// and ConvNeXt (7x7 depthwise, channels-last LayerNorm and MLP).
-#[test]
-fn onnx_export_matches_predict_in_onnxruntime() {
-    let models = [
-        ("resnet18", None),
-        ("inception_v3", None),
-        ("efficientnet_lite0", None),
-        ("vit_small_patch14_reg4_dinov2", Some("112")),
-        ("vit_base_patch16_siglip_224", Some("96")),
-        ("convnext_tiny", Some("128")),
-    ];
-    for (model, size) in models {
-        let f = fixture_sized(model, size);
-        let exported = f.sb.run_json(&["--json", "export", "run", "--format", "onnx"]);
-        assert_eq!(exported["format"], "onnx");
-        let path = f.sb.path().join("run/model.onnx");
-        assert_eq!(exported["path"].as_str().map(Path::new), Some(Path::new("run/model.onnx")));
+/// and ConvNeXt (7x7 depthwise, channels-last LayerNorm and MLP): exported to ONNX, each
+/// gives `predict`'s probabilities in onnxruntime.
+fn onnx_matches(model: &str, size: Option<&str>) {
+    let f = fixture_sized(model, size);
+    let exported = f.sb.run_json(&["--json", "export", "run", "--format", "onnx"]);
+    assert_eq!(exported["format"], "onnx");
+    let path = f.sb.path().join("run/model.onnx");
+    assert_eq!(exported["path"].as_str().map(Path::new), Some(Path::new("run/model.onnx")));
 
-        let ort = f.python("run_onnx.py", &path);
-        assert_eq!(ort["opset"], 17);
-        assert_eq!(ort["output_dims"], serde_json::json!(["N", f.classes.len()]), "{model}: onnx shape inference");
-        assert_eq!(ort["classes"], serde_json::json!(f.classes), "{model}: class names in the metadata");
-        let probs: Vec<Vec<f64>> = serde_json::from_value(ort["probabilities"].clone()).unwrap();
-        f.check(&probs, &format!("{model} onnxruntime"));
-    }
+    let ort = f.python("run_onnx.py", &path);
+    assert_eq!(ort["opset"], 17);
+    assert_eq!(ort["output_dims"], serde_json::json!(["N", f.classes.len()]), "{model}: onnx shape inference");
+    assert_eq!(ort["classes"], serde_json::json!(f.classes), "{model}: class names in the metadata");
+    let probs: Vec<Vec<f64>> = serde_json::from_value(ort["probabilities"].clone()).unwrap();
+    f.check(&probs, &format!("{model} onnxruntime"));
 }
 
 #[test]

@@ -171,11 +171,16 @@ fn efficientnet_lite0_matches_timm() {
 }
 
 // The modern backbones: each at its default input size through both engines, and at another
-// size (the position embeddings resampled from the checkpoint's grid, as timm does).
+// size (the position embeddings resampled from the checkpoint's grid, as timm does), each check
+// a test of its own so that two run at once.
 
 #[test]
 fn dinov2_small_matches_timm() {
     check("vit_small_patch14_dinov2");
+}
+
+#[test]
+fn dinov2_small_at_another_size_matches_timm() {
     check_sized("vit_small_patch14_dinov2", Engine::Eager, Some(168));
 }
 
@@ -187,18 +192,30 @@ fn dinov2_small_frozen_matches_timm() {
 #[test]
 fn dinov2_small_registers_matches_timm() {
     check("vit_small_patch14_reg4_dinov2");
+}
+
+#[test]
+fn dinov2_small_registers_frozen_at_another_size_matches_timm() {
     check_sized("vit_small_patch14_reg4_dinov2", Engine::Frozen, Some(280));
 }
 
 #[test]
 fn siglip_base_matches_timm() {
     check("vit_base_patch16_siglip_224");
+}
+
+#[test]
+fn siglip_base_frozen_at_another_size_matches_timm() {
     check_sized("vit_base_patch16_siglip_224", Engine::Frozen, Some(160));
 }
 
 #[test]
 fn convnext_tiny_matches_timm() {
     check("convnext_tiny");
+}
+
+#[test]
+fn convnext_tiny_frozen_at_another_size_matches_timm() {
     check_sized("convnext_tiny", Engine::Frozen, Some(160));
 }
 
