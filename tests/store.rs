@@ -119,7 +119,7 @@ fn a_label_fix_a_rename_and_a_sample_cost_no_forward_pass_and_added_pictures_cos
 }
 
 #[test]
-fn the_full_run_after_a_sample_extracts_only_the_rest_and_equals_a_fresh_extraction_byte_for_byte() {
+fn the_full_run_after_a_sample_extracts_only_the_rest_and_equals_a_fresh_extraction() {
     let mut f = Fixture::new(60);
     let sample = f.extract(&["--sample", "0.5"]);
     let sampled = rows(&sample, "backbone_rows");
@@ -130,7 +130,8 @@ fn the_full_run_after_a_sample_extracts_only_the_rest_and_equals_a_fresh_extract
 
     // A fresh extraction in its own cache, whose batches held other pictures: every row within
     // 1e-6 of its norm (eager fp32 computes each row on its own; batches of one row, padded to
-    // two, take no other path).
+    // two, take no other path). Measured on an AVX2 EPYC: all 60 rows bit-identical; the bound
+    // is what the issue allows where kernels may round by batch size.
     f.sb.set("LASTLAYER_CACHE", f.sb.path().join("fresh").display().to_string());
     let fresh = f.extract(&[]);
     assert_eq!(rows(&fresh, "backbone_rows"), 60);
