@@ -392,7 +392,7 @@ impl Split {
     }
 
     /// [`Split::view_pixels`] with each row's store key.
-    pub fn view_pixels_keyed(&self, rows: Range<usize>) -> Result<(Pixels, Vec<(usize, ViewOp)>, Vec<RowKey>)> {
+    pub fn view_pixels_keyed(&self, rows: Range<usize>) -> Result<KeyedViewPixels> {
         let views = self.views.ok_or_else(|| Error::usage("--augment", "this split's rows are plain pictures, not views"))?;
         let runs = self.picture_runs(rows);
         let decoded: Vec<Result<(Tensor, ContentKey)>> = runs.par_iter().map(|&(p, _, _)| self.picture(p)).collect();
@@ -455,6 +455,10 @@ impl Split {
 fn gcd(a: usize, b: usize) -> usize {
     if b == 0 { a } else { gcd(b, a % b) }
 }
+
+/// The decoded pictures of some view rows, each row's `(picture index, view)`, and the rows'
+/// store keys ([`Split::view_pixels_keyed`]).
+pub type KeyedViewPixels = (Pixels, Vec<(usize, ViewOp)>, Vec<RowKey>);
 
 /// A WebDataset sample's picture as a `[1, 3, h, w]` uint8 RGB tensor, with its content key.
 fn tar_picture(s: &webdataset::Sample) -> Result<(Tensor, ContentKey)> {

@@ -52,6 +52,7 @@ fn prepare(split: &Split, rows: Range<usize>, pre: &Preprocessing, device: Devic
 /// computed, and hands each batch's `(first row, features [n, D], keys)` to `on_batch`. On a
 /// GPU the pictures are resized and normalised there ([`on_device`]). A short batch is padded
 /// to `pad_to` rows (see [`padded_rows`]).
+#[allow(clippy::too_many_arguments)]
 fn run_backbone(
     backbone: &Backbone,
     split: &Split,
