@@ -2,11 +2,10 @@
 //! mirror images are also in the data), an augmented extraction killed twice resumes to the
 //! same bytes, the head's validation split is drawn by picture, and a bad spec is named.
 
-mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 const RECORD: usize = 3073;

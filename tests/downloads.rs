@@ -4,11 +4,10 @@
 //! labelled `Content-Encoding: gzip`, the token kept from the CDN, and a symlink-free HF cache.
 //! The "weights" here are a few MiB of seeded bytes: `fetch` verifies, it does not load them.
 
-mod common;
 
 use std::time::Instant;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 const REPO: &str = "timm/resnet18.tv_in1k";

@@ -1,9 +1,8 @@
 //! The `lastlayer` binary end to end, with no network: a fake Hub and CIFAR-10 mirror on
 //! 127.0.0.1 serve random ResNet-18 weights and a small tarball made from `../shared/data`.
 
-mod common;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 const REPO: &str = "timm/resnet18.tv_in1k";

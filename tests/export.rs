@@ -3,11 +3,10 @@
 //! ONNX (checked with `onnx.checker` and run with onnxruntime) must give `lastlayer predict`'s
 //! probabilities on the same pictures: max difference 1e-4, the same top-1 class.
 
-mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 use lastlayer::data::load_picture;
 use serde_json::Value;
 
@@ -109,13 +108,8 @@ impl Fixture {
     }
 
     fn python(&self, script: &str, model: &Path) -> Value {
-        let out = std::process::Command::new(python())
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(script))
-            .arg(model)
-            .arg(&self.x_file)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = python_script(script, &[model.to_str().unwrap(), self.x_file.to_str().unwrap()]);
+        assert!(out.ok, "{script}: {}", out.stderr);
         serde_json::from_slice(&out.stdout).unwrap()
     }
 }

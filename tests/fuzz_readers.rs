@@ -3,7 +3,7 @@
 //! imported key map, the registry. None may panic; each must accept exactly what it should.
 //!
 //! CI runs the default number of cases; for a longer run:
-//! `PROPTEST_CASES=20000 cargo test --release --test fuzz_readers`.
+//! `PROPTEST_CASES=20000 cargo test --release --test suite fuzz_readers::`.
 
 use std::path::Path;
 

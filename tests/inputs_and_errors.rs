@@ -2,11 +2,10 @@
 //! failure ends with one `error:` line naming the file or flag, a meaningful exit status, and
 //! no panic.
 
-mod common;
 
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn weights(sb: &Sandbox, model: &str) -> String {
@@ -35,8 +34,8 @@ fn own_folders_train_predict_and_python_reads_the_cache() {
 
     // Python's safetensors reads the cache entry: same rows, width, labels and values.
     let entry = Path::new(splits[0]["features"].as_str().unwrap()).parent().unwrap().to_path_buf();
-    let py = std::process::Command::new(python()).arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/read_cache.py")).arg(&entry).output().unwrap();
-    assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
+    let py = python_script("read_cache.py", &[entry.to_str().unwrap()]);
+    assert!(py.ok, "{}", py.stderr);
     let py: Value = serde_json::from_slice(&py.stdout).unwrap();
     assert_eq!((py["rows"].as_u64(), py["width"].as_u64()), (Some(40), Some(512)));
     assert_eq!(py["labels_dtype"], "torch.int64");

@@ -3,11 +3,10 @@
 //! `../shared/data`, lastlayer's fp32 features against timm's on the same input, and
 //! lastlayer's preprocessing against torchvision's. Figures are printed (see docs/models.md).
 
-mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 use lastlayer::backbone::{Backbone, Engine, Precision};
 use lastlayer::data::preprocess::Preprocessing;
 use lastlayer::data::{cifar10, load_picture};
@@ -86,12 +85,8 @@ fn parity(model: &str, engine: Engine, input_size: Option<i64>) -> Value {
     });
     let spec_path = dir.path().join("spec.json");
     std::fs::write(&spec_path, spec.to_string()).unwrap();
-    let out = std::process::Command::new(python())
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/parity.py"))
-        .arg(&spec_path)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "parity.py failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let out = python_script("parity.py", &[spec_path.to_str().unwrap()]);
+    assert!(out.ok, "parity.py failed:\n{}", out.stderr);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     println!("PARITY {model} {engine:?} {} px {report}", entry.input_size);
     report
@@ -219,7 +214,7 @@ fn convnext_tiny_frozen_at_another_size_matches_timm() {
     check_sized("convnext_tiny", Engine::Frozen, Some(160));
 }
 
-/// The larger models, run by hand (`LASTLAYER_PARITY_ALL=1 cargo test --test parity larger --
+/// The larger models, run by hand (`LASTLAYER_PARITY_ALL=1 cargo test --test suite parity::larger --
 /// --nocapture`): minutes of CPU each, too slow for every CI run.
 #[test]
 fn larger_modern_models_match_timm() {

@@ -5,11 +5,10 @@
 //! reach 72% test accuracy, in fp32 and within a point of that in bf16 (on a CPU without native
 //! bf16, where it is emulated, bf16 is checked against fp32 on a slice of the test pictures).
 
-mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 use lastlayer::backbone::{Backbone, Precision};
 use lastlayer::data::load_picture;
 use lastlayer::data::preprocess::Preprocessing;

@@ -10,7 +10,6 @@
 //! over the same cached features; the page is checked in headless Chromium, reached from the
 //! `serve` page's link. The other tests use random ResNet-18 weights on a few pictures.
 
-mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -20,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
@@ -190,12 +189,8 @@ fn planted_faults_are_found_at_least_as_well_as_cleanlab_and_the_page_shows_them
     let fs = sb.run_json(&[&["--json", "extract"][..], &common, &["--split", "train"]].concat());
     assert_eq!(fs["splits"][0]["source"], "cache");
     let rank_by = s["rank_by"].as_str().unwrap();
-    let out = Command::new(python())
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/cleanlab_anchor.py"))
-        .args([fs["splits"][0]["features"].as_str().unwrap(), "1", rank_by])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "cleanlab_anchor.py failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = python_script("cleanlab_anchor.py", &[fs["splits"][0]["features"].as_str().unwrap(), "1", rank_by]);
+    assert!(out.ok, "cleanlab_anchor.py failed: {}", out.stderr);
     let anchor: Value = serde_json::from_slice(&out.stdout).unwrap();
     let names = train_names(&planted.root);
     let theirs_ranked: Vec<String> = anchor["ranked"].as_array().unwrap().iter().map(|i| names[i.as_u64().unwrap() as usize].clone()).collect();

@@ -1,9 +1,8 @@
 //! What a run folder holds besides the head: `lastlayer sweep`'s ranked grid (on cached
 //! features, the backbone never running again) and every run's PNG pictures.
 
-mod common;
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn sweep_ranks_settings_on_cached_features_and_exports_the_best() {

@@ -3,13 +3,12 @@
 //! extraction; a missing or damaged shard is named with the command that makes it; a killed
 //! shard resumes to the same bytes; WebDataset tar shards are read in place.
 
-mod common;
 
 use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn run_in(sb: &Sandbox, cache: &Path, args: &[&str]) -> Output {

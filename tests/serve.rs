@@ -7,7 +7,6 @@
 //! SIGTERM with batches in flight answers every request; and `GET /metrics`, parsed by the
 //! Prometheus project's own Python parser, counts exactly the requests sent.
 
-mod common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -17,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 /// A child process killed (with its process group) when dropped, even on a panic.

@@ -4,12 +4,11 @@
 //! SIGKILLed mid-way and Slurm requeues it. Needs root and Debian's slurmctld, slurmd,
 //! slurm-client and munge (scripts/test.sh installs them).
 
-mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 const HARNESS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/slurm-cluster.sh");

@@ -6,11 +6,10 @@
 //! Every scenario asserts what the library reports went through the backbone
 //! (`backbone_rows`), not a timing.
 
-mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 const RECORD: usize = 3073;
@@ -357,12 +356,8 @@ fn python_reads_the_store_with_the_documented_code_and_finds_the_entry_rows() {
     let (x, _) = tensors(out["splits"][0]["features"].as_str().unwrap());
     let stores = std::fs::read_dir(sb.path().join("cache/store/resnet18")).unwrap().flatten().map(|e| e.path()).collect::<Vec<_>>();
     assert_eq!(stores.len(), 1);
-    let py = std::process::Command::new(python())
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/read_store.py"))
-        .arg(&stores[0])
-        .output()
-        .unwrap();
-    assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
+    let py = python_script("read_store.py", &[stores[0].to_str().unwrap()]);
+    assert!(py.ok, "{}", py.stderr);
     let v: Value = serde_json::from_slice(&py.stdout).unwrap();
     assert_eq!(v["width"], 512);
     // Every key is the blake3 of one of the test batch's records' 3,072 pixel bytes.

@@ -73,6 +73,66 @@ pub fn python() -> PathBuf {
     p
 }
 
+/// What a script of `tests/python` printed, and whether it ended well.
+pub struct ScriptOutput {
+    pub ok: bool,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+/// The long-lived interpreter of `tests/python/worker.py`, shared by every test of a binary.
+struct PythonWorker {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    answers: std::io::BufReader<std::process::ChildStdout>,
+}
+
+static PYTHON_WORKER: std::sync::Mutex<Option<PythonWorker>> = std::sync::Mutex::new(None);
+
+/// Runs `tests/python/SCRIPT ARGS...` as `python SCRIPT ARGS...` would, in one interpreter kept
+/// for the whole test binary (torch, timm and onnxruntime are then imported once, not once per
+/// call: `import timm` alone is 9 s of CPU on a 2-core EPYC). Calls from tests running at once
+/// take turns. A worker that died is started again.
+pub fn python_script(script: &str, args: &[&str]) -> ScriptOutput {
+    use std::io::BufRead;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(script);
+    let request = serde_json::json!({ "script": script, "args": args }).to_string() + "\n";
+    let mut slot = PYTHON_WORKER.lock().unwrap_or_else(|e| e.into_inner());
+    for attempt in 0..2 {
+        if slot.is_none() {
+            let mut child = Command::new(python())
+                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/worker.py"))
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("starting tests/python/worker.py");
+            let stdin = child.stdin.take().unwrap();
+            let answers = std::io::BufReader::new(child.stdout.take().unwrap());
+            *slot = Some(PythonWorker { child, stdin, answers });
+        }
+        let worker = slot.as_mut().unwrap();
+        let mut line = String::new();
+        let answered = worker.stdin.write_all(request.as_bytes()).and_then(|_| worker.stdin.flush()).and_then(|_| worker.answers.read_line(&mut line));
+        match answered {
+            Ok(n) if n > 0 => {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("worker.py answered {line:?}: {e}"));
+                return ScriptOutput {
+                    ok: v["ok"].as_bool().unwrap(),
+                    stdout: v["stdout"].as_str().unwrap().as_bytes().to_vec(),
+                    stderr: v["stderr"].as_str().unwrap().to_string(),
+                };
+            }
+            _ => {
+                // The interpreter died (a crash in native code, say): start a fresh one once.
+                let mut dead = slot.take().unwrap();
+                let status = dead.child.wait();
+                assert!(attempt == 0, "tests/python/worker.py died twice running {}: {status:?}", script.display());
+            }
+        }
+    }
+    unreachable!()
+}
+
 /// A copy of the shared CIFAR-10 sample folder inside the sandbox, safe to damage.
 pub fn cifar_copy(sb: &Sandbox) -> PathBuf {
     let dir = sb.path().join("cifar-10-batches-bin");
