@@ -1,6 +1,6 @@
 //! A backbone traced once, then frozen by libtorch's TorchScript passes and run with oneDNN
 //! Graph fusion (`torch::jit::freeze`, then the fuser `torch.jit.enable_onednn_fusion` turns
-//! on) or with `optimize_for_inference`; tch exposes none of these, so `csrc/frozen.cpp` calls
+//! on) or with `optimize_for_inference`; tch exposes none of these, so `crates/torch-shim/csrc/frozen.cpp` calls
 //! them.
 //!
 //! With fusion, the profiling executor hands whole subgraphs (convolution, bias, ReLU, the
@@ -11,19 +11,14 @@
 //! the features are the same up to float rounding (`tests/parity.rs` checks them against timm
 //! through this path).
 
-use std::ffi::{c_char, c_void};
+use std::ffi::c_void;
 use std::ptr::NonNull;
 
+use lastlayer_torch_shim::{ll_frozen_forward, ll_frozen_free, ll_frozen_from_traced};
 use tch::Tensor;
 
 use super::traced::{take_error, TracedModule};
 use crate::error::{Error, Result};
-
-extern "C" {
-    fn ll_frozen_from_traced(traced: *mut c_void, fuse: i32, error: *mut *mut c_char) -> *mut c_void;
-    fn ll_frozen_forward(module: *mut c_void, input: *const torch_sys::C_tensor, error: *mut *mut c_char) -> *mut torch_sys::C_tensor;
-    fn ll_frozen_free(module: *mut c_void);
-}
 
 /// A frozen, inference-optimised TorchScript module (single input, single tensor output).
 #[derive(Debug)]

@@ -3,20 +3,15 @@
 //! C++ only through a file, and libtorch's file writer aborts the whole process when a write
 //! fails (a full disk, a file-size limit). The frozen engine freezes the trace
 //! ([`super::frozen`]); the TorchScript export serialises it to bytes in memory
-//! (`csrc/save.cpp`) and writes them itself.
+//! (`crates/torch-shim/csrc/save.cpp`) and writes them itself.
 
 use std::ffi::{c_char, c_void, CStr};
 use std::ptr::NonNull;
 
+use lastlayer_torch_shim::{ll_free_bytes, ll_free_string, ll_module_save_bytes};
 use tch::Tensor;
 
 use crate::error::{Error, Result};
-
-extern "C" {
-    fn ll_module_save_bytes(module: *mut c_void, len: *mut usize, error: *mut *mut c_char) -> *mut c_char;
-    fn ll_free_bytes(bytes: *mut c_char);
-    fn ll_free_string(s: *mut c_char);
-}
 
 /// Takes a C error string (if any) and frees it: the shims', or tch's last error (both
 /// NUL-terminated and malloc'd).
