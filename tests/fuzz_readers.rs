@@ -19,6 +19,11 @@ fn valid_head_json() -> String {
     r#"{"format":"lastlayer-head","format_version":1,"classes":["a","b"],"feature_width":4}"#.to_string()
 }
 
+/// Lite0's parameter names, made once (a random Lite0 per case was 30 s of the run).
+static LITE0_NAMES: std::sync::LazyLock<std::collections::HashSet<String>> = std::sync::LazyLock::new(|| {
+    lastlayer::backbone::Backbone::random(Architecture::EfficientnetLite0, tch::Device::Cpu).parameter_shapes().into_iter().map(|(n, _)| n).collect()
+});
+
 proptest! {
     #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
 
@@ -78,8 +83,7 @@ proptest! {
     fn imported_key_map_is_total_and_lands_on_real_names(block in 0usize..20, module in "_(expand_conv|depthwise_conv|project_conv|bn0|bn1|bn2|se_reduce)", param in "(weight|bias|running_mean|running_var)", junk in "\\PC{0,30}") {
         let _ = efficientnet_pytorch_name(&junk);
         let key = format!("_blocks.{block}.{module}.{param}");
-        let expected: std::collections::HashSet<String> = lastlayer::backbone::Backbone::random(Architecture::EfficientnetLite0, tch::Device::Cpu)
-            .parameter_shapes().into_iter().map(|(n, _)| n).collect();
+        let expected = &*LITE0_NAMES;
         if let Some(name) = efficientnet_pytorch_name(&key) {
             // Convolutions have no bias in Lite0; every other mapped name must exist.
             prop_assert!(expected.contains(&name) || (name.contains("conv") && param != "weight"), "{} -> {}", key, name);
