@@ -18,8 +18,13 @@ apt_packages=()
   apt_packages+=(slurmctld slurmd slurm-client munge)
 ((${#apt_packages[@]} == 0)) ||
   (apt-get update && apt-get install -y --no-install-recommends "${apt_packages[@]}")
-cargo build --examples --bins         # examples must keep compiling
+# One build of everything (examples must keep compiling): cargo then compiles the library's
+# unit tests and the test binary beside the rest instead of after it.
+cargo build --examples --bins --tests
 # The CPU as `--precision auto` sees it: without native bf16 (AVX2 only), bf16 is emulated and
 # the tests that force bf16 run on fewer pictures (each says so in its output).
 target/debug/lastlayer --no-progress models 2>&1 >/dev/null | grep -o -- "--precision auto.*" | sed 's/^/test.sh: /' || true
+# Two tests at a time, each process on one libtorch thread: on 2 cores the suite took 738 s
+# with two threads a process and 683 s with one (docs/performance.md, "The test command").
+export OMP_NUM_THREADS=1
 cargo test --lib --tests -- --test-threads=2
