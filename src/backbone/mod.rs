@@ -341,8 +341,10 @@ impl Backbone {
     /// set), as timm does on loading a checkpoint for another size. `None`, or a convolutional
     /// network, changes nothing.
     pub fn load_for_size(architecture: Architecture, weights: &Path, input_size: Option<i64>, device: Device, precision: Precision) -> Result<Self> {
+        // The file first: one that is no safetensors fails before a network is built.
+        let tensors = read_weights(weights)?;
         let mut backbone = Self::random(architecture, Device::Cpu);
-        backbone.load_weights(weights)?;
+        backbone.load_weights(tensors, weights)?;
         if let Some(size) = input_size {
             backbone.set_input_size(size)?;
         }
@@ -369,11 +371,8 @@ impl Backbone {
         Ok(backbone)
     }
 
-    fn load_weights(&mut self, path: &Path) -> Result<()> {
-        let tensors = Tensor::read_safetensors(path).map_err(|e| {
-            Error::bad_input(path, format!("cannot read as safetensors ({e}); give a .safetensors checkpoint"))
-        })?;
-        let tensors: HashMap<String, Tensor> = tensors.into_iter().collect();
+    /// Copies `tensors` (read from `path` by [`read_weights`]) into the network's variables.
+    fn load_weights(&mut self, tensors: HashMap<String, Tensor>, path: &Path) -> Result<()> {
         let mut vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         let missing: Vec<&str> = vars.iter().filter(|(n, _)| !tensors.contains_key(n)).map(|(n, _)| n.as_str()).collect();
@@ -634,4 +633,11 @@ mod precision_tests {
         let (p, _) = auto_precision(Device::Cpu, Architecture::EfficientnetLite0, CpuBf16::Avx512);
         assert_eq!(p, Precision::Bf16);
     }
+}
+
+/// The tensors of a safetensors checkpoint, by name.
+fn read_weights(path: &Path) -> Result<HashMap<String, Tensor>> {
+    let tensors = Tensor::read_safetensors(path)
+        .map_err(|e| Error::bad_input(path, format!("cannot read as safetensors ({e}); give a .safetensors checkpoint")))?;
+    Ok(tensors.into_iter().collect())
 }
