@@ -13,8 +13,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -276,59 +274,13 @@ fn serve(sb: &Sandbox, run: &str) -> Served {
     Served { child, url }
 }
 
-/// A WebDriver session in headless Chromium (Debian's chromium and chromium-driver), and
-/// chromedriver, killed with its process group when dropped.
-struct Driver {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
-        let _ = self.child.wait();
-    }
-}
-
-fn which(name: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|f| f.is_file()))
-        .unwrap_or_else(|| panic!("`{name}` is not installed: run scripts/test.sh, which installs Debian's chromium and chromium-driver"))
-}
-
-fn chromedriver(sb: &Sandbox) -> Driver {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut cmd = Command::new(which("chromedriver"));
-    cmd.arg(format!("--port={port}"))
-        .arg(format!("--log-path={}", sb.path().join("chromedriver.log").display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0);
-    let driver = Driver { child: cmd.spawn().unwrap(), url: format!("http://127.0.0.1:{port}") };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    while agent.get(format!("{}/status", driver.url)).call().map(|r| r.status().as_u16()).unwrap_or(0) != 200 {
-        assert!(Instant::now() < deadline, "chromedriver did not start within 20 s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    driver
-}
-
 /// Opens the served page, follows its link to the review page, and checks the review page:
 /// the thumbnails decode, the confusion matrix's cells add up to the test split and open
 /// their pictures, and the three lists stand side by side with as many entries as the JSON
 /// (up to the page's 200).
 fn check_page(sb: &Sandbox, mistakes: usize, issues: usize, duplicates: usize, confusion: &Value) {
     let server = serve(sb, "run");
-    let driver = chromedriver(sb);
-    let args: Vec<String> = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-dev-shm-usage", "--window-size=1400,900"]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([format!("--user-data-dir={}", sb.path().join("chromium-profile").display())])
-        .collect();
-    let mut caps = serde_json::Map::new();
-    caps.insert("goog:chromeOptions".into(), serde_json::json!({ "binary": which("chromium"), "args": args }));
+    let browser = headless_chromium(sb, "1400,900");
     let counts: Vec<u64> = confusion.as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_u64().unwrap())).collect();
     // An off-diagonal cell with pictures.
     let (cell_index, cell_count) = counts.iter().enumerate().filter(|(i, _)| i / 10 != i % 10).max_by_key(|(_, &n)| n).map(|(i, &n)| (i, n)).unwrap();
@@ -336,8 +288,8 @@ fn check_page(sb: &Sandbox, mistakes: usize, issues: usize, duplicates: usize, c
     let png = rt.block_on(async {
         use fantoccini::Locator;
         let client = fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(caps)
-            .connect(&driver.url)
+            .capabilities(browser.capabilities.clone())
+            .connect(&browser.url)
             .await
             .expect("cannot start a Chromium session through chromedriver");
         let result = async {

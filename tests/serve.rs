@@ -10,8 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,18 +18,13 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 use serde_json::Value;
 
-/// A child process killed (with its process group) when dropped, even on a panic.
+/// A child process killed when dropped, even on a panic.
 struct Killed {
     child: Child,
-    group: bool,
 }
 
 impl Drop for Killed {
     fn drop(&mut self) {
-        if self.group {
-            // The group holds what the child started (chromedriver's Chromium).
-            unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
-        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -54,7 +48,7 @@ impl ServeProcess {
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(std::fs::File::create(&log).unwrap());
         let mut child = cmd.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
-        let proc = Killed { child, group: false };
+        let proc = Killed { child };
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).unwrap();
         let url = line
@@ -271,56 +265,13 @@ fn serve_answers_http_like_predict_and_its_page_works_in_chromium() {
 /// Opens the page in headless Chromium, picks `picture`, waits for the results, checks and
 /// saves a screenshot (`target/serve-page.png`). Returns the first row's class.
 fn browse(sb: &Sandbox, url: &str, picture: &Path) -> String {
-    let which = |name: &str| {
-        std::env::var_os("PATH")
-            .and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|f| f.is_file()))
-            .unwrap_or_else(|| {
-                panic!("`{name}` is not installed: run scripts/test.sh, which installs Debian's chromium and chromium-driver")
-            })
-    };
-    let (chromium, chromedriver) = (which("chromium"), which("chromedriver"));
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut cmd = Command::new(&chromedriver);
-    cmd.arg(format!("--port={port}"))
-        .arg(format!("--log-path={}", sb.path().join("chromedriver.log").display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0);
-    let _driver = Killed { child: cmd.spawn().unwrap(), group: true };
-    let driver_url = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while agent().get(format!("{driver_url}/status")).call().map(|r| r.status().as_u16()).unwrap_or(0) != 200 {
-        assert!(Instant::now() < deadline, "chromedriver did not start within 20 s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-
-    let profile = sb.path().join("chromium-profile");
-    let args: Vec<String> = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--window-size=900,700",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([format!("--user-data-dir={}", profile.display())])
-    .collect();
-    let mut caps = serde_json::Map::new();
-    caps.insert("goog:chromeOptions".into(), serde_json::json!({ "binary": chromium, "args": args }));
-
+    let browser = headless_chromium(sb, "900,700");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let (first, png, bar_area) = rt.block_on(async {
         use fantoccini::Locator;
         let client = fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(caps)
-            .connect(&driver_url)
+            .capabilities(browser.capabilities.clone())
+            .connect(&browser.url)
             .await
             .expect("cannot start a Chromium session through chromedriver");
         let result = async {

@@ -3,6 +3,7 @@
 //! for the `lastlayer` binary.
 #![allow(dead_code)]
 
+mod browser;
 mod fake_hub;
 mod wds;
 
@@ -10,6 +11,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+#[allow(unused_imports)]
+pub use browser::{headless_chromium, which, Browser};
 #[allow(unused_imports)]
 pub use fake_hub::{FakeServer, Fault, Logged, Served};
 #[allow(unused_imports)]
