@@ -2,25 +2,54 @@
 # Sets up a fresh machine (virtualenv with torch==2.13.0, build) and runs the whole test suite.
 # Needs no network beyond the package registries: tests serve their own Hub and CIFAR-10
 # mirror on 127.0.0.1 and read ../shared/data.
+#
+# On a fresh machine the installs and the build overlap (docs/performance.md, "The test
+# command"): the crates that do not need libtorch compile while pip installs torch and the
+# tests' Python packages, and the rest of the build runs while apt installs Debian's.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$LASTLAYER_ROOT"
+mkdir -p target
+# Background jobs (below) end with this script, however it ends.
+trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
+
+# 1. No torch yet: build everything that does not need it, beside the torch install. torch-sys
+#    is kept from looking for torch (no LIBTORCH_USE_PYTORCH, no LIBTORCH), so it stops at once
+#    with its "Cannot find a libtorch install" and what needs it waits for step 3.
+warm_up=
+if ! "$VIRTUAL_ENV/bin/python" -c "import torch" 2>/dev/null; then
+  env -u LIBTORCH_USE_PYTORCH -u LIBTORCH cargo build --keep-going --examples --bins --tests >target/test-warm-up.log 2>&1 &
+  warm_up=$!
+fi
 scripts/setup.sh --no-build
-# Pinned Python packages the tests read files with and compare against (safetensors, timm, ...).
+# Pinned Python packages the tests read files with and compare against (safetensors, timm,
+# ...). Before the build: torch-sys's build script imports torch from this virtualenv.
 pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
-# Headless Chromium and its WebDriver, for the page test in tests/serve.rs, and Slurm with MUNGE,
-# for the job-array test on a one-node cluster of scripts/slurm-cluster.sh (Debian's packages;
-# nothing downloads a browser of its own). We run as root: no sudo.
-apt_packages=()
-{ command -v chromium && command -v chromedriver; } >/dev/null ||
-  apt_packages+=(chromium chromium-driver)
-{ command -v sbatch && command -v slurmctld && command -v slurmd && command -v munged; } >/dev/null ||
-  apt_packages+=(slurmctld slurmd slurm-client munge)
-((${#apt_packages[@]} == 0)) ||
-  (apt-get update && apt-get install -y --no-install-recommends "${apt_packages[@]}")
-# One build of everything (examples must keep compiling): cargo then compiles the library's
-# unit tests and the test binary beside the rest instead of after it.
+
+# 2. In the background: headless Chromium and its WebDriver, for the page tests, and Slurm with
+#    MUNGE, for the job-array test on a one-node cluster of scripts/slurm-cluster.sh (Debian's
+#    packages; nothing downloads a browser of its own). We run as root: no sudo.
+install_debian_packages() {
+  local apt_packages=()
+  { command -v chromium && command -v chromedriver; } >/dev/null ||
+    apt_packages+=(chromium chromium-driver)
+  { command -v sbatch && command -v slurmctld && command -v slurmd && command -v munged; } >/dev/null ||
+    apt_packages+=(slurmctld slurmd slurm-client munge)
+  ((${#apt_packages[@]} == 0)) ||
+    (apt-get update && apt-get install -y --no-install-recommends "${apt_packages[@]}")
+}
+install_debian_packages >target/test-apt.log 2>&1 &
+apt_install=$!
+
+# 3. The build of everything (examples must keep compiling), once step 1 has let go of target/.
+[[ -z $warm_up ]] || wait "$warm_up" || true   # it fails at torch-sys, on purpose
 cargo build --examples --bins --tests
+if ! wait "$apt_install"; then
+  cat target/test-apt.log >&2
+  echo "test.sh: installing the tests' Debian packages failed (log above)" >&2
+  exit 1
+fi
+
 # The CPU as `--precision auto` sees it: without native bf16 (AVX2 only), bf16 is emulated and
 # the tests that force bf16 run on fewer pictures (each says so in its output).
 target/debug/lastlayer --no-progress models 2>&1 >/dev/null | grep -o -- "--precision auto.*" | sed 's/^/test.sh: /' || true
