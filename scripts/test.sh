@@ -4,8 +4,8 @@
 # mirror on 127.0.0.1 and read ../shared/data.
 #
 # On a fresh machine the installs and the build overlap (docs/performance.md, "The test
-# command"): the crates that do not need libtorch compile while pip installs torch and the
-# tests' Python packages, and the rest of the build runs while apt installs Debian's.
+# command"): crates that do not need libtorch compile while pip installs torch and the tests'
+# Python packages, and the build proper runs while apt installs Debian's packages.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$LASTLAYER_ROOT"
@@ -13,12 +13,13 @@ mkdir -p target
 # Background jobs (below) end with this script, however it ends.
 trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
 
-# 1. No torch yet: build everything that does not need it, beside the torch install. torch-sys
-#    is kept from looking for torch (no LIBTORCH_USE_PYTORCH, no LIBTORCH), so it stops at once
-#    with its "Cannot find a libtorch install" and what needs it waits for step 3.
+# 1. No torch yet: build what does not need it, beside the installs. torch-sys is kept from
+#    looking for torch (no LIBTORCH_USE_PYTORCH, no LIBTORCH), so it stops at once with its
+#    "Cannot find a libtorch install" and --keep-going goes on with the rest. This build is a
+#    process group of its own, stopped (crates it finished stay built) once torch is in.
 warm_up=
 if ! "$VIRTUAL_ENV/bin/python" -c "import torch" 2>/dev/null; then
-  env -u LIBTORCH_USE_PYTORCH -u LIBTORCH cargo build --keep-going --examples --bins --tests >target/test-warm-up.log 2>&1 &
+  setsid env -u LIBTORCH_USE_PYTORCH -u LIBTORCH cargo build --keep-going --examples --bins --tests >target/test-warm-up.log 2>&1 &
   warm_up=$!
 fi
 scripts/setup.sh --no-build
@@ -41,8 +42,12 @@ install_debian_packages() {
 install_debian_packages >target/test-apt.log 2>&1 &
 apt_install=$!
 
-# 3. The build of everything (examples must keep compiling), once step 1 has let go of target/.
-[[ -z $warm_up ]] || wait "$warm_up" || true   # it fails at torch-sys, on purpose
+# 3. The build of everything (examples must keep compiling). Step 1 is stopped first, cargo
+#    and the compilers it started, so that torch-sys's C++ (the longest chain) starts now.
+if [[ -n $warm_up ]]; then
+  kill -TERM -- "-$warm_up" 2>/dev/null || true
+  wait "$warm_up" 2>/dev/null || true
+fi
 cargo build --examples --bins --tests
 if ! wait "$apt_install"; then
   cat target/test-apt.log >&2
