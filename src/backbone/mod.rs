@@ -605,6 +605,13 @@ fn channels_last(x: &Tensor) -> Tensor {
     x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
 }
 
+/// The tensors of a safetensors checkpoint, by name.
+fn read_weights(path: &Path) -> Result<HashMap<String, Tensor>> {
+    let tensors = Tensor::read_safetensors(path)
+        .map_err(|e| Error::bad_input(path, format!("cannot read as safetensors ({e}); give a .safetensors checkpoint")))?;
+    Ok(tensors.into_iter().collect())
+}
+
 #[cfg(test)]
 mod precision_tests {
     use super::*;
@@ -633,11 +640,4 @@ mod precision_tests {
         let (p, _) = auto_precision(Device::Cpu, Architecture::EfficientnetLite0, CpuBf16::Avx512);
         assert_eq!(p, Precision::Bf16);
     }
-}
-
-/// The tensors of a safetensors checkpoint, by name.
-fn read_weights(path: &Path) -> Result<HashMap<String, Tensor>> {
-    let tensors = Tensor::read_safetensors(path)
-        .map_err(|e| Error::bad_input(path, format!("cannot read as safetensors ({e}); give a .safetensors checkpoint")))?;
-    Ok(tensors.into_iter().collect())
 }
