@@ -10,14 +10,15 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$LASTLAYER_ROOT"
 mkdir -p target
-# Background jobs (below) end with this script, however it ends.
-trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
+# Background jobs (below) end with this script, however it ends; the first build with the
+# compilers it started (its process group).
+warm_up=
+trap 'kill $(jobs -p) 2>/dev/null || true; [[ -z $warm_up ]] || kill -TERM -- "-$warm_up" 2>/dev/null || true' EXIT
 
 # 1. No torch yet: build what does not need it, beside the installs. torch-sys is kept from
 #    looking for torch (no LIBTORCH_USE_PYTORCH, no LIBTORCH), so it stops at once with its
 #    "Cannot find a libtorch install" and --keep-going goes on with the rest. This build is a
 #    process group of its own, stopped (crates it finished stay built) once torch is in.
-warm_up=
 if ! "$VIRTUAL_ENV/bin/python" -c "import torch" 2>/dev/null; then
   setsid env -u LIBTORCH_USE_PYTORCH -u LIBTORCH cargo build --keep-going --examples --bins --tests >target/test-warm-up.log 2>&1 &
   warm_up=$!
