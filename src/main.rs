@@ -20,6 +20,8 @@ fn exit_code(err: &anyhow::Error) -> u8 {
 }
 
 fn main() -> ExitCode {
+    // Before any tensor is made and any thread started (see its doc).
+    lastlayer::backbone::prefer_huge_pages();
     // A bug must still end with one line, not a backtrace.
     std::panic::set_hook(Box::new(|info| {
         eprintln!("lastlayer: internal error: {info}. Please report it with the command you ran.");

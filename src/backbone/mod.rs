@@ -49,27 +49,75 @@ pub enum Engine {
 }
 
 impl Engine {
-    /// Pictures below which [`Engine::Frozen`] is not worth it: tracing and freezing take
-    /// under a second, and the first two batches run unfused while the executor profiles them.
+    /// Pictures below which [`Engine::Frozen`] is not worth it on a CPU with AVX-512: tracing
+    /// and freezing took under a second there, and the warm-up batches run unfused while the
+    /// executor profiles them.
     pub const FROZEN_MIN_PICTURES: usize = 64;
 
+    /// The same on a CPU whose widest vector unit is AVX2 (or less, or capped to it by
+    /// `ONEDNN_MAX_CPU_ISA`): measured on a 2-core AVX2 EPYC with ResNet-50 at 224 px, fp32,
+    /// batches of 32 (docs/performance.md, "The feature store"), the frozen engine's fixed cost
+    /// (trace, freeze, [`FROZEN_WARMUP_RUNS`] unfused batches) is about 17 s against 0.053 s
+    /// saved a picture: frozen was 16% faster at 600 pictures and 6% slower at 300, a break-even
+    /// near 320.
+    pub const FROZEN_MIN_PICTURES_AVX2: usize = 320;
+
+    /// The frozen engine's threshold for a CPU whose widest vector instruction set is `isa`
+    /// (as [`cpu_vector_isa`] names it) under oneDNN's instruction-set cap `onednn_cap`
+    /// (`ONEDNN_MAX_CPU_ISA`).
+    pub fn frozen_min_pictures(isa: &str, onednn_cap: Option<&str>) -> usize {
+        let capped_below_avx512 =
+            onednn_cap.map(str::to_ascii_uppercase).is_some_and(|c| !c.is_empty() && c != "ALL" && !c.contains("AVX512") && !c.contains("AMX") && !c.contains("AVX10"));
+        if isa == "avx512f" && !capped_below_avx512 {
+            Self::FROZEN_MIN_PICTURES
+        } else {
+            Self::FROZEN_MIN_PICTURES_AVX2
+        }
+    }
+
     /// The engine for `pictures` pictures of `architecture` on `device`: [`Engine::Frozen`] on
-    /// the CPU from [`Engine::FROZEN_MIN_PICTURES`] on for the families it speeds up, else
-    /// [`Engine::Eager`]. Measured on a 2-core AVX512 CPU (docs/performance.md), frozen against
-    /// eager: ResNet-50 fp32 1.48x, Inception-v3 fp32 1.14x, EfficientNet-Lite0 1.61x in fp32
-    /// and 1.35x in bf16 (oneDNN Graph fusion); DINOv2 ViT-S/14 0.90x and ConvNeXt-T 0.79x (the
-    /// fuser cannot take their graphs, so they freeze with `optimize_for_inference`), which
-    /// therefore stay eager. The environment variable `LASTLAYER_ENGINE=eager|frozen` overrides
-    /// the choice (`frozen` still needs the CPU).
+    /// the CPU from [`Engine::frozen_min_pictures`] on (64 with AVX-512, 320 without) for the
+    /// families it speeds up, else [`Engine::Eager`]. Measured on a 2-core AVX512 CPU
+    /// (docs/performance.md), frozen against eager: ResNet-50 fp32 1.48x, Inception-v3 fp32
+    /// 1.14x, EfficientNet-Lite0 1.61x in fp32 and 1.35x in bf16 (oneDNN Graph fusion); DINOv2
+    /// ViT-S/14 0.90x and ConvNeXt-T 0.79x (the fuser cannot take their graphs, so they freeze
+    /// with `optimize_for_inference`), which therefore stay eager. The environment variable
+    /// `LASTLAYER_ENGINE=eager|frozen` overrides the choice (`frozen` still needs the CPU).
     pub fn choose(device: Device, pictures: usize, architecture: Architecture) -> Engine {
         let possible = device == Device::Cpu;
         let worth_it = !matches!(architecture.family(), Family::VisionTransformer(_) | Family::ConvNext(_));
         match std::env::var("LASTLAYER_ENGINE").as_deref() {
             Ok("eager") => Engine::Eager,
             Ok("frozen") if possible => Engine::Frozen,
-            _ if possible && worth_it && pictures >= Self::FROZEN_MIN_PICTURES => Engine::Frozen,
+            _ if possible && worth_it && pictures >= Self::cpu_frozen_min_pictures() => Engine::Frozen,
             _ => Engine::Eager,
         }
+    }
+
+    /// [`Engine::frozen_min_pictures`] for this machine's CPU, read once.
+    fn cpu_frozen_min_pictures() -> usize {
+        static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        *MIN.get_or_init(|| {
+            let min = Self::frozen_min_pictures(cpu_vector_isa(), std::env::var("ONEDNN_MAX_CPU_ISA").ok().as_deref());
+            tracing::debug!("the frozen engine from {min} pictures on (widest vector unit: {})", cpu_vector_isa());
+            min
+        })
+    }
+}
+
+/// Asks libtorch's CPU allocator to back tensors of 2 MiB and more with transparent huge pages
+/// (`THP_MEM_ALLOC_ENABLE=1`: c10 then aligns them to 2 MiB and `madvise`s them
+/// `MADV_HUGEPAGE`), unless the environment already sets it. The eager engine allocates each
+/// layer's activations afresh (100 MiB for a batch of 32 at ResNet-50's first layers), and with
+/// 4 KiB pages the kernel spent a third of the CPU time faulting them in: measured with
+/// ResNet-50 fp32 on 300 pictures on a 2-core AVX2 EPYC, 37.5 s (20.2 s system time) without,
+/// 33.8 s (10.5 s) with (docs/performance.md, "The feature store"). Where the kernel's THP mode
+/// is `never` it changes nothing. c10 reads the variable once, at its first allocation, so this
+/// must run before any tensor is made, while the process has a single thread (the binary's
+/// first line).
+pub fn prefer_huge_pages() {
+    if std::env::var_os("THP_MEM_ALLOC_ENABLE").is_none() {
+        std::env::set_var("THP_MEM_ALLOC_ENABLE", "1");
     }
 }
 
@@ -624,6 +672,18 @@ mod precision_tests {
         assert_eq!(isa_cap(Some("AVX512_CORE_AMX"), Some("avx512")), CpuBf16::Amx);
         assert_eq!(isa_cap(None, Some("avx2")), CpuBf16::None);
         assert_eq!(isa_cap(Some("AVX512_CORE"), None), CpuBf16::None);
+    }
+
+    #[test]
+    fn the_frozen_engine_threshold_follows_the_vector_unit() {
+        assert_eq!(Engine::frozen_min_pictures("avx512f", None), Engine::FROZEN_MIN_PICTURES);
+        assert_eq!(Engine::frozen_min_pictures("avx512f", Some("ALL")), Engine::FROZEN_MIN_PICTURES);
+        assert_eq!(Engine::frozen_min_pictures("avx512f", Some("avx512_core_amx")), Engine::FROZEN_MIN_PICTURES);
+        assert_eq!(Engine::frozen_min_pictures("avx512f", Some("AVX2")), Engine::FROZEN_MIN_PICTURES_AVX2);
+        assert_eq!(Engine::frozen_min_pictures("avx2", None), Engine::FROZEN_MIN_PICTURES_AVX2);
+        assert_eq!(Engine::frozen_min_pictures("avx", None), Engine::FROZEN_MIN_PICTURES_AVX2);
+        assert_eq!(Engine::frozen_min_pictures("none found", None), Engine::FROZEN_MIN_PICTURES_AVX2);
+        assert!(Engine::FROZEN_MIN_PICTURES < Engine::FROZEN_MIN_PICTURES_AVX2);
     }
 
     #[test]

@@ -573,7 +573,12 @@ impl Context<'_> {
                 let rows: Vec<usize> = missing.iter().copied().filter(|&r| mine.contains(&keys[r])).collect();
                 let todo = split.select(&rows);
                 let expected: Vec<RowKey> = rows.iter().map(|&r| keys[r]).collect();
-                let engine = store.recipe().engine.unwrap_or_else(|| Engine::choose(self.device, rows.len(), self.entry.architecture));
+                // A frozen module already warmed up in this process has paid its fixed cost:
+                // the next split keeps it, however few its rows.
+                let warm = lazy.loaded.as_ref().is_some_and(Backbone::ran_frozen);
+                let engine = store.recipe().engine.unwrap_or_else(|| {
+                    if warm { Engine::Frozen } else { Engine::choose(self.device, rows.len(), self.entry.architecture) }
+                });
                 let width = lazy.get(engine, self.batch_size)?.feature_width() as u32;
                 if !lazy.writers.iter().any(|(dir, _)| dir == store.dir()) {
                     let w = store.writer(width)?;
