@@ -4,8 +4,10 @@
 //! `--max-batch`; while the batch is not full and other requests are still being decoded (they
 //! will reach the queue shortly), it waits for them, until `--max-wait-ms` after the first
 //! picture entered the queue. A picture alone, with nothing on its way, runs at once: a single
-//! client waits for no one. The batch then runs as one forward pass (padded, for the frozen
-//! engine, to one of a few batch shapes: [`rows_for`]), and every request gets its own answer.
+//! client waits for no one. For the frozen engine, which meets a few batch shapes only, the
+//! largest shape the pictures fill runs and the rest goes first in the next batch
+//! ([`split_for`]). The batch then runs as one forward pass, and every request gets its own
+//! answer.
 //!
 //! Requests whose client has gone or whose `--timeout` has passed (their handler answered 503
 //! and dropped the reply channel) are skipped, so they cost no forward pass.
@@ -70,14 +72,29 @@ impl Drop for ArrivingGuard<'_> {
     }
 }
 
-/// Runs batches until every sender of `queue` is gone and the queue is empty.
+/// Runs batches until every sender of `queue` is gone, the queue is empty and nothing is
+/// carried over.
 pub(super) fn run(classifier: &Classifier, queue: Receiver<Job>, batching: Batching, arriving: &Arriving, metrics: &Metrics) {
-    while let Ok(first) = queue.recv() {
-        let deadline = first.queued + batching.max_wait;
-        let mut batch = collect(&queue, first, batching.max_batch, deadline, || arriving.now() > 0);
-        metrics.queue_depth.sub(batch.len() as i64);
+    // Pictures left for the next forward pass by [`split_for`]: they go first.
+    let mut carried: Vec<Job> = Vec::new();
+    loop {
+        let waiting = if carried.is_empty() {
+            match queue.recv() {
+                Ok(first) => vec![first],
+                Err(_) => break,
+            }
+        } else {
+            std::mem::take(&mut carried)
+        };
+        let deadline = waiting[0].queued + batching.max_wait;
+        let mut batch = collect(&queue, waiting, batching.max_batch, deadline, || arriving.now() > 0);
+        let collected = batch.len();
         // The client went away, or its handler already answered 503 (--timeout).
         batch.retain(|job| !job.reply.is_closed());
+        let take = split_for(batch.len(), batching.max_batch, classifier.engine());
+        carried = batch.split_off(take);
+        // A picture leaves the queue's depth when it runs or is dropped, not when carried.
+        metrics.queue_depth.sub((collected - carried.len()) as i64);
         if batch.is_empty() {
             continue;
         }
@@ -92,10 +109,23 @@ pub(super) fn run(classifier: &Classifier, queue: Receiver<Job>, batching: Batch
     }
 }
 
-/// `first`, then what is waiting in `queue` up to `max_batch` in all; while more are
-/// `on_their_way()`, waits for them until `deadline`.
-fn collect<T>(queue: &Receiver<T>, first: T, max_batch: usize, deadline: Instant, on_their_way: impl Fn() -> bool) -> Vec<T> {
-    let mut batch = vec![first];
+/// How many of `n` waiting pictures run now: all of them for the eager engine; for the frozen
+/// one, the largest of its batch shapes ([`rows_for`]) that `n` fills, the rest waiting for the
+/// next forward pass (which starts as soon as this one ends), so that no forward pass computes
+/// padding rows while pictures wait. Measured with 16 clients: docs/performance.md, "Serving
+/// under load".
+pub(super) fn split_for(n: usize, max_batch: usize, engine: Engine) -> usize {
+    match engine {
+        Engine::Eager => n,
+        Engine::Frozen if n >= max_batch || n <= 1 => n.min(max_batch),
+        Engine::Frozen => 1 << n.ilog2(),
+    }
+}
+
+/// `waiting` (in order), then what is waiting in `queue` up to `max_batch` in all; while more
+/// are `on_their_way()`, waits for them until `deadline`.
+fn collect<T>(queue: &Receiver<T>, waiting: Vec<T>, max_batch: usize, deadline: Instant, on_their_way: impl Fn() -> bool) -> Vec<T> {
+    let mut batch = waiting;
     while batch.len() < max_batch {
         match queue.try_recv() {
             Ok(job) => batch.push(job),
@@ -159,11 +189,11 @@ mod tests {
             tx.send(i).unwrap();
         }
         let start = Instant::now();
-        let batch = collect(&rx, 0, 4, start + Duration::from_secs(60), || true);
+        let batch = collect(&rx, vec![0], 4, start + Duration::from_secs(60), || true);
         assert_eq!(batch, vec![0, 1, 2, 3]);
         assert!(start.elapsed() < Duration::from_secs(10));
         // The rest, with nothing on its way: no wait.
-        assert_eq!(collect(&rx, 10, 4, start + Duration::from_secs(60), || false), vec![10, 4, 5]);
+        assert_eq!(collect(&rx, vec![10], 4, start + Duration::from_secs(60), || false), vec![10, 4, 5]);
         assert!(start.elapsed() < Duration::from_secs(10));
     }
 
@@ -177,10 +207,28 @@ mod tests {
     }
 
     #[test]
+    fn the_frozen_engine_runs_the_largest_full_shape_and_carries_the_rest() {
+        let frozen: Vec<usize> = (0..=13).map(|n| split_for(n, 12, Engine::Frozen)).collect();
+        assert_eq!(frozen, vec![0, 1, 2, 2, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12]);
+        // What runs is always one of the shapes, without padding.
+        assert!((1..=32).all(|n| { let t = split_for(n, 32, Engine::Frozen); rows_for(t, 32, Engine::Frozen) == t }));
+        assert!((1..=40).all(|n| split_for(n, 40, Engine::Eager) == n));
+    }
+
+    #[test]
+    fn carried_pictures_go_first() {
+        let (tx, rx) = sync_channel(10);
+        tx.send(5).unwrap();
+        let start = Instant::now();
+        assert_eq!(collect(&rx, vec![1, 2, 3], 8, start, || false), vec![1, 2, 3, 5]);
+        assert_eq!(collect(&rx, vec![1, 2, 3], 2, start, || false), vec![1, 2, 3]);
+    }
+
+    #[test]
     fn a_lone_picture_with_nothing_on_its_way_runs_at_once() {
         let (_tx, rx) = sync_channel::<i32>(10);
         let start = Instant::now();
-        assert_eq!(collect(&rx, 7, 32, start + Duration::from_secs(60), || false), vec![7]);
+        assert_eq!(collect(&rx, vec![7], 32, start + Duration::from_secs(60), || false), vec![7]);
         assert!(start.elapsed() < Duration::from_secs(10), "waited {:?}", start.elapsed());
     }
 
@@ -195,7 +243,7 @@ mod tests {
         });
         // A picture on its way arrives within the wait: it joins the batch; then nothing
         // more comes, and the batch leaves at the deadline.
-        let batch = collect(&rx, 0, 8, start + Duration::from_millis(400), || true);
+        let batch = collect(&rx, vec![0], 8, start + Duration::from_millis(400), || true);
         let waited = start.elapsed();
         assert_eq!(batch, vec![0, 1]);
         assert!(waited >= Duration::from_millis(400), "left after {waited:?}, before the deadline");
@@ -212,7 +260,7 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(50));
                 on_way.store(false, Ordering::SeqCst);
             });
-            assert_eq!(collect(&rx, 0, 8, start + Duration::from_secs(60), || on_way.load(Ordering::SeqCst)), vec![0]);
+            assert_eq!(collect(&rx, vec![0], 8, start + Duration::from_secs(60), || on_way.load(Ordering::SeqCst)), vec![0]);
         });
         assert!(start.elapsed() < Duration::from_secs(10), "waited {:?}", start.elapsed());
     }

@@ -318,7 +318,7 @@ impl Server {
     pub fn run(self) -> Result<()> {
         let Server { runtime, listener, addr, app, model, run_dir, batching, engine, timeout, worker } = self;
         let shapes = match engine {
-            Engine::Frozen => ", padded to a power of two rows",
+            Engine::Frozen => " (a power of two or the most; the rest waits for the next)",
             Engine::Eager => "",
         };
         tracing::info!(
