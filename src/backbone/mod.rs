@@ -57,9 +57,9 @@ impl Engine {
     /// The same on a CPU whose widest vector unit is AVX2 (or less, or capped to it by
     /// `ONEDNN_MAX_CPU_ISA`): measured on a 2-core AVX2 EPYC with ResNet-50 at 224 px, fp32,
     /// batches of 32 (docs/performance.md, "The feature store"), the frozen engine's fixed cost
-    /// (trace, freeze, [`FROZEN_WARMUP_RUNS`] unfused batches) is about 17 s against 0.053 s
-    /// saved a picture: frozen was 16% faster at 600 pictures and 6% slower at 300, a break-even
-    /// near 320.
+    /// (trace, freeze, [`FROZEN_WARMUP_RUNS`] unfused batches) is about 8 s against 0.023 s
+    /// saved a picture (0.081 s against eager's 0.104 s with huge pages): a break-even near
+    /// 340 pictures; 238 pictures took 30.2 s frozen and 24.6 s eager.
     pub const FROZEN_MIN_PICTURES_AVX2: usize = 320;
 
     /// The frozen engine's threshold for a CPU whose widest vector instruction set is `isa`
