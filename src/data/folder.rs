@@ -1,4 +1,5 @@
-//! A user's own pictures: a folder with one subfolder per class, JPEG or PNG files inside.
+//! A user's own pictures: a folder with one subfolder per class, picture files inside (any
+//! format of [`super::decode::FORMATS`]).
 //!
 //! Two layouts:
 //! - `ROOT/train/<class>/…` with `ROOT/test/<class>/…` (or `ROOT/val/<class>/…`): the split is
@@ -14,8 +15,9 @@ use rayon::prelude::*;
 use super::content::HashIndex;
 use crate::error::{Error, IoContext, Result};
 
-/// File extensions read as pictures (case-insensitive).
-pub const EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
+/// File extensions read as pictures (case-insensitive): what phones and cameras write
+/// (`super::decode` reads each by its content, whatever the name says).
+pub const EXTENSIONS: [&str; 13] = ["jpg", "jpeg", "jpe", "png", "webp", "tif", "tiff", "bmp", "gif", "heic", "heif", "hif", "avif"];
 
 /// One labelled picture file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +48,7 @@ pub struct FolderData {
 
 /// Lists `root` (see the module docs for the layouts). Every picture's header is read, but
 /// for files that `known` remembers unchanged since they were read whole: one that cannot be
-/// read as a JPEG or PNG is skipped with a warning (and counted in [`FolderData::skipped`]), or
+/// read as a picture is skipped with a warning (and counted in [`FolderData::skipped`]), or
 /// is an error when `strict`.
 pub fn scan(root: &Path, test_fraction: f64, strict: bool, known: &HashIndex) -> Result<FolderData> {
     let mut data = scan_names(root, test_fraction)?;
@@ -83,17 +85,15 @@ pub fn scan(root: &Path, test_fraction: f64, strict: bool, known: &HashIndex) ->
     Ok(data)
 }
 
-/// Reads a picture's header (format and size) without decoding it.
+/// Reads a picture's header (format and size) without decoding it: a format lastlayer reads,
+/// a size within [`super::decode::MAX_PIXELS`].
 fn probe(path: &Path) -> std::result::Result<(), String> {
-    let reader = image::ImageReader::open(path).map_err(|e| e.to_string())?.with_guessed_format().map_err(|e| e.to_string())?;
-    if reader.format().is_none() {
-        return Err("unknown format".into());
-    }
-    let (w, h) = reader.into_dimensions().map_err(|e| e.to_string())?;
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let (w, h) = super::decode::probe(&bytes).map_err(|e| e.to_string())?;
     if w == 0 || h == 0 {
         return Err("empty picture".into());
     }
-    Ok(())
+    super::decode::check_size(w, h).map_err(|e| e.to_string())
 }
 
 fn scan_names(root: &Path, test_fraction: f64) -> Result<FolderData> {
