@@ -283,6 +283,14 @@ fn metadata_files_label_as_class_folders_do() {
             assert!(files[i] == results[0].1[i], "{name}: {what} differ from the class folders'");
         }
     }
+    // review names each picture by its path in the data folder, as the metadata file found it.
+    let cache = sb.path().join("cache-jsonl");
+    let review = sb.run_json(&["--json", "--cache-dir", cache.to_str().unwrap(), "review", "run-jsonl"]);
+    let named: Vec<&str> = ["mistakes", "label_issues"].iter().flat_map(|k| review[k].as_array().unwrap()).map(|m| m["picture"].as_str().unwrap()).collect();
+    assert!(!named.is_empty(), "a head on random features makes mistakes on 6 test pictures");
+    for n in named {
+        assert!((n.starts_with("training/pics/") || n.starts_with("validation/pics/")) && jsonl.join(n).is_file(), "review names {n}");
+    }
 }
 
 /// A metadata row naming a missing file, a path outside the folder, an empty label, or a
@@ -328,6 +336,26 @@ fn bad_metadata_rows_are_refused_naming_the_line() {
             assert_eq!(tree(&cache), before, "{what} ({file}): the cache changed");
         }
     }
+    // The flags: a column the file lacks, a labels file that is missing or not CSV/JSONL, a
+    // label column with class folders or CIFAR-10. Exit 2 for a flag, 3 for a missing file.
+    std::fs::write(data.join("metadata.csv"), format!("file_name,label,note\n{}\n", good.iter().map(|r| format!("{r},x")).collect::<Vec<_>>().join("\n"))).unwrap();
+    let folders = sb.path().join("folders");
+    copy_pictures(&folders, &["cat", "dog"], 1, 0, |_, c, n| format!("{c}/{n}"));
+    let d = data.to_str().unwrap();
+    for (flags, code, needles) in [
+        (vec!["--data", d, "--label-column", "species"], 2, vec!["--label-column", "'species'", "'label'", "'note'"]),
+        (vec!["--data", d, "--labels", "nowhere.jsonl"], 3, vec!["nowhere.jsonl", "--labels"]),
+        (vec!["--data", d, "--labels", "labels.txt"], 2, vec!["--labels", ".csv or .jsonl"]),
+        (vec!["--data", folders.to_str().unwrap(), "--label-column", "label"], 2, vec!["--label-column", "no metadata.csv"]),
+        (vec!["--data", "cifar10", "--label-column", "label"], 2, vec!["--label-column", "folder"]),
+    ] {
+        let mut args = vec!["train", "--model", "resnet18", "--weights", &w, "--out", "run"];
+        args.extend(flags.iter().copied());
+        assert_fails(&sb.run(&args), code, &needles);
+        assert!(!sb.path().join("run").exists(), "{flags:?}: the run folder was written");
+        assert_eq!(tree(&cache), before, "{flags:?}: the cache changed");
+    }
+
     // The rows alone are fine: the same command trains.
     std::fs::write(data.join("metadata.csv"), format!("file_name,label\n{}\n", good.join("\n"))).unwrap();
     let out = sb.run_json(&[

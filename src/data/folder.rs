@@ -364,6 +364,43 @@ mod tests {
     }
 
     #[test]
+    fn split_folders_take_hugging_face_names_test_before_validation() {
+        let dirs = |names: &[&str]| {
+            let a = tempfile::tempdir().unwrap();
+            for n in names {
+                std::fs::create_dir_all(a.path().join(n)).unwrap();
+            }
+            SplitDirs::find(a.path())
+        };
+        let d = dirs(&["training", "dev", "eval", "cats"]).unwrap().unwrap();
+        assert_eq!((d.train.as_str(), d.test.as_deref(), d.unused.clone()), ("training", Some("eval"), vec!["dev".to_string()]));
+        let d = dirs(&["train", "val", "test"]).unwrap().unwrap();
+        assert_eq!((d.test.as_deref(), d.unused.clone()), (Some("test"), vec!["val".to_string()]));
+        assert_eq!(dirs(&["train"]).unwrap().unwrap().test, None);
+        // No training folder: class folders at the top, whatever their names.
+        assert_eq!(dirs(&["test", "val"]).unwrap(), None);
+        let err = dirs(&["train", "training"]).unwrap_err().to_string();
+        assert!(err.contains("train/ and training/"), "{err}");
+    }
+
+    #[test]
+    fn train_alone_is_split_by_the_hash_rule_as_a_flat_folder() {
+        let flat = tempfile::tempdir().unwrap();
+        let alone = tempfile::tempdir().unwrap();
+        for c in ["cats", "dogs"] {
+            for i in 0..20 {
+                touch(&flat.path().join(c).join(format!("{i}.jpg")));
+                touch(&alone.path().join("train").join(c).join(format!("{i}.jpg")));
+            }
+        }
+        let a = scan_names(flat.path(), 0.3, &LabelSource::default()).unwrap();
+        let b = scan_names(alone.path(), 0.3, &LabelSource::default()).unwrap();
+        let keys = |v: &[Entry]| v.iter().map(|e| e.key.clone()).collect::<Vec<_>>();
+        assert_eq!((keys(&a.train), keys(&a.test)), (keys(&b.train), keys(&b.test)));
+        assert!(!b.test.is_empty() && b.test.iter().all(|e| e.name.starts_with("train/")));
+    }
+
+    #[test]
     fn shared_imagefolder_uses_its_train_and_val_folders() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/imagefolder-sample");
         let d = scan(&root, 0.2, true, &HashIndex::none()).unwrap();
