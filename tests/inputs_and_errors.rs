@@ -363,6 +363,23 @@ fn bad_metadata_rows_are_refused_naming_the_line() {
         "--test-fraction", "0.5", "--epochs", "2", "--out", "run",
     ]);
     assert_eq!(out["features"]["classes"], serde_json::json!(["cat", "dog"]));
+    let test_rows = out["test"]["rows"].as_u64().unwrap();
+    assert!(test_rows > 0);
+
+    // The same rows in a labels file elsewhere, the class in a column of another name: the run
+    // folder remembers both flags, and eval opens the data again with them.
+    std::fs::remove_file(data.join("metadata.csv")).unwrap();
+    let labels = sb.path().join("elsewhere/labels.jsonl");
+    std::fs::create_dir_all(labels.parent().unwrap()).unwrap();
+    let rows: Vec<String> = pics.iter().map(|(_, c, n)| serde_json::json!({"file_name": format!("images/{n}"), "species": c, "note": ""}).to_string()).collect();
+    std::fs::write(&labels, rows.join("\n")).unwrap();
+    let out = sb.run_json(&[
+        "--json", "train", "--model", "resnet18", "--data", data.to_str().unwrap(), "--labels", labels.to_str().unwrap(), "--label-column", "species",
+        "--weights", &w, "--precision", "fp32", "--input-size", "64", "--test-fraction", "0.5", "--epochs", "2", "--out", "run2",
+    ]);
+    assert_eq!(out["features"]["classes"], serde_json::json!(["cat", "dog"]));
+    let eval = sb.run_json(&["--json", "eval", "run2"]);
+    assert_eq!(eval["rows"].as_u64().or(eval["test"]["rows"].as_u64()), Some(test_rows), "{eval}");
 }
 
 /// Split folders as Hugging Face names them: `training/` with `testing/` (and `validation/`,
