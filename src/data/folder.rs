@@ -266,7 +266,8 @@ fn class_dirs(dir: &Path) -> Result<Vec<String>> {
     Ok(classes)
 }
 
-fn is_picture(p: &Path) -> bool {
+/// True when `p`'s name ends in one of [`EXTENSIONS`].
+pub(super) fn is_picture(p: &Path) -> bool {
     p.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).is_some_and(|e| EXTENSIONS.contains(&e.as_str()))
 }
 

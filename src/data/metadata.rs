@@ -387,6 +387,11 @@ pub fn scan_names(root: &Path, splits: Option<&SplitDirs>, labels: &LabelSource,
         notes.push(format!("{unused} listed picture(s) in split folders other than the training and test ones left out"));
     }
     let source_names = sources.iter().map(|s| s.file.display().to_string()).collect::<Vec<_>>().join(", ");
+    let named = seen.keys().filter(|n| super::folder::is_picture(Path::new(n))).count();
+    let unlisted = count_pictures(root, 0).saturating_sub(named);
+    if unlisted > 0 {
+        notes.push(format!("{unlisted} picture file(s) in {} that {source_names} does not name are not used", root.display()));
+    }
     let classes = class_order(&listed.iter().map(|(_, l, _)| l.clone()).collect());
     if classes.len() < 2 {
         return Err(Error::bad_input(
@@ -423,6 +428,22 @@ pub fn scan_names(root: &Path, splits: Option<&SplitDirs>, labels: &LabelSource,
     test.sort_by(by_label_and_name);
     notes.push(format!("{} pictures labelled by {source_names}: {} classes, {} train, {} test", train.len() + test.len(), classes.len(), train.len(), test.len()));
     Ok(Some(FolderData { classes, train, test, skipped: Vec::new(), notes }))
+}
+
+/// Picture files (by name, [`super::folder::EXTENSIONS`]) under `dir`, hidden folders left
+/// out, at most 32 folders deep.
+fn count_pictures(dir: &Path, depth: usize) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut n = 0;
+    for e in entries.flatten() {
+        let p = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() && depth < 32 && !e.file_name().to_string_lossy().starts_with('.') => n += count_pictures(&p, depth + 1),
+            Ok(t) if !t.is_dir() && super::folder::is_picture(&p) => n += 1,
+            _ => {}
+        }
+    }
+    n
 }
 
 /// Where a picture in split folder `dir` goes.
@@ -597,6 +618,12 @@ mod tests {
         let data = scan_names(d.path(), splits.as_ref(), &LabelSource::default(), 0.2).unwrap().unwrap();
         assert_eq!(data.train.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), vec!["train/a.jpg", "train/b.jpg"]);
         assert_eq!(data.test.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), vec!["test/c.jpg", "test/d.jpg"]);
+        // Every picture on disk is named (val/v.jpg too, left out as unused): nothing unlisted.
+        assert!(!data.notes.iter().any(|n| n.contains("does not name")), "{:?}", data.notes);
+        touch(d.path(), &["train/extra.jpg", "train/notes.txt"]);
+        let data = scan_names(d.path(), splits.as_ref(), &LabelSource::default(), 0.2).unwrap().unwrap();
+        assert!(data.notes.iter().any(|n| n.starts_with("1 picture file(s)") && n.contains("does not name")), "{:?}", data.notes);
+        assert!(data.notes.iter().any(|n| n.starts_with("1 listed picture(s) in split folders")), "{:?}", data.notes);
         // No row in test/: an error naming it.
         std::fs::write(d.path().join("metadata.csv"), "file_name,label\ntrain/a.jpg,x\ntrain/b.jpg,y\n").unwrap();
         let err = scan_names(d.path(), splits.as_ref(), &LabelSource::default(), 0.2).unwrap_err().to_string();
