@@ -266,7 +266,8 @@ pub struct DataArgs {
     /// Backbone (see `lastlayer models`).
     #[arg(long)]
     pub model: String,
-    /// `cifar10`, a folder with one subfolder of pictures per class, or WebDataset tar shards
+    /// `cifar10`, a folder of pictures (one subfolder per class, or a metadata.csv /
+    /// metadata.jsonl naming each picture's class), or WebDataset tar shards
     /// (a folder of .tar files, a pattern like `train-{000000..000099}.tar`).
     #[arg(long)]
     pub data: String,
@@ -276,9 +277,17 @@ pub struct DataArgs {
     /// An existing `cifar-10-batches-bin` folder (or its parent) instead of downloading.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// For a folder without train/ and test/ subfolders: share of pictures put in test.
+    /// For a folder without a test subfolder: share of pictures put in test.
     #[arg(long, default_value_t = 0.2)]
     pub test_fraction: f64,
+    /// For a folder: a `.csv` or `.jsonl` file of `file_name` (relative to --data) and label
+    /// columns, instead of the folder's metadata.csv / metadata.jsonl or class subfolders.
+    #[arg(long, value_name = "FILE")]
+    pub labels: Option<PathBuf>,
+    /// The column that holds the class (in --labels or the folder's metadata file) [default:
+    /// `label`, else `labels`, else the only column besides the file name].
+    #[arg(long, value_name = "NAME")]
+    pub label_column: Option<String>,
     /// For a folder: stop at an unreadable picture instead of skipping it with a warning.
     #[arg(long)]
     pub strict: bool,

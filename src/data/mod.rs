@@ -7,6 +7,7 @@ pub mod decode;
 pub mod download;
 pub mod folder;
 pub mod heif;
+pub mod metadata;
 pub mod on_device;
 pub mod preprocess;
 pub mod sample;
@@ -38,7 +39,8 @@ pub enum DataSpec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         data_dir: Option<PathBuf>,
     },
-    /// A folder with one subfolder per class.
+    /// A folder of pictures, labelled by its class subfolders or by a metadata file (see
+    /// [`folder`] and [`metadata`]).
     Folder {
         /// The folder (absolute).
         root: PathBuf,
@@ -47,6 +49,13 @@ pub enum DataSpec {
         /// Unreadable pictures are an error instead of being skipped.
         #[serde(default)]
         strict: bool,
+        /// `--labels`: a `.csv` or `.jsonl` labels file (absolute), instead of the folder's
+        /// metadata files or class folders.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        labels: Option<PathBuf>,
+        /// `--label-column`: the column of the labels file that holds the class.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        label_column: Option<String>,
     },
     /// WebDataset tar shards (see [`webdataset`]): train and test shard sets.
     WebDataset {
@@ -94,10 +103,52 @@ impl DataSpec {
         if !root.is_dir() {
             return Err(Error::usage(
                 "--data",
-                format!("'{value}' is neither `cifar10` nor a folder (one subfolder per class, JPEG or PNG files)"),
+                format!("'{value}' is neither `cifar10` nor a folder (one subfolder per class, picture files)"),
             ));
         }
-        Ok(DataSpec::Folder { root: std::path::absolute(root).at(root)?, test_fraction, strict })
+        Ok(DataSpec::Folder { root: std::path::absolute(root).at(root)?, test_fraction, strict, labels: None, label_column: None })
+    }
+
+    /// Adds `--labels FILE` and `--label-column NAME` to a folder data set (see [`metadata`]);
+    /// other data sets take neither.
+    pub fn with_labels(self, file: Option<&Path>, column: Option<&str>) -> Result<Self> {
+        if file.is_none() && column.is_none() {
+            return Ok(self);
+        }
+        let flag = if file.is_some() { "--labels" } else { "--label-column" };
+        match self {
+            DataSpec::Folder { root, test_fraction, strict, .. } => {
+                let labels = match file {
+                    Some(f) => {
+                        if metadata::Format::of(f).is_none() {
+                            return Err(Error::usage("--labels", format!("'{}': a .csv or .jsonl file is expected", f.display())));
+                        }
+                        if !f.is_file() {
+                            return Err(Error::bad_input(f, "--labels: no such file (a .csv or .jsonl file whose file_name column is relative to --data)"));
+                        }
+                        Some(std::path::absolute(f).at(f)?)
+                    }
+                    None => None,
+                };
+                if column.is_some_and(|c| c.trim().is_empty()) {
+                    return Err(Error::usage("--label-column", "is empty; name the column that holds the class"));
+                }
+                Ok(DataSpec::Folder { root, test_fraction, strict, labels, label_column: column.map(str::to_string) })
+            }
+            _ => Err(Error::usage(flag, "only a folder data set (--data PATH) takes a labels file or a label column")),
+        }
+    }
+
+    /// For a folder labelled by a file (`--labels`, or a metadata file in it), checks every
+    /// row without opening a picture (see [`folder::check_labels`]), so that a command can
+    /// refuse bad labels before it writes anything; other data sets are checked when opened.
+    pub fn check_labels(&self) -> Result<()> {
+        match self {
+            DataSpec::Folder { root, test_fraction, labels, label_column, .. } => {
+                folder::check_labels(root, *test_fraction, &metadata::LabelSource { file: labels.clone(), column: label_column.clone() })
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -582,8 +633,9 @@ impl Dataset {
                     source: Source::Cifar(dir),
                 })
             }
-            DataSpec::Folder { root, test_fraction, strict } => {
-                let data = folder::scan(root, *test_fraction, *strict, known)?;
+            DataSpec::Folder { root, test_fraction, strict, labels, label_column } => {
+                let source = metadata::LabelSource { file: labels.clone(), column: label_column.clone() };
+                let data = folder::scan_labelled(root, *test_fraction, *strict, &source, known)?;
                 Ok(Dataset {
                     spec: spec.clone(),
                     name: root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "folder".into()),

@@ -149,9 +149,15 @@ pub fn extract_command(session: &Session, req: &FeatureRequest, split: &str, sha
                 push("--data-dir", quote(&d.display().to_string()));
             }
         }
-        DataSpec::Folder { root, test_fraction, strict } => {
+        DataSpec::Folder { root, test_fraction, strict, labels, label_column } => {
             push("--data", quote(&root.display().to_string()));
             push("--test-fraction", test_fraction.to_string());
+            if let Some(l) = labels {
+                push("--labels", quote(&l.display().to_string()));
+            }
+            if let Some(c) = label_column {
+                push("--label-column", quote(c));
+            }
             if *strict {
                 a.push("--strict".into());
             }
