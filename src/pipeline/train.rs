@@ -9,7 +9,7 @@ use super::{features, FeatureRequest, FeatureSet, Finished, Session, SplitFeatur
 use crate::error::{Error, Result};
 use crate::export::{write_run, BackboneCard, DataCard, HeadCard, Metrics, HEAD_FORMAT, HEAD_FORMAT_VERSION};
 use crate::data::views::{Augment, Tta};
-use crate::head::{evaluate, evaluate_streamed, should_stream, train_head_streamed, train_head_views, Evaluation, LinearHead, TrainConfig, TrainReport, ViewLayout};
+use crate::head::{evaluate_logits, evaluate_streamed, should_stream, train_head_streamed, train_head_views, Evaluation, LinearHead, TrainConfig, TrainReport, ViewLayout};
 use crate::hub::WeightsOrigin;
 
 /// What [`train`] did.
@@ -52,7 +52,7 @@ pub fn train(session: &Session, req: &FeatureRequest, cfg: &TrainConfig, out: &P
         tracing::info!("head: trained on {}, {} x {} features", where_(device), xtr.size()[0], xtr.size().get(1).copied().unwrap_or(0));
         train_head_views(&xtr.to_device(device), &ytr, fs.classes.len(), cfg, &view_layout(&fs), &session.progress)?
     };
-    let test = evaluate_split(&head, fs.split("test").expect("test was requested"), &fs.classes)?;
+    let test = evaluate_split(&head, fs.split("test").expect("test was requested"), &fs.classes, report.logit_scale)?;
     let entry = session.registry.get(&req.model)?;
     let card = HeadCard {
         format: HEAD_FORMAT.into(),
@@ -107,13 +107,14 @@ pub(super) fn streams(split: &SplitFeatures) -> bool {
 }
 
 /// `head` scored on `split`: loaded into memory, or streamed from its file when it is too big.
-pub(super) fn evaluate_split(head: &LinearHead, split: &SplitFeatures, classes: &[String]) -> Result<Evaluation> {
+/// `logit_scale` is the temperature folded into the head, for the calibration error before it.
+pub(super) fn evaluate_split(head: &LinearHead, split: &SplitFeatures, classes: &[String], logit_scale: Option<f64>) -> Result<Evaluation> {
     if streams(split) {
         tracing::info!("{} features: {} rows scored from {} in blocks (streamed)", split.split, split.rows, split.features.display());
-        return evaluate_streamed(head, &split.features, classes);
+        return evaluate_streamed(head, &split.features, classes, logit_scale);
     }
     let (x, y) = split.load()?;
-    Ok(evaluate(head, &x, &y, classes))
+    Ok(evaluate_logits(&head.logits(&x), &y, classes, logit_scale))
 }
 
 /// Where a head trains on features in memory: the CPU, whatever `--device` is, unless
