@@ -85,6 +85,9 @@ fn flags_out_of_range_name_the_flag() {
     assert_fails(&sb.run(&[&base[..], &["--sample", "0"]].concat()), 2, &["--sample"]);
     assert_fails(&sb.run(&[&base[..], &["--lr", "-1"]].concat()), 2, &["--lr"]);
     assert_fails(&sb.run(&[&base[..], &["--val-fraction", "1.5"]].concat()), 2, &["--val-fraction"]);
+    let weighted = sb.run(&[&base[..], &["--class-weight", "rare"]].concat());
+    assert_fails(&weighted, 2, &["--class-weight", "rare"]);
+    assert!(stderr(&weighted).contains("possible values: none, balanced"), "{}", stderr(&weighted));
     assert_fails(&sb.run(&["train", "--model", "resnet9", "--data", "cifar10", "--data-dir", d, "--out", "x"]), 2, &["resnet9", "resnet50"]);
     assert_fails(&sb.run(&["train", "--model", "resnet18", "--data", "no/such/folder", "--out", "x"]), 2, &["--data", "no/such/folder"]);
     assert!(!sb.path().join("x").exists(), "a failed command wrote its run folder");
