@@ -116,9 +116,9 @@ fn killed_run_resumes_from_its_chunks_and_gives_identical_features() {
 /// uninterrupted one.
 #[test]
 fn killed_twice_bf16_and_vit_extractions_resume_to_identical_features() {
-    // Each engine named, so that the cases are the same on every CPU: the ResNet frozen (what
-    // it runs in bf16 on a split this large, 2,000 pictures, on any CPU), the ViT eager (its
-    // default) and frozen, warm-up and all.
+    // Each engine named, so that the cases are the same on every CPU: the ResNet frozen (left
+    // to lastlayer, frozen for these 200 pictures with AVX-512 but eager for the 52 without),
+    // the ViT eager (its default) and frozen, warm-up and all.
     for (model, precision, size, engine) in
         [("resnet18", "bf16", "112", "frozen"), ("vit_small_patch14_dinov2", "bf16", "56", "eager"), ("vit_small_patch14_dinov2", "bf16", "56", "frozen")]
     {
@@ -293,7 +293,7 @@ fn full_disk_while_writing_the_cache_fails_cleanly_and_keeps_what_was_cached() {
     // fp32 on every CPU: this test is about the store and the full disk. (With `--precision
     // auto` on a CPU with AMX, bf16 would be chosen, and in bf16 the engine is part of the
     // store's recipe: these 16 pictures (eager) and the 160 below (frozen) would then go to two
-    // stores; tests/store.rs asserts that per-CPU outcome.)
+    // stores; tests/store.rs asserts each engine's store.)
     let ok = sb.run(&["extract", "--model", "resnet18", "--weights", &w, "--data", "cifar10", "--data-dir", d, "--split", "test", "--limit", "16",
         "--precision", "fp32"]);
     assert!(ok.status.success(), "{}", stderr(&ok));

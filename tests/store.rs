@@ -382,10 +382,11 @@ fn python_reads_the_store_with_the_documented_code_and_finds_the_entry_rows() {
 /// The store's recipe per precision and engine, asserted branch by branch so that it holds on
 /// every CPU (`--precision` and `LASTLAYER_ENGINE` are forced where the test is about them): in
 /// fp32 both engines fill one store (their rows agree within 1e-6); in bf16 the engine is part
-/// of the recipe (their rows differ beyond that), and left to itself it is chosen by the whole
-/// split's size, so that a small sample's rows are the full data's and are not computed again.
+/// of the recipe (their rows differ beyond that), and left to itself it is chosen by the split's
+/// size: samples below the frozen engine's threshold on every CPU (64 pictures with AVX-512,
+/// 320 without) run eagerly and share their rows.
 #[test]
-fn bf16_stores_are_per_engine_and_a_samples_rows_serve_the_full_data() {
+fn bf16_stores_are_per_engine_and_small_samples_share_theirs() {
     let mut sb = Sandbox::new();
     let w = random_weights("resnet18", sb.path()).0.display().to_string();
     let data = cifar_copy(&sb);
@@ -416,14 +417,13 @@ fn bf16_stores_are_per_engine_and_a_samples_rows_serve_the_full_data() {
     assert_eq!(computed, 20, "bf16: the frozen engine's rows must not serve the eager engine");
     assert_eq!(recipes(&sb), 3);
 
-    // bf16, the engine left to lastlayer: the whole test split (1,000 pictures) is above the
-    // frozen engine's threshold on every CPU (64 with AVX-512, 320 without), so a sample of 10
-    // runs frozen too, and the larger sample after it finds those 10 rows in the same store.
+    // bf16, the engine left to lastlayer: 10 and 20 pictures are below the threshold on every
+    // CPU, so both run eagerly, in one store, and the second computes only its 10 new rows.
     let sb2 = Sandbox::new();
     let (computed, _, log) = extract(&sb2, "bf16", "10");
     assert_eq!(computed, 10);
-    assert!(log.contains("engine Frozen"), "a sample of a large split must take the full split's engine:\n{log}");
+    assert!(log.contains("engine Eager"), "a sample below the threshold runs eagerly:\n{log}");
     let (computed, stored, _) = extract(&sb2, "bf16", "20");
-    assert_eq!((computed, stored), (10, 10), "bf16: the sample's rows must serve the larger run");
+    assert_eq!((computed, stored), (10, 10), "bf16: the smaller sample's rows must serve the larger one");
     assert_eq!(recipes(&sb2), 1);
 }
