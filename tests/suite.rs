@@ -20,6 +20,8 @@ mod fuzz_readers;
 mod inputs_and_errors;
 #[path = "parity.rs"]
 mod parity;
+#[path = "photos.rs"]
+mod photos;
 #[path = "real_weights.rs"]
 mod real_weights;
 #[path = "reliability.rs"]

@@ -300,8 +300,8 @@ pub struct DataArgs {
     /// Seed of --sample / --limit.
     #[arg(long, default_value_t = 0)]
     pub sample_seed: u64,
-    /// Backbone precision.
-    #[arg(long, value_enum, default_value = "auto")]
+    /// Backbone precision (`LASTLAYER_PRECISION` sets it for every command that has the flag).
+    #[arg(long, value_enum, default_value = "auto", env = "LASTLAYER_PRECISION")]
     pub precision: PrecisionArg,
     /// A local safetensors file (registry key names) instead of the Hub weights.
     #[arg(long, value_name = "FILE")]

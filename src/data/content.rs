@@ -1,6 +1,8 @@
 //! Content keys: what names a picture in the feature store, whatever its file name, folder,
 //! label or data set. A key is the blake3 of the picture's bytes: a file's bytes, a CIFAR-10
-//! record's 3,072 pixel bytes (not its label byte), or a WebDataset member's bytes.
+//! record's 3,072 pixel bytes (not its label byte), or a WebDataset member's bytes; but a
+//! picture file whose EXIF orientation tag turns it has a key of its own
+//! ([`ContentKey::of_picture`]).
 //!
 //! Hashing every file on every run would cost a read of the whole data set. [`HashIndex`]
 //! remembers each file's (size, modification time, inode) with its key, as git's index does,
@@ -26,6 +28,24 @@ impl ContentKey {
     /// The key of `bytes`.
     pub fn of(bytes: &[u8]) -> ContentKey {
         ContentKey(*blake3::hash(bytes).as_bytes())
+    }
+
+    /// The key of a picture file's `bytes`: [`ContentKey::of`] them, unless an EXIF
+    /// orientation tag turns the picture (any value but 1). Before lastlayer applied that tag,
+    /// such pictures were decoded as stored, lying on their side or mirrored, and their rows in
+    /// a feature store were computed that way; keyed apart, they are computed again, upright,
+    /// while every other picture's rows stay valid.
+    pub fn of_picture(bytes: &[u8]) -> ContentKey {
+        match super::decode::orientation(bytes) {
+            image::metadata::Orientation::NoTransforms => ContentKey::of(bytes),
+            turned => {
+                let mut h = blake3::Hasher::new();
+                h.update(b"lastlayer-upright\0");
+                h.update(&[turned.to_exif()]);
+                h.update(bytes);
+                ContentKey(*h.finalize().as_bytes())
+            }
+        }
     }
 
     /// Lower-case hex.
@@ -129,7 +149,9 @@ struct IndexFile {
     entries: HashMap<String, (Stamp, ContentKey)>,
 }
 
-const INDEX_VERSION: u32 = 1;
+/// 2: picture files' keys are [`ContentKey::of_picture`] (version 1 remembered plain
+/// [`ContentKey::of`] keys, wrong for pictures with an orientation tag: they are read again).
+const INDEX_VERSION: u32 = 2;
 
 /// Remembered content keys of files, by path and stamp (see the module docs). Shared between
 /// threads; [`HashIndex::save`] writes what was learnt.
@@ -181,8 +203,8 @@ impl HashIndex {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The key of the file at `path`: remembered when its stamp is unchanged, else read and
-    /// hashed (and remembered).
+    /// The key of the picture file at `path` ([`ContentKey::of_picture`]): remembered when its
+    /// stamp is unchanged, else read and hashed (and remembered).
     pub fn file_key(&self, path: &Path) -> Result<ContentKey> {
         let name = path.display().to_string();
         let stamp = Stamp::of(&std::fs::metadata(path).at(path)?);
@@ -190,7 +212,7 @@ impl HashIndex {
             return Ok(key);
         }
         let bytes = std::fs::read(path).at(path)?;
-        let key = ContentKey::of(&bytes);
+        let key = ContentKey::of_picture(&bytes);
         self.learn(name, stamp, key, bytes.len() as u64);
         Ok(key)
     }
@@ -204,7 +226,7 @@ impl HashIndex {
             return Ok(key);
         }
         let bytes = read()?;
-        let key = ContentKey::of(&bytes);
+        let key = ContentKey::of_picture(&bytes);
         self.learn(name, stamp, key, bytes.len() as u64);
         Ok(key)
     }

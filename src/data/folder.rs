@@ -1,5 +1,5 @@
-//! A user's own pictures: a folder of JPEG or PNG files, labelled by class folders or by a
-//! metadata file.
+//! A user's own pictures: a folder of picture files (any format of
+//! [`super::decode::FORMATS`]), labelled by class folders or by a metadata file.
 //!
 //! The labels come from, in this order: the `--labels` file; a `metadata.csv` or
 //! `metadata.jsonl` in the data folder or its split folders (the Hugging Face `imagefolder`
@@ -21,8 +21,9 @@ use super::content::HashIndex;
 use super::metadata::{self, LabelSource};
 use crate::error::{Error, IoContext, Result};
 
-/// File extensions read as pictures (case-insensitive).
-pub const EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
+/// File extensions read as pictures (case-insensitive): what phones and cameras write
+/// (`super::decode` reads each by its content, whatever the name says).
+pub const EXTENSIONS: [&str; 13] = ["jpg", "jpeg", "jpe", "png", "webp", "tif", "tiff", "bmp", "gif", "heic", "heif", "hif", "avif"];
 
 /// Names of a training folder, as Hugging Face `datasets` reads them.
 pub const TRAIN_DIR_NAMES: [&str; 2] = ["train", "training"];
@@ -103,7 +104,7 @@ pub struct FolderData {
 
 /// Lists `root` (see the module docs for the layouts), labelled by its class folders or its
 /// metadata files. Every picture's header is read, but for files that `known` remembers
-/// unchanged since they were read whole: one that cannot be read as a JPEG or PNG is skipped
+/// unchanged since they were read whole: one that cannot be read as a picture is skipped
 /// with a warning (and counted in [`FolderData::skipped`]), or is an error when `strict`.
 pub fn scan(root: &Path, test_fraction: f64, strict: bool, known: &HashIndex) -> Result<FolderData> {
     scan_labelled(root, test_fraction, strict, &LabelSource::default(), known)
@@ -148,17 +149,15 @@ pub fn scan_labelled(root: &Path, test_fraction: f64, strict: bool, labels: &Lab
     Ok(data)
 }
 
-/// Reads a picture's header (format and size) without decoding it.
+/// Reads a picture's header (format and size) without decoding it: a format lastlayer reads,
+/// a size within [`super::decode::MAX_PIXELS`].
 fn probe(path: &Path) -> std::result::Result<(), String> {
-    let reader = image::ImageReader::open(path).map_err(|e| e.to_string())?.with_guessed_format().map_err(|e| e.to_string())?;
-    if reader.format().is_none() {
-        return Err("unknown format".into());
-    }
-    let (w, h) = reader.into_dimensions().map_err(|e| e.to_string())?;
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let (w, h) = super::decode::probe(&bytes).map_err(|e| e.to_string())?;
     if w == 0 || h == 0 {
         return Err("empty picture".into());
     }
-    Ok(())
+    super::decode::check_size(w, h).map_err(|e| e.to_string())
 }
 
 /// Checks the labels of `root` where they come from a file (`--labels`, or a metadata file in

@@ -3,8 +3,10 @@
 
 pub mod cifar10;
 pub mod content;
+pub mod decode;
 pub mod download;
 pub mod folder;
+pub mod heif;
 pub mod metadata;
 pub mod on_device;
 pub mod preprocess;
@@ -18,7 +20,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use crate::error::{Error, IoContext, Result};
 use crate::progress::Progress;
@@ -515,16 +517,14 @@ pub type KeyedViewPixels = (Pixels, Vec<(usize, ViewOp)>, Vec<RowKey>);
 fn tar_picture(s: &webdataset::Sample) -> Result<(Tensor, ContentKey)> {
     let bytes = s.read()?;
     let picture = decode_picture(&bytes).map_err(|e| Error::bad_input(s.tar.as_path(), format!("sample {}: {e}", s.key)))?;
-    Ok((picture, ContentKey::of(&bytes)))
+    Ok((picture, ContentKey::of_picture(&bytes)))
 }
 
-/// A picture file as a `[1, 3, h, w]` uint8 RGB tensor, with the content key of the bytes
-/// decoded (read once for both).
+/// A picture file as a `[1, 3, h, w]` uint8 RGB tensor, upright ([`decode`]), with the content
+/// key of the bytes decoded (read once for both).
 pub fn read_picture(path: &Path) -> Result<(Tensor, ContentKey)> {
     let bytes = std::fs::read(path).at(path)?;
-    let reader = image::ImageReader::new(std::io::Cursor::new(&bytes)).with_guessed_format().at(path)?;
-    let picture = decode_rgb(reader).map_err(|e| Error::bad_input(path, format!("cannot decode as a picture ({e})")))?;
-    Ok((picture, ContentKey::of(&bytes)))
+    Ok((decode_file(path, &bytes)?, ContentKey::of_picture(&bytes)))
 }
 
 /// The records `rows` as one `[N, 3, 32, 32]` uint8 batch.
@@ -536,35 +536,37 @@ fn cifar_pixels(rec: &cifar10::Records, rows: &[usize]) -> Tensor {
     Tensor::from_slice(&bytes).view([rows.len() as i64, 3, 32, 32])
 }
 
-/// Decodes a JPEG or PNG file into a `[1, 3, h, w]` uint8 RGB tensor.
+/// Decodes a picture file into a `[1, 3, h, w]` uint8 RGB tensor, upright: any format of
+/// [`decode::FORMATS`], its EXIF orientation applied, alpha composited on white ([`decode`]).
 pub fn load_picture(path: &Path) -> Result<Tensor> {
-    let reader = image::ImageReader::open(path).at(path)?.with_guessed_format().at(path)?;
-    decode_rgb(reader).map_err(|e| Error::bad_input(path, format!("cannot decode as a picture ({e})")))
+    let bytes = std::fs::read(path).at(path)?;
+    decode_file(path, &bytes)
 }
 
-/// Decodes the bytes of a JPEG or PNG picture (an upload, say) into a `[1, 3, h, w]` uint8 RGB
-/// tensor, as [`load_picture`] does a file. Other bytes give [`Error::BadPicture`].
+/// The bytes of the file at `path` decoded ([`decode`]), or an error naming the file.
+fn decode_file(path: &Path, bytes: &[u8]) -> Result<Tensor> {
+    let picture = decode::decode(bytes).map_err(|e| Error::bad_input(path, format!("cannot decode as a picture ({e})")))?;
+    Ok(rgb_tensor(&picture))
+}
+
+/// Decodes the bytes of a picture (an upload, say) into a `[1, 3, h, w]` uint8 RGB tensor, as
+/// [`load_picture`] does a file. Other bytes give [`Error::BadPicture`].
 pub fn decode_picture(bytes: &[u8]) -> Result<Tensor> {
     if bytes.is_empty() {
-        return Err(Error::BadPicture { message: "no picture: the body is empty; send the bytes of a JPEG or PNG file".into() });
+        return Err(Error::BadPicture { message: format!("no picture: the body is empty; send the bytes of a picture ({})", decode::FORMATS) });
     }
-    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| Error::BadPicture { message: format!("cannot read the picture ({e}); send a JPEG or PNG file") })?;
-    if reader.format().is_none() {
-        return Err(Error::BadPicture {
-            message: format!("not a picture: {} bytes in no known image format; send a JPEG or PNG file", bytes.len()),
-        });
+    match decode::decode(bytes) {
+        Ok(picture) => Ok(rgb_tensor(&picture)),
+        Err(e @ decode::DecodeError::UnknownFormat(_)) => Err(Error::BadPicture { message: format!("not a picture: {e}") }),
+        Err(e) => Err(Error::BadPicture { message: format!("cannot decode as a picture ({e}); send a picture in one of {}", decode::FORMATS) }),
     }
-    decode_rgb(reader).map_err(|e| Error::BadPicture { message: format!("cannot decode as a picture ({e}); send a JPEG or PNG file") })
 }
 
-/// Decodes what `reader` holds into a `[1, 3, h, w]` uint8 RGB tensor.
-fn decode_rgb<R: std::io::BufRead + std::io::Seek>(reader: image::ImageReader<R>) -> std::result::Result<Tensor, image::ImageError> {
-    let img = reader.decode()?.to_rgb8();
+/// An 8-bit RGB picture as a `[1, 3, h, w]` uint8 tensor.
+fn rgb_tensor(img: &image::RgbImage) -> Tensor {
     let (w, h) = img.dimensions();
     let hwc = Tensor::from_slice(img.as_raw()).view([h as i64, w as i64, 3]);
-    Ok(hwc.permute([2, 0, 1]).unsqueeze(0).contiguous().to_kind(Kind::Uint8))
+    hwc.permute([2, 0, 1]).unsqueeze(0).contiguous()
 }
 
 /// How the data set's pictures are resized (see [`preprocess`]).

@@ -27,8 +27,8 @@ use crate::error::{Error, IoContext, Result};
 /// Class indices from `.cls` members must be below this (a head has a row per class).
 pub const MAX_CLASSES: i64 = 100_000;
 
-/// Picture extensions of a sample (lower case).
-pub const PICTURE_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
+/// Picture extensions of a sample (lower case): those of a user's folders.
+pub const PICTURE_EXTENSIONS: [&str; 13] = super::folder::EXTENSIONS;
 
 /// One sample: where its picture's bytes are in which tar, and its label.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -182,6 +182,9 @@ struct Planned {
     /// does not need them).
     content: Option<Vec<ContentKey>>,
     identity: String,
+    /// Rows of the whole split, before `--sample` or `--limit` (views included): what chooses
+    /// the engine of a bf16 recipe, so that a sample and the full data share one store.
+    unsampled_rows: usize,
 }
 
 impl Planned {
@@ -290,6 +293,7 @@ fn features_with(session: &Session, req: &FeatureRequest, hashes: &HashIndex) ->
     let mut planned: Vec<Planned> = Vec::new();
     for name in &req.splits {
         let split = dataset.split(name)?;
+        let unsampled_rows = split.len() * views_of(name, req).map_or(1, |v| v.count());
         let rows = stratified_subset(&split.labels, req.subset, req.sample_seed);
         let split = split.subset(&rows);
         let content = if split.identity_needs_content() {
@@ -312,7 +316,7 @@ fn features_with(session: &Session, req: &FeatureRequest, hashes: &HashIndex) ->
             Some(views) => split.with_views(views),
             None => split,
         };
-        planned.push(Planned { split, content, identity });
+        planned.push(Planned { split, content, identity, unsampled_rows });
     }
     let batch_size = req.batch_size.unwrap_or_else(|| default_batch_size(device));
     let ctx = Context { session, req, entry: &entry, dataset: &dataset, preprocessing: &preprocessing, precision, device, batch_size, cache: &cache };
@@ -357,7 +361,7 @@ fn features_with(session: &Session, req: &FeatureRequest, hashes: &HashIndex) ->
             }
             None => (p.split.clone(), content),
         };
-        let recipe = ctx.recipe(&p.split, &sha);
+        let recipe = ctx.recipe(p, &sha);
         let made = ctx.make_entry(&part, &part_content, &key, recipe, &mut lazy, hashes)?;
         if made.extracted.rows > 0 {
             backbone_runs += 1;
@@ -458,9 +462,10 @@ impl Context<'_> {
         }
     }
 
-    /// The recipe of `split`'s rows: the engine is part of it only where it changes the
-    /// numbers beyond 1e-6 (bf16), and is then chosen by the whole split's size.
-    fn recipe(&self, split: &Split, sha: &str) -> Recipe {
+    /// The recipe of `p`'s rows: the engine is part of it only where it changes the numbers
+    /// beyond 1e-6 (bf16), and is then chosen by the size of the whole split before any
+    /// `--sample` or `--limit` (docs/performance.md, "A sample, then the full data, in bf16").
+    fn recipe(&self, p: &Planned, sha: &str) -> Recipe {
         Recipe {
             format: STORE_FORMAT,
             model: self.entry.name.clone(),
@@ -468,14 +473,14 @@ impl Context<'_> {
             weights_sha256: sha.to_string(),
             preprocessing: self.preprocessing.clone(),
             precision: self.precision,
-            engine: recipe_engine(self.precision, self.device, split.len(), self.entry.architecture),
+            engine: recipe_engine(self.precision, self.device, p.unsampled_rows, self.entry.architecture),
         }
     }
 
     /// Records that the entry `hit` of `p` was used (for `cache prune`), and brings its rows
     /// into the store when an earlier lastlayer made the entry and the store lacks them.
     fn note_hit(&self, p: &mut Planned, hit: &CachedFeatures, sha: &str, hashes: &HashIndex) -> Result<()> {
-        let store = FeatureStore::new(&self.session.cache_dir, self.recipe(&p.split, sha));
+        let store = FeatureStore::new(&self.session.cache_dir, self.recipe(p, sha));
         let name = entry_dir_name(hit);
         if store.touch_use(&name)? {
             return Ok(());
@@ -637,7 +642,8 @@ impl Context<'_> {
 
 /// The engine a recipe names: none in fp32, where the engines' features agree within 1e-6
 /// (4.4e-7 relative for ResNet-50, docs/performance.md) and any may compute a row; in bf16 the
-/// one chosen for the whole split, so that every row of a store comes from one engine.
+/// one chosen for the whole split of `rows` rows (before sampling), so that every row of a
+/// store comes from one engine, and a sample's rows are the full data's.
 fn recipe_engine(precision: Precision, device: Device, rows: usize, architecture: Architecture) -> Option<Engine> {
     match precision {
         Precision::Fp32 => None,
