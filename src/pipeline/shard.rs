@@ -162,6 +162,22 @@ pub fn extract_command(session: &Session, req: &FeatureRequest, split: &str, sha
                 a.push("--strict".into());
             }
         }
+        DataSpec::HuggingFace { request, image_column, label_column } => {
+            let mut v = format!("hf:{}", request.repo);
+            if let Some(r) = &request.revision {
+                v.push_str(&format!("@{r}"));
+            }
+            if let Some(c) = &request.config {
+                v.push_str(&format!(":{c}"));
+            }
+            push("--data", quote(&v));
+            if let Some(c) = image_column {
+                push("--image-column", quote(c));
+            }
+            if let Some(c) = label_column {
+                push("--label-column", quote(c));
+            }
+        }
         DataSpec::WebDataset { train, test, strict, .. } => {
             push("--data", quote(train));
             if let Some(t) = test {
