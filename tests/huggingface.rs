@@ -194,6 +194,16 @@ fn converted_branch_with_labels_and_validation_only() {
     let repo = sb.path().join("hf/hub/datasets--AI-Lab-Makerere--beans");
     assert_eq!(std::fs::read_to_string(repo.join("refs/refs/convert/parquet")).unwrap(), CONVERT_COMMIT);
     assert!(repo.join("snapshots").join(CONVERT_COMMIT).join("default/validation/0000.parquet").is_file());
+
+    // --shard cuts between row groups (three of four rows in the training file), in a cache
+    // without the whole split's entry.
+    let shard = |spec: &str| {
+        let fresh = sb.path().join("cache-shards");
+        sb.run(&["--cache-dir", fresh.to_str().unwrap(), "extract", "--model", "resnet18", "--data", "hf:AI-Lab-Makerere/beans", "--weights", &w, "--precision", "fp32", "--input-size", "64", "--split", "train", "--shard", spec])
+    };
+    let out = shard("1/3");
+    assert!(out.status.success() && stderr(&out).contains("shard 1/3, rows 4..8 of the entry's 12"), "{}", stderr(&out));
+    assert_fails(&shard("0/4"), 2, &["3 row group(s)"]);
 }
 
 /// A file `huggingface_hub` downloaded from the fake Hub is what lastlayer reads offline; a file

@@ -203,6 +203,13 @@ fn not_labels(path: &Path, name: &str, kind: &DataType) -> Error {
 }
 
 fn damaged(path: &Path, e: &dyn std::fmt::Display) -> Error {
+    let text = e.to_string();
+    if text.contains("Disabled feature at compile time") || text.contains("not supported") {
+        return Error::bad_input(
+            path,
+            format!("uses a compression lastlayer is built without ({text}); it reads snappy (what `datasets` writes) and uncompressed files: rewrite it with pyarrow, compression='snappy'"),
+        );
+    }
     Error::bad_input(
         path,
         format!("not a readable parquet file ({e}); it is damaged or cut short: delete it (in the Hugging Face cache, its blob too) and run again to download it"),
