@@ -241,7 +241,7 @@ fn the_cache_is_shared_with_huggingface_hub_both_ways() {
     }
 }
 
-/// Unknown repository, gated without a token, no image column or two, a label column that
+/// Unknown repository (401 without a token, 404 with one, as the Hub answers), gated without a token, no image column or two, a label column that
 /// is not a class label, a damaged or cut download: each named, with the project's exit
 /// statuses, and no half file left in the cache.
 #[test]
@@ -259,7 +259,9 @@ fn bad_hub_data_sets_are_named() {
         sb.run(&a)
     };
 
-    assert_fails(&run(&sb, "hf:nobody/nothing", &[]), 4, &["hf:nobody/nothing", "404", "no such data set"]);
+    // Unknown: the Hub answers 401 without a token (a missing repository looks private), 404
+    // with one.
+    assert_fails(&run(&sb, "hf:nobody/nothing", &[]), 4, &["hf:nobody/nothing", "401", "check OWNER/NAME", "HF_TOKEN"]);
 
     let serve = |repo: &str, spec: Value| {
         let train = parquet(&made.join(repo).join("train.parquet"), spec.clone());
@@ -273,6 +275,7 @@ fn bad_hub_data_sets_are_named() {
     sb.set("HF_TOKEN", "hf_secret");
     let ok = run(&sb, "hf:acme/gated", &[]);
     assert!(ok.status.success(), "{}", stderr(&ok));
+    assert_fails(&run(&sb, "hf:nobody/nothing", &[]), 4, &["hf:nobody/nothing", "404", "no such data set"]);
 
     let mut spec = rows_spec(&all, &names, "image", "label");
     spec["second_image"] = json!("thumbnail");

@@ -268,8 +268,10 @@ fn revision_pinned(api: &DatasetApi, pins: &mut Pins, req: &DatasetRequest, revi
 }
 
 fn hub_failure(req: &DatasetRequest, e: NetError) -> Error {
-    let hint = if e.message.contains("HTTP 401") || e.message.contains("HTTP 403") {
-        "a gated or private data set: accept its terms on the Hub and set HF_TOKEN (or `huggingface-cli login`)"
+    let hint = if (e.message.contains("HTTP 401") || e.message.contains("HTTP 403")) && super::hf_cache::token().is_none() {
+        "the Hub answers so for a gated or private data set, and for one that does not exist: check OWNER/NAME, and for a gated set accept its terms on the Hub and set HF_TOKEN (or `huggingface-cli login`)"
+    } else if e.message.contains("HTTP 401") || e.message.contains("HTTP 403") {
+        "the token (HF_TOKEN) is not allowed to read this data set: accept its terms on the Hub with that account, or use another token"
     } else if e.message.contains("HTTP 404") {
         "no such data set repository (check OWNER/NAME and the revision)"
     } else {

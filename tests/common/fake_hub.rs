@@ -409,6 +409,15 @@ fn handle(host: &'static str, conn: TcpStream, state: &Mutex<State>, stop: &Atom
     let mut logged = Logged { host, method: method.clone(), path: path.clone(), headers, status: 404, body_sent: 0 };
     // A route for the whole target (a page of a listing, `?cursor=`) before one for the path.
     match routes.get(&target).or_else(|| routes.get(&path)) {
+        None if host == "hub" && (path.starts_with("/api/datasets/") || path.starts_with("/datasets/")) && !logged.headers.iter().any(|(k, _)| k == "authorization") => {
+            // The real Hub answers 401, not 404, for a data set it does not know when no
+            // token is sent (it cannot tell a missing repository from a private one).
+            logged.status = 401;
+            st.log.push(logged);
+            drop(st);
+            let body = "{\"error\":\"Repository not found\"}";
+            let _ = write!(out, "HTTP/1.1 401 Unauthorized\r\nX-Error-Code: RepoNotFound\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        }
         None => {
             drop(st);
             let _ = write!(out, "HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot found");
