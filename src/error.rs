@@ -87,10 +87,10 @@ pub enum Error {
         /// What lastlayer did and what the user can do.
         action: String,
     },
-    /// Bytes (an upload, say) that are not a JPEG or PNG picture lastlayer can decode.
+    /// Bytes (an upload, say) that are not a picture lastlayer can decode.
     #[error("{message}")]
     BadPicture {
-        /// What was wrong, saying that JPEG or PNG is expected.
+        /// What was wrong, naming the formats lastlayer reads.
         message: String,
     },
     /// The HTTP server could not start or stopped with an error.

@@ -105,16 +105,17 @@ fn chelsea() -> PathBuf {
 }
 
 #[test]
-fn decode_picture_refuses_what_is_not_a_jpeg_or_png() {
+fn decode_picture_refuses_what_is_not_a_picture_and_names_the_formats() {
     use lastlayer::data::decode_picture;
     let bytes = std::fs::read(chelsea()).unwrap();
     let t = decode_picture(&bytes).unwrap();
     assert_eq!(t.size(), lastlayer::data::load_picture(&chelsea()).unwrap().size());
-    for (bytes, needle) in [(&b""[..], "empty"), (&b"hello, this is text"[..], "JPEG or PNG"), (&bytes[..1000], "JPEG or PNG"), (&b"GIF89a\x01\x00"[..], "JPEG or PNG")] {
+    // A truncated GIF is a GIF that cannot be decoded; text is no format at all.
+    for (bytes, needle) in [(&b""[..], "empty"), (&b"hello, this is text"[..], "no picture format"), (&bytes[..1000], "cannot decode"), (&b"GIF89a\x01\x00"[..], "cannot decode")] {
         let e = decode_picture(bytes).unwrap_err();
         assert!(matches!(e, lastlayer::Error::BadPicture { .. }), "{e:?}");
         assert_eq!(e.category(), lastlayer::error::Category::Input);
-        assert!(e.to_string().contains(needle), "{e}");
+        assert!(e.to_string().contains(needle) && e.to_string().contains("JPEG, PNG, WebP, TIFF, BMP, GIF, HEIC/HEIF or AVIF"), "{e}");
     }
 }
 
@@ -181,7 +182,7 @@ fn serve_answers_http_like_predict_and_its_page_works_in_chromium() {
     let (status, e) = post(&http, &format!("{url}/predict"), b"this is not a picture at all");
     assert_eq!(status, 400, "{e}");
     let msg = e["error"].as_str().unwrap();
-    assert!(msg.contains("JPEG or PNG") && msg.contains("not a picture"), "{msg}");
+    assert!(msg.contains("JPEG, PNG") && msg.contains("not a picture"), "{msg}");
     println!("text body: 400 {msg}");
     let (status, e) = post(&http, &format!("{url}/predict"), &bytes[..bytes.len() / 2]);
     assert_eq!(status, 400, "{e}");

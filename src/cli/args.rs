@@ -183,7 +183,7 @@ pub enum Command {
     Predict {
         /// A run folder written by `train` or `run`.
         run_dir: PathBuf,
-        /// JPEG or PNG files, or folders of them.
+        /// Picture files (JPEG, PNG, HEIC, WebP, TIFF...), or folders of them.
         #[arg(required = true, value_name = "IMAGE")]
         images: Vec<PathBuf>,
         /// How many classes to show per picture.

@@ -104,8 +104,8 @@ pub struct FolderData {
 
 /// Lists `root` (see the module docs for the layouts), labelled by its class folders or its
 /// metadata files. Every picture's header is read, but for files that `known` remembers
-/// unchanged since they were read whole: one that cannot be read as a picture is skipped
-/// with a warning (and counted in [`FolderData::skipped`]), or is an error when `strict`.
+/// unchanged since they were read whole: one that cannot be read as a picture is skipped with
+/// a warning (and counted in [`FolderData::skipped`]), or is an error when `strict`.
 pub fn scan(root: &Path, test_fraction: f64, strict: bool, known: &HashIndex) -> Result<FolderData> {
     scan_labelled(root, test_fraction, strict, &LabelSource::default(), known)
 }

@@ -98,18 +98,17 @@ impl Preprocessing {
     /// The resize (and crop) step alone: `[N, 3, S, S]` f32 RGB values in 0-255, what an
     /// exported model (`lastlayer export`) takes as input.
     pub fn resized(&self, pixels: &Tensor) -> Tensor {
-        let x = pixels.to_kind(Kind::Float);
         match self.resize {
-            Resize::Stretch => resize(&x, [self.input_size, self.input_size], self.interpolation, false),
-            Resize::ShorterSideCenterCrop { crop_pct } => center_crop(&self.shorter_side(&x, crop_pct), self.input_size),
+            Resize::Stretch => resize(&pixels.to_kind(Kind::Float), [self.input_size, self.input_size], self.interpolation, false),
+            Resize::ShorterSideCenterCrop { crop_pct } => center_crop(&self.shorter_side(pixels, crop_pct), self.input_size),
         }
     }
 
-    fn shorter_side(&self, x: &Tensor, crop_pct: f64) -> Tensor {
-        let (h, w) = (x.size()[2], x.size()[3]);
+    fn shorter_side(&self, pixels: &Tensor, crop_pct: f64) -> Tensor {
+        let (h, w) = (pixels.size()[2], pixels.size()[3]);
         let short = (self.input_size as f64 / crop_pct).floor() as i64;
         let (oh, ow) = if h <= w { (short, (short as f64 * w as f64 / h as f64) as i64) } else { ((short as f64 * h as f64 / w as f64) as i64, short) };
-        resize_8bit(x, [oh, ow], self.interpolation)
+        resize_8bit(pixels, [oh, ow], self.interpolation)
     }
 
     /// `(x / 255 - mean) / std` for 0-255 RGB values, on `x`'s device.
@@ -140,18 +139,34 @@ pub fn resize(x: &Tensor, size: [i64; 2], interpolation: Interpolation, antialia
     }
 }
 
-/// Resizes 0-255 pictures as PIL and torchvision do on 8-bit pictures: antialiased filters
-/// (PIL's cubic, a = -0.5), the horizontal pass first, each pass rounded and clamped to 0-255.
+/// Rows of a picture made float at a time by [`resize_8bit`]'s horizontal pass: 256 rows of a
+/// 12,240-pixel-wide (100-megapixel) photo are 38 MB of floats, where the whole photo would be
+/// 1.2 GB.
+pub const RESIZE_ROWS: i64 = 256;
+
+/// Resizes 0-255 pictures (`[N, C, h, w]`, any kind) as PIL and torchvision do on 8-bit
+/// pictures: antialiased filters (PIL's cubic, a = -0.5), the horizontal pass first, each pass
+/// rounded and clamped to 0-255; float out. The horizontal pass works on [`RESIZE_ROWS`] rows at
+/// a time (it never mixes rows, so the result is the same), so that a big photo is never
+/// wholly in floats.
 pub fn resize_8bit(x: &Tensor, size: [i64; 2], interpolation: Interpolation) -> Tensor {
     let (h, w) = (x.size()[2], x.size()[3]);
     let pass = |x: &Tensor, size: [i64; 2]| {
+        let x = x.to_kind(Kind::Float);
         let y = match interpolation {
             Interpolation::Bilinear => x.internal_upsample_bilinear2d_aa(size, false, None, None),
             Interpolation::Bicubic => x.internal_upsample_bicubic2d_aa(size, false, None, None),
         };
         y.round().clamp(0.0, 255.0)
     };
-    let x = if size[1] != w { pass(x, [h, size[1]]) } else { x.shallow_clone() };
+    let x = if size[1] == w {
+        x.to_kind(Kind::Float)
+    } else if h <= RESIZE_ROWS {
+        pass(x, [h, size[1]])
+    } else {
+        let parts: Vec<Tensor> = (0..h).step_by(RESIZE_ROWS as usize).map(|r| pass(&x.narrow(2, r, RESIZE_ROWS.min(h - r)), [RESIZE_ROWS.min(h - r), size[1]])).collect();
+        Tensor::cat(&parts, 2)
+    };
     if size[0] != h {
         pass(&x, size)
     } else {
@@ -198,6 +213,28 @@ mod tests {
             let v = y.get(0).get(c).mean(Kind::Float).double_value(&[]);
             let want = (1.0 - entry.mean[c as usize]) / entry.std[c as usize];
             assert!((v - want).abs() < 1e-5, "channel {c}: {v} vs {want}");
+        }
+    }
+
+    #[test]
+    fn resizing_a_big_picture_a_band_of_rows_at_a_time_changes_nothing() {
+        let x = Tensor::randint(256, [1, 3, 2 * RESIZE_ROWS + 37, 300], (Kind::Uint8, tch::Device::Cpu));
+        for interpolation in [Interpolation::Bilinear, Interpolation::Bicubic] {
+            let whole = {
+                let f = x.to_kind(Kind::Float);
+                let h = f.internal_upsample_bicubic2d_aa([f.size()[2], 90], false, None, None);
+                let h = match interpolation {
+                    Interpolation::Bilinear => f.internal_upsample_bilinear2d_aa([f.size()[2], 90], false, None, None),
+                    Interpolation::Bicubic => h,
+                };
+                let h = h.round().clamp(0.0, 255.0);
+                let v = match interpolation {
+                    Interpolation::Bilinear => h.internal_upsample_bilinear2d_aa([120, 90], false, None, None),
+                    Interpolation::Bicubic => h.internal_upsample_bicubic2d_aa([120, 90], false, None, None),
+                };
+                v.round().clamp(0.0, 255.0)
+            };
+            assert!(resize_8bit(&x, [120, 90], interpolation).equal(&whole), "{interpolation:?}");
         }
     }
 

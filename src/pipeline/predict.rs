@@ -61,7 +61,7 @@ pub fn collect_pictures(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
         }
     }
     if out.is_empty() {
-        return Err(Error::usage("IMAGE", "no JPEG or PNG pictures found in the paths given"));
+        return Err(Error::usage("IMAGE", "no pictures found in the paths given (files named .jpg, .png, .heic, .webp, .tiff... or folders of them)"));
     }
     Ok(out)
 }

@@ -1,6 +1,7 @@
 //! `lastlayer serve`: a trained run behind HTTP.
 //!
-//! - `POST /predict[?k=N]`: the body is the bytes of a JPEG or PNG picture; the answer is
+//! - `POST /predict[?k=N]`: the body is the bytes of a picture (JPEG, PNG, HEIC... any format
+//!   `crate::data::decode` reads); the answer is
 //!   `{"model", "top": [{"class", "index", "probability"}...], "elapsed_ms"}`.
 //! - `GET /health`: `{"status": "ok", "model", "classes"}`.
 //! - `GET /metrics`: request counts, latency and batch-size histograms and the queue's depth,
@@ -540,7 +541,7 @@ fn seconds(d: Duration) -> String {
 /// not all there by `deadline` (`timeout` after the request's arrival) is answered with 408.
 async fn read_body(req: Request, limit: usize, deadline: tokio::time::Instant, timeout: Duration) -> std::result::Result<Bytes, Response> {
     let too_large = || {
-        error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over the limit of {} (--max-body-mb); send a smaller JPEG or PNG", mib(limit)))
+        error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over the limit of {} (--max-body-mb); send a smaller picture", mib(limit)))
     };
     let too_slow = || {
         closing(error(
