@@ -305,6 +305,18 @@ fn bad_hub_data_sets_are_named() {
     let out = run(&sb, "hf:acme/string-labels", &[]);
     assert!(out.status.success() && stderr(&out).contains("holds strings"), "{}", stderr(&out));
 
+    // No `huggingface` metadata in the files: the class names come from the README's
+    // dataset_info (the API's cardData).
+    let mut spec = rows_spec(&all, &names, "image", "label");
+    spec["metadata"] = json!(false);
+    let file = parquet(&made.join("card").join("train.parquet"), spec);
+    let card = json!({"dataset_info": {"features": [{"name": "image", "dtype": "image"},
+        {"name": "label", "dtype": {"class_label": {"names": {"0": names[0], "1": names[1]}}}}]}});
+    hub.serve_dataset("acme/card-names", "main", MAIN_COMMIT, &[("data/train-00000-of-00001.parquet".into(), file.clone()), ("data/test-00000-of-00001.parquet".into(), file)], card, 10);
+    let out = run(&sb, "hf:acme/card-names", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap()["features"]["classes"], json!(names));
+
     // A download cut half-way resumes with Range.
     let train = serve("acme/cut", rows_spec(&all, &names, "image", "label"));
     hub.fault(Fault::CutAt(0.5), 1);
