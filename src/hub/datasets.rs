@@ -128,7 +128,6 @@ pub fn resolve_dataset(req: &DatasetRequest, opts: &DatasetOptions) -> Result<Da
     };
     let (train, test, _) = files.train_and_test()?;
     let wanted: Vec<String> = train.iter().chain(test).cloned().collect();
-    cache.write_ref(&files.revision, &files.commit)?;
     let mut pins = Pins::load(&opts.cache_dir)?;
     let net = if opts.offline { None } else { Some(NetConfig::from_env()?) };
     for file in &wanted {
@@ -262,6 +261,11 @@ fn revision_pinned(api: &DatasetApi, pins: &mut Pins, req: &DatasetRequest, revi
     if pinned.is_none() {
         if let Err(e) = pins.record(&pin_repo(&req.repo), &key, &info.sha, "") {
             tracing::warn!("could not pin {} at {}: {e}", req.repo, info.sha);
+        }
+        // What the Hub says the revision is now, as `huggingface_hub` records it; a pinned
+        // (older) commit is never written over the ref.
+        if let Err(e) = RepoCache::dataset_from_env(&req.repo).write_ref(revision, &info.sha) {
+            tracing::warn!("could not write refs/{revision} of {}: {e}", req.repo);
         }
     }
     Ok((info.sha, info.card_data))
