@@ -206,6 +206,36 @@ fn converted_branch_with_labels_and_validation_only() {
     assert_fails(&shard("0/4"), 2, &["3 row group(s)"]);
 }
 
+/// The commit of `main` is pinned at first use, as weights are: when the Hub's `main` moves
+/// on, later runs still read the pinned commit's files.
+#[test]
+fn the_revision_is_pinned_at_first_use() {
+    let mut sb = Sandbox::new();
+    let hub = FakeServer::start();
+    sb.set("HF_ENDPOINT", hub.base.clone());
+    let w = weights(&sb);
+    let (names, rows) = cifar_pngs(&sb.path().join("pngs"), 2, [4, 2]);
+    let made = sb.path().join("made");
+    let serve = |commit: &str, train_rows: &[(i64, PathBuf)]| {
+        let train = parquet(&made.join(commit).join("train.parquet"), rows_spec(train_rows, &names, "image", "label"));
+        let test = parquet(&made.join(commit).join("test.parquet"), rows_spec(&rows[1], &names, "image", "label"));
+        hub.serve_dataset("acme/moving", "main", commit, &[("data/train-00000-of-00001.parquet".into(), train), ("data/test-00000-of-00001.parquet".into(), test)], json!({}), 10);
+    };
+    serve(MAIN_COMMIT, &rows[0]);
+    let first = sb.run_json(&train_args("hf:acme/moving", &w, "run-1"));
+    assert_eq!(split(&first, "train")["rows"].as_u64(), Some(8));
+    // main moves on to a commit with half the training rows.
+    serve(CONVERT_COMMIT, &rows[0][..4]);
+    let out = sb.run(&train_args("hf:acme/moving", &w, "run-2"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let second: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(split(&second, "train")["rows"].as_u64(), Some(8), "the pinned commit's files");
+    assert!(stderr(&out).contains(&MAIN_COMMIT[..12]), "{}", stderr(&out));
+    assert!(!hub.log().iter().any(|l| l.path.contains(CONVERT_COMMIT)), "the moved main was read");
+    let repo = sb.path().join("hf/hub/datasets--acme--moving");
+    assert_eq!(std::fs::read_to_string(repo.join("refs/main")).unwrap(), MAIN_COMMIT);
+}
+
 /// A file `huggingface_hub` downloaded from the fake Hub is what lastlayer reads offline; a file
 /// lastlayer downloaded is what `huggingface_hub` finds with `local_files_only`.
 #[test]
