@@ -243,12 +243,17 @@ pub fn open(req: &DatasetRequest, image_column: Option<&str>, label_column: Opti
         let split = usize::from(fi >= train_files.len());
         let label_of = |row: usize| -> Result<Option<i64>> {
             match v {
-                LabelValues::Ints(i) => match i[row] {
-                    None | Some(-1) => Ok(None),
+                LabelValues::Ints(i) => match i.get(row).copied().flatten() {
+                    None | Some(-1) if i.len() > row => Ok(None),
+                    None => Err(Error::bad_input(&f.path, format!("{name}: the label column has {} values for {} rows", i.len(), f.rows()))),
+                    Some(-1) => Ok(None),
                     Some(l) if l >= 0 && (l as usize) < classes.len() => Ok(Some(l)),
                     Some(l) => Err(Error::bad_input(&f.path, format!("{name}#{row}: label {l} is not a class index (0 to {})", classes.len() - 1))),
                 },
-                LabelValues::Strings(s) => Ok(s[row].as_ref().and_then(|s| classes.binary_search(s).ok()).map(|i| i as i64)),
+                LabelValues::Strings(s) => match s.get(row) {
+                    Some(v) => Ok(v.as_ref().and_then(|s| classes.binary_search(s).ok()).map(|i| i as i64)),
+                    None => Err(Error::bad_input(&f.path, format!("{name}: the label column has {} values for {} rows", s.len(), f.rows()))),
+                },
             }
         };
         let mut row = 0usize;
