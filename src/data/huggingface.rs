@@ -82,10 +82,14 @@ pub struct HfPictures {
     files: Vec<(String, ParquetFile)>,
     /// The image column.
     image: String,
-    cache: Mutex<VecDeque<((u32, u32), Arc<GroupSlot>)>>,
+    cache: Mutex<VecDeque<(GroupId, Arc<GroupSlot>)>>,
 }
 
+/// A row group read once for whoever asks first: its pictures, or why they could not be read.
 type GroupSlot = OnceLock<std::result::Result<Arc<GroupPictures>, String>>;
+
+/// `(file, row group)`.
+type GroupId = (u32, u32);
 
 impl HfPictures {
     /// The file row `r` is in, on disk.
