@@ -82,7 +82,7 @@ fn main() -> anyhow::Result<()> {
             // The file scored as a test split too big for memory would be (train, sweep, eval).
             let start = Instant::now();
             let names: Vec<String> = (0..classes.parse::<usize>()?).map(|c| c.to_string()).collect();
-            let eval = evaluate_streamed(&head, Path::new(file), &names)?;
+            let eval = evaluate_streamed(&head, Path::new(file), &names, report.logit_scale)?;
             println!(
                 "scored {} rows from the file in {:.1}s: accuracy {:.2}%; peak RSS {:.0} MiB",
                 eval.rows,

@@ -373,6 +373,20 @@ pub struct HeadArgs {
     /// all of train with the chosen penalty (or epoch) after the choice.
     #[arg(long)]
     pub no_refit: bool,
+    /// How much each class's pictures count in the loss: `balanced` weighs a class's pictures
+    /// by N / (classes · pictures of the class), as scikit-learn's `class_weight="balanced"`,
+    /// so that rare classes count as much as common ones; `none` counts every picture once.
+    #[arg(long, value_enum, default_value = "none")]
+    pub class_weight: ClassWeightArg,
+}
+
+/// `--class-weight`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ClassWeightArg {
+    /// Every picture counts once.
+    None,
+    /// Rare classes count more: N / (classes · pictures of the class).
+    Balanced,
 }
 
 /// `--schedule`.

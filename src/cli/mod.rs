@@ -128,6 +128,10 @@ fn train_config(h: &HeadArgs, lr: f64, weight_decay: args::WeightDecayArg) -> Tr
             ScheduleArg::Constant => Schedule::Constant,
         },
         refit: !h.no_refit,
+        class_weight: match h.class_weight {
+            args::ClassWeightArg::None => lastlayer::head::ClassWeight::None,
+            args::ClassWeightArg::Balanced => lastlayer::head::ClassWeight::Balanced,
+        },
     }
 }
 

@@ -7,13 +7,25 @@ use lastlayer::head::Evaluation;
 use lastlayer::status::{RunStatus, State};
 use lastlayer::pipeline::{FeatureSet, Prediction, Trial};
 
-/// Accuracy, per-class accuracy and the confusion matrix.
+/// Accuracy, balanced accuracy, macro F1, calibration error, per-class recall, precision and
+/// F1, and the confusion matrix.
 pub fn evaluation(title: &str, e: &Evaluation) -> String {
-    let mut s = format!("{title}: accuracy {:.2}% ({} pictures)\n\n", 100.0 * e.accuracy, e.rows);
+    let mut s = format!(
+        "{title}: accuracy {:.2}%, balanced accuracy {:.2}%, macro F1 {:.3} ({} pictures)\n",
+        100.0 * e.accuracy,
+        100.0 * e.balanced_accuracy,
+        e.macro_f1,
+        e.rows
+    );
+    if let Some(c) = &e.calibration {
+        let before = c.ece_before_temperature.map(|b| format!(" (before the temperature {:.2}%, logit scale {:.3})", 100.0 * b, c.logit_scale.unwrap_or(1.0))).unwrap_or_default();
+        s += &format!("expected calibration error ({} bins): {:.2}%{before}\n", c.bins.len(), 100.0 * c.ece);
+    }
+    s.push('\n');
     let width = e.per_class.iter().map(|c| c.class.len()).max().unwrap_or(5).max(5);
-    s += &format!("{:<width$}  {:>8}  {:>7}\n", "class", "accuracy", "correct");
+    s += &format!("{:<width$}  {:>7}  {:>7}  {:>9}  {:>5}\n", "class", "recall", "correct", "precision", "F1");
     for c in &e.per_class {
-        s += &format!("{:<width$}  {:>7.2}%  {:>3}/{:<3}\n", c.class, 100.0 * c.accuracy, c.correct, c.total);
+        s += &format!("{:<width$}  {:>6.2}%  {:>3}/{:<3}  {:>8.2}%  {:>5.3}\n", c.class, 100.0 * c.accuracy, c.correct, c.total, 100.0 * c.precision, c.f1);
     }
     s += "\nconfusion matrix (rows: true class, columns: predicted)\n";
     s += &format!("{:<width$} ", "");
@@ -215,9 +227,11 @@ pub fn review(r: &lastlayer::review::Review, show: usize) -> String {
     let s = &r.summary;
     let d = &s.duplicates;
     let mut out = format!(
-        "{}: test accuracy {:.2}% ({} pictures), out-of-fold accuracy {:.2}% ({} training pictures, {} folds{})\n",
+        "{}: test accuracy {:.2}% (balanced {:.2}%, macro F1 {:.3}; {} pictures), out-of-fold accuracy {:.2}% ({} training pictures, {} folds{})\n",
         s.model,
         100.0 * s.test_accuracy,
+        100.0 * s.test_balanced_accuracy,
+        s.test_macro_f1,
         s.test_pictures,
         100.0 * s.out_of_fold_accuracy,
         s.train_pictures,
@@ -237,13 +251,14 @@ pub fn review(r: &lastlayer::review::Review, show: usize) -> String {
         100.0 * d.test_share
     );
     let width = s.per_class.iter().map(|c| c.class.len()).max().unwrap_or(5).max(5);
-    out += &format!("\n{:<width$}  {:>6} {:>6} {:>8} {:>13} {:>13} {:>7}\n", "class", "train", "test", "mistakes", "issues tr/te", "est. wrong", "copied");
+    out += &format!("\n{:<width$}  {:>6} {:>6} {:>7} {:>8} {:>13} {:>13} {:>7}\n", "class", "train", "test", "recall", "mistakes", "issues tr/te", "est. wrong", "copied");
     for c in &s.per_class {
         out += &format!(
-            "{:<width$}  {:>6} {:>6} {:>8} {:>13} {:>13} {:>7}\n",
+            "{:<width$}  {:>6} {:>6} {:>6.1}% {:>8} {:>13} {:>13} {:>7}\n",
             c.class,
             c.train,
             c.test,
+            100.0 * c.recall,
             c.mistakes,
             format!("{}/{}", c.label_issues.train, c.label_issues.test),
             format!("{}/{}", c.estimated_wrong_labels.train, c.estimated_wrong_labels.test),

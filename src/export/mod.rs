@@ -6,7 +6,7 @@
 //!   revision, weights' sha256, precision), the exact preprocessing, the data and training
 //!   settings, and the metrics;
 //! - `metrics.json`: the metrics and the per-epoch history alone, for scripts;
-//! - `curves.png` and `confusion.png` (see [`plots`]).
+//! - `curves.png`, `confusion.png`, `recall.png` and `reliability.png` (see [`plots`]).
 
 pub mod onnx;
 pub mod plots;
@@ -146,6 +146,10 @@ pub fn write_run(run_dir: &Path, head: &LinearHead, card: &HeadCard) -> Result<R
     write_json_atomic(&files.metrics, &metrics)?;
     write_png(&run_dir.join("curves.png"), |p| plots::training_curves(&card.report, p))?;
     write_png(&run_dir.join("confusion.png"), |p| plots::confusion_matrix(&card.metrics.test, p))?;
+    write_png(&run_dir.join("recall.png"), |p| plots::class_recall(&card.metrics.test, p))?;
+    if card.metrics.test.calibration.is_some() {
+        write_png(&run_dir.join("reliability.png"), |p| plots::reliability_diagram(&card.metrics.test, p))?;
+    }
     write_json_atomic(&files.card, card)?;
     Ok(files)
 }

@@ -1,12 +1,22 @@
 //! The new last layer: a linear softmax classifier trained on cached features only, and its
-//! evaluation (accuracy, per-class accuracy, confusion matrix).
+//! evaluation (accuracy, balanced accuracy, macro F1, per-class recall, confusion matrix,
+//! calibration error).
+//!
+//! **Calibration.** Every head path (tuned, fixed penalty, streamed) fits a temperature on the
+//! validation split, the logit scale `s = 1 / T` in [0.05, 20] that minimises the validation
+//! cross-entropy of `s · logits` (temperature scaling; `report.logit_scale` in head.json), and
+//! folds it into the saved weights: `head.safetensors`, and so `predict`, `serve` and both
+//! exports, give the calibrated probabilities `softmax(s · logits)`. `eval` reports the
+//! expected calibration error on test before (`s` taken out) and after it.
 
+pub mod class_weight;
 mod metrics;
 mod path;
 mod streamed;
 mod train;
 
-pub use metrics::{evaluate, evaluate_logits, ClassAccuracy, Evaluation};
+pub use class_weight::{class_weights, weighted_cross_entropy, ClassWeight};
+pub use metrics::{evaluate, evaluate_logits, reliability, Calibration, ClassAccuracy, ConfusionScores, Evaluation, ReliabilityBin, ECE_BINS};
 pub use path::{L2_BATCHES_PER_EPOCH, L2_BATCH_ROWS, L2_EPOCHS_PER_STEP, L2_PATH, L2_PATIENCE_STEPS, L2_UPDATES_PER_STEP};
 pub use streamed::{evaluate_streamed, should_stream, train_head_streamed, FeatureFile, BLOCK_ROWS, GROUP_BLOCKS};
 pub use train::{train_head, train_head_l2, train_head_views, EpochRecord, OptimizerKind, RefitRecord, Schedule, TrainConfig, TrainReport, ViewLayout};

@@ -11,6 +11,10 @@
 //! calibrated loss judges the ranking, and is smoother than accuracy on a small split.) After
 //! [`L2_PATIENCE_STEPS`] penalties without a better candidate the weaker ones are skipped.
 //!
+//! With class weights (`--class-weight balanced`), every row's loss and gradient are multiplied
+//! by its class's weight, and the validation losses that judge the candidates and fit the
+//! temperature are weighted means (see [`super::class_weight`]).
+//!
 //! **Refit** (`refit`, the default): the kept penalty is then trained once more, warm-started
 //! from the kept weights, on train and validation rows together, with a penalty's budget of
 //! epochs and updates (the chosen penalty, the path's number of updates), as scikit-learn users
@@ -32,6 +36,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
+use super::class_weight::weighted_cross_entropy;
 use super::train::{EpochRecord, RefitRecord, Schedule, TrainConfig, TrainReport, ValidationSet};
 use super::LinearHead;
 use crate::progress::{Progress, Unit};
@@ -61,6 +66,8 @@ struct Rows {
     z: Tensor,
     onehot: Tensor,
     labels: Tensor,
+    /// Each row's class weight (`--class-weight`), when classes are weighted.
+    weight: Option<Tensor>,
     all: i64,
 }
 
@@ -92,9 +99,16 @@ impl Model {
         let yb = rows.onehot.narrow(0, start, len);
         let logits = self.logits(&xb);
         let logp = logits.log_softmax(-1, Kind::Float);
-        let loss = -(&logp * &yb).sum(Kind::Float);
         let correct = logits.argmax(-1, false).eq_tensor(&rows.labels.narrow(0, start, len)).sum(Kind::Int64);
-        let g = (logp.exp() - &yb) / len as f64;
+        // The gradient of (1/len) Σ w_i CE_i (w_i = 1 without class weights).
+        let (loss, g) = match &rows.weight {
+            None => (-(&logp * &yb).sum(Kind::Float), (logp.exp() - &yb) / len as f64),
+            Some(w) => {
+                let wb = w.narrow(0, start, len);
+                let per_row = -(&logp * &yb).sum_dim_intlist(1, false, Kind::Float);
+                ((per_row * &wb).sum(Kind::Float), (logp.exp() - &yb) * wb.unsqueeze(1) / len as f64)
+            }
+        };
         let gw = g.tr().matmul(&xb) + &self.w * l2;
         let gb = g.sum_dim_intlist(0, false, Kind::Float);
         self.t += 1;
@@ -149,7 +163,9 @@ impl Drop for OneThread {
 /// head at a known penalty) and the refit on `x` `[N, D]` (f32, on the CPU or a GPU) and `y`
 /// `[N]` (on the same device), split into `train_rows` and `val_rows` (which the refit adds);
 /// the penalties (and the temperature) are judged on `validation` when given (views averaged
-/// per picture), else on `val_rows`. `cfg` is already validated; `penalties` is not empty.
+/// per picture), else on `val_rows`. `class_weights` (`[classes]`, see [`super::class_weight`])
+/// weigh every row's loss, the validation loss's too. `cfg` is already validated; `penalties`
+/// is not empty.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn fit(
     x: &Tensor,
@@ -158,6 +174,7 @@ pub(super) fn fit(
     val_rows: &[usize],
     validation: Option<&ValidationSet>,
     classes: usize,
+    class_weights: Option<&Tensor>,
     cfg: &TrainConfig,
     penalties: &[f64],
     progress: &Progress,
@@ -177,7 +194,9 @@ pub(super) fn fit(
     let _ = z.g_div_(&std);
     let labels = y.index_select(0, &idx);
     let onehot = labels.one_hot(classes as i64).to_kind(Kind::Float);
-    let rows = Rows { z, onehot, labels, all: nt + nv };
+    let class_weights = class_weights.map(|w| w.to_device(x.device()));
+    let weight = class_weights.as_ref().map(|w| w.index_select(0, &labels));
+    let rows = Rows { z, onehot, labels, weight, all: nt + nv };
     let (zv, yv) = match validation {
         Some((xv, yv)) => ((xv - &mean) / &std, yv.shallow_clone()),
         None => (rows.z.narrow(0, nt, nv), rows.labels.narrow(0, nt, nv)),
@@ -210,8 +229,8 @@ pub(super) fn fit(
                 let logits = model.logits(&zv);
                 let acc = logits.argmax(-1, false).eq_tensor(&yv).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
                 // Only a penalty's last epoch is a candidate, so only it is calibrated.
-                let calibrated = (e + 1 == epochs_per_l2).then(|| calibrated_cross_entropy(&logits, &yv));
-                (Some(logits.cross_entropy_for_logits(&yv).double_value(&[])), Some(acc), calibrated)
+                let calibrated = (e + 1 == epochs_per_l2).then(|| calibrated_cross_entropy(&logits, &yv, class_weights.as_ref()));
+                (Some(weighted_cross_entropy(&logits, &yv, class_weights.as_ref()).double_value(&[])), Some(acc), calibrated)
             };
             history.push(EpochRecord { epoch, train_loss, train_accuracy, val_loss, val_accuracy, l2: Some(l2), val_loss_calibrated });
             task.set_message(match val_accuracy {
@@ -267,11 +286,11 @@ pub(super) fn fit(
     (LinearHead::unstandardised(&w, &b, scale, &mean, &std), report)
 }
 
-/// The cross-entropy of `logits · s` at the scale `s` (inverse temperature) in [0.05, 20] that
-/// minimises it, and that `s`. The loss is convex in `s`, so a golden-section search on `ln s`
-/// finds it.
-pub(super) fn calibrated_cross_entropy(logits: &Tensor, labels: &Tensor) -> (f64, f64) {
-    let loss = |ln_s: f64| (logits * ln_s.exp()).cross_entropy_for_logits(labels).double_value(&[]);
+/// Temperature scaling: the cross-entropy of `logits · s` (weighted by class, with
+/// `class_weights`) at the scale `s` (inverse temperature) in [0.05, 20] that minimises it, and
+/// that `s`. The loss is convex in `s`, so a golden-section search on `ln s` finds it.
+pub(super) fn calibrated_cross_entropy(logits: &Tensor, labels: &Tensor, class_weights: Option<&Tensor>) -> (f64, f64) {
+    let loss = |ln_s: f64| weighted_cross_entropy(&(logits * ln_s.exp()), labels, class_weights).double_value(&[]);
     let phi = (5f64.sqrt() - 1.0) / 2.0;
     let (mut a, mut b) = (0.05f64.ln(), 20f64.ln());
     let (mut c, mut d) = (b - phi * (b - a), a + phi * (b - a));

@@ -25,6 +25,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tch::{Kind, Tensor};
 
+use super::class_weight::{class_weights, weighted_cross_entropy};
 use super::path::calibrated_cross_entropy;
 use super::train::{EpochRecord, RefitRecord, TrainConfig, TrainReport, ViewLayout};
 use super::metrics::{evaluate_logits, Evaluation};
@@ -117,15 +118,23 @@ impl Model {
         z.matmul(&self.w.tr()) + &self.b
     }
 
-    /// One Adam step on standardised `z` with `labels`; returns the summed loss and correct.
-    fn step(&mut self, z: &Tensor, labels: &Tensor, classes: i64, l2: f64, lr: f64) -> (f64, i64) {
+    /// One Adam step on standardised `z` with `labels`, rows weighted by their class's
+    /// `class_weights` (see [`super::class_weight`]); returns the summed (weighted) loss and
+    /// the correct predictions.
+    fn step(&mut self, z: &Tensor, labels: &Tensor, classes: i64, class_weights: Option<&Tensor>, l2: f64, lr: f64) -> (f64, i64) {
         let n = z.size()[0];
         let onehot = labels.one_hot(classes).to_kind(Kind::Float);
         let logits = self.logits(z);
         let logp = logits.log_softmax(-1, Kind::Float);
-        let loss = -(&logp * &onehot).sum(Kind::Float).double_value(&[]);
         let correct = logits.argmax(-1, false).eq_tensor(labels).sum(Kind::Int64).int64_value(&[]);
-        let g = (logp.exp() - &onehot) / n as f64;
+        let (loss, g) = match class_weights {
+            None => (-(&logp * &onehot).sum(Kind::Float).double_value(&[]), (logp.exp() - &onehot) / n as f64),
+            Some(cw) => {
+                let w = cw.index_select(0, labels);
+                let per_row = -(&logp * &onehot).sum_dim_intlist(1, false, Kind::Float);
+                ((per_row * &w).sum(Kind::Float).double_value(&[]), (logp.exp() - &onehot) * w.unsqueeze(1) / n as f64)
+            }
+        };
         let gw = g.tr().matmul(z) + &self.w * l2;
         let gb = g.sum_dim_intlist(0, false, Kind::Float);
         self.t += 1;
@@ -166,6 +175,7 @@ pub fn train_head_streamed(path: &Path, classes: usize, cfg: &TrainConfig, layou
         return Err(Error::usage("--augment", format!("{} rows are not whole pictures of {v} views", file.rows)));
     }
     let picture_labels: Vec<i64> = file.labels.iter().step_by(v).copied().collect();
+    let class_weights = class_weights(cfg.class_weight, &picture_labels, classes)?;
     let (train_pictures, val_pictures) = stratified_holdout(&picture_labels, cfg.val_fraction, cfg.seed);
     let (mut is_train, mut is_val) = (vec![false; file.rows], vec![false; file.rows]);
     for &p in &train_pictures {
@@ -205,7 +215,16 @@ pub fn train_head_streamed(path: &Path, classes: usize, cfg: &TrainConfig, layou
     };
     let refit_planned = cfg.refit && nv > 0;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let data = Streamed { file: &file, mean: &mean, std: &std, labels: &labels_t, batch, classes: c, judged_views: layout.validate_on.len() as i64 };
+    let data = Streamed {
+        file: &file,
+        mean: &mean,
+        std: &std,
+        labels: &labels_t,
+        batch,
+        classes: c,
+        class_weights: class_weights.as_ref(),
+        judged_views: layout.validate_on.len() as i64,
+    };
     let total_epochs = penalties.len() * epochs_per + if refit_planned { epochs_per } else { 0 };
     let mut task = progress.task("train head (streamed)", total_epochs as u64, Unit::Epochs);
     let mut history = Vec::new();
@@ -225,9 +244,11 @@ pub fn train_head_streamed(path: &Path, classes: usize, cfg: &TrainConfig, layou
             } else {
                 let (logits, labels) = data.logits(&model, &is_val)?;
                 let acc = logits.argmax(-1, false).eq_tensor(&labels).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
-                // As in memory: a penalty's last epoch is a candidate, judged at its best temperature.
-                let calibrated = (cfg.weight_decay_auto && last_of_penalty).then(|| calibrated_cross_entropy(&logits, &labels));
-                (Some(logits.cross_entropy_for_logits(&labels).double_value(&[])), Some(acc), calibrated)
+                // As in memory: a penalty's last epoch is a candidate, judged at its best
+                // temperature; with a fixed penalty every epoch is, judged on its plain loss,
+                // and the kept one's temperature is folded in.
+                let calibrated = (!cfg.weight_decay_auto || last_of_penalty).then(|| calibrated_cross_entropy(&logits, &labels, class_weights.as_ref()));
+                (Some(weighted_cross_entropy(&logits, &labels, class_weights.as_ref()).double_value(&[])), Some(acc), calibrated)
             };
             let epoch = history.len() + 1;
             let (secs, val) = (epoch_start.elapsed().as_secs_f64(), val_accuracy.map(|a| format!(", val accuracy {:.2}%", 100.0 * a)).unwrap_or_default());
@@ -239,9 +260,11 @@ pub fn train_head_streamed(path: &Path, classes: usize, cfg: &TrainConfig, layou
             } else {
                 tracing::debug!("head (streamed): epoch {epoch}, L2 {l2:e}, train loss {train_loss:.4}{val}, {secs:.1}s");
             }
-            history.push(EpochRecord { epoch, train_loss, train_accuracy, val_loss, val_accuracy, l2: Some(l2), val_loss_calibrated: calibrated });
+            let recorded = calibrated.filter(|_| cfg.weight_decay_auto);
+            history.push(EpochRecord { epoch, train_loss, train_accuracy, val_loss, val_accuracy, l2: Some(l2), val_loss_calibrated: recorded });
             task.inc(1);
-            let (judged, scale) = calibrated.unwrap_or((val_loss.unwrap_or(train_loss), 1.0));
+            let scale = calibrated.map_or(1.0, |c| c.1);
+            let judged = recorded.map_or(val_loss.unwrap_or(train_loss), |c| c.0);
             if (!cfg.weight_decay_auto || last_of_penalty) && best.as_ref().is_none_or(|b| judged < b.0) {
                 best = Some((judged, epoch, k, model.w.copy(), model.b.copy(), scale));
                 since_best = 0;
@@ -287,7 +310,7 @@ pub fn train_head_streamed(path: &Path, classes: usize, cfg: &TrainConfig, layou
         best_epoch,
         stopped_early,
         l2: Some(l2),
-        logit_scale: Some(scale).filter(|_| cfg.weight_decay_auto && nv > 0),
+        logit_scale: Some(scale).filter(|_| nv > 0),
         train_rows: nt,
         val_rows: nv,
         refit,
@@ -297,15 +320,16 @@ pub fn train_head_streamed(path: &Path, classes: usize, cfg: &TrainConfig, layou
 }
 
 /// Evaluates `head` on the features in `path` (a cache entry's `features.safetensors`) without
-/// loading them: the logits (`[rows, classes]`) are computed a block of rows at a time.
-pub fn evaluate_streamed(head: &LinearHead, path: &Path, classes: &[String]) -> Result<Evaluation> {
+/// loading them: the logits (`[rows, classes]`) are computed a block of rows at a time. With
+/// the head's `logit_scale`, the calibration error before its temperature is reported too.
+pub fn evaluate_streamed(head: &LinearHead, path: &Path, classes: &[String], logit_scale: Option<f64>) -> Result<Evaluation> {
     let file = FeatureFile::open(path)?;
     if file.width as i64 != head.feature_width() {
         return Err(Error::bad_input(path, format!("holds {}-wide features; the head takes {}", file.width, head.feature_width())));
     }
     let mut logits = vec![Tensor::zeros([0, head.classes()], (Kind::Float, tch::Device::Cpu))];
     file.pass(&vec![true; file.rows], |_, x| logits.push(head.logits(&x)))?;
-    Ok(evaluate_logits(&Tensor::cat(&logits, 0), &Tensor::from_slice(&file.labels), classes))
+    Ok(evaluate_logits(&Tensor::cat(&logits, 0), &Tensor::from_slice(&file.labels), classes, logit_scale))
 }
 
 /// The learning rate of step `step` of a cosine cycle of `cycle` steps (or the constant one).
@@ -324,6 +348,8 @@ struct Streamed<'a> {
     labels: &'a Tensor,
     batch: usize,
     classes: i64,
+    /// Each class's weight in the loss (`--class-weight`).
+    class_weights: Option<&'a Tensor>,
     /// Consecutive validation rows averaged into one picture's logits.
     judged_views: i64,
 }
@@ -361,7 +387,7 @@ impl Streamed<'_> {
             let n = rows.len() as i64;
             for s in (0..n).step_by(self.batch) {
                 let len = (self.batch as i64).min(n - s);
-                let (l, c) = model.step(&x.narrow(0, s, len), &y.narrow(0, s, len), self.classes, l2, lr_at(step));
+                let (l, c) = model.step(&x.narrow(0, s, len), &y.narrow(0, s, len), self.classes, self.class_weights, l2, lr_at(step));
                 loss += l;
                 correct += c;
                 step += 1;

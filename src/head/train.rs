@@ -9,6 +9,10 @@
 //! one), and with `refit` the same training is run again on all of train, for as many epochs
 //! as the kept one had. Zero initialisation and seeded shuffles make the same seed give the
 //! same head.
+//!
+//! Every path weighs the rows by class as `class_weight` says ([`super::class_weight`]) and
+//! folds the temperature fitted on the validation split into the head it returns (the module
+//! documentation of [`super`], "Calibration"); the refit keeps the temperature found before it.
 
 use std::time::Instant;
 
@@ -19,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::OptimizerConfig;
 use tch::{nn, Device, Kind, Tensor};
 
+use super::class_weight::{class_weights, weighted_cross_entropy, ClassWeight};
 use super::LinearHead;
 use crate::data::sample::stratified_holdout;
 use crate::data::views::average_views;
@@ -77,6 +82,10 @@ pub struct TrainConfig {
     /// before it existed read as `false`, which is what they did).
     #[serde(default)]
     pub refit: bool,
+    /// How much each class's rows count in the loss (`--class-weight`; see
+    /// [`super::class_weight`]).
+    #[serde(default)]
+    pub class_weight: ClassWeight,
 }
 
 impl Default for TrainConfig {
@@ -93,6 +102,7 @@ impl Default for TrainConfig {
             patience: 10,
             schedule: Schedule::Cosine,
             refit: true,
+            class_weight: ClassWeight::None,
         }
     }
 }
@@ -269,6 +279,7 @@ fn train_on_device(
         return Err(Error::usage("--augment", format!("{} rows are not whole pictures of {v} views", label_vec.len())));
     }
     let picture_labels: Vec<i64> = label_vec.iter().step_by(v).copied().collect();
+    let weights = class_weights(cfg.class_weight, &picture_labels, classes)?.map(|w| w.to_device(device));
     let (train_pictures, val_pictures) = stratified_holdout(&picture_labels, cfg.val_fraction, cfg.seed);
     let rows_of = |pictures: &[usize]| -> Vec<usize> { pictures.iter().flat_map(|&p| p * v..(p + 1) * v).collect() };
     let (train_rows, val_rows) = (rows_of(&train_pictures), rows_of(&val_pictures));
@@ -279,13 +290,18 @@ fn train_on_device(
         (judged, y.index_select(0, &idx))
     });
     if let Some(penalties) = penalties {
-        return Ok(tch::no_grad(|| super::path::fit(&x, &y, &train_rows, &val_rows, validation.as_ref(), classes, cfg, penalties, progress)));
+        return Ok(tch::no_grad(|| super::path::fit(&x, &y, &train_rows, &val_rows, validation.as_ref(), classes, weights.as_ref(), cfg, penalties, progress)));
     }
     let start = Instant::now();
-    let (head, mut report) = fit_fixed(&x, &y, &train_rows, &val_rows, validation.as_ref(), classes, cfg, None, progress)?;
+    let (head, mut report) = fit_fixed(&x, &y, &train_rows, &val_rows, validation.as_ref(), classes, weights.as_ref(), cfg, None, progress)?;
     if cfg.refit && !val_rows.is_empty() {
         let all: Vec<usize> = (0..label_vec.len()).collect();
-        let (refit_head, refit_report) = fit_fixed(&x, &y, &all, &[], None, classes, cfg, Some(report.best_epoch), progress)?;
+        let (refit_head, refit_report) = fit_fixed(&x, &y, &all, &[], None, classes, weights.as_ref(), cfg, Some(report.best_epoch), progress)?;
+        // The temperature fitted on validation before the refit, folded into the refit head.
+        let refit_head = match report.logit_scale {
+            Some(s) => LinearHead { weight: refit_head.weight * s, bias: refit_head.bias * s },
+            None => refit_head,
+        };
         let last = refit_report.history.last().expect("the refit ran");
         report.refit = Some(RefitRecord {
             rows: all.len(),
@@ -302,7 +318,9 @@ fn train_on_device(
 
 /// Minibatch training with a fixed weight decay on `train_rows`, the epoch of lowest
 /// validation loss kept (on `validation` when given, else on `val_rows`); or, with
-/// `refit_epochs`, exactly that many epochs (of the same schedule), the last kept.
+/// `refit_epochs`, exactly that many epochs (of the same schedule), the last kept. With
+/// validation rows, the temperature that fits them best is folded into the kept head (its
+/// logit scale in the report). Rows are weighted by `class_weights`.
 #[allow(clippy::too_many_arguments)]
 fn fit_fixed(
     x: &Tensor,
@@ -311,6 +329,7 @@ fn fit_fixed(
     val_rows: &[usize],
     validation: Option<&ValidationSet>,
     classes: usize,
+    class_weights: Option<&Tensor>,
     cfg: &TrainConfig,
     refit_epochs: Option<usize>,
     progress: &Progress,
@@ -364,7 +383,14 @@ fn fit_fixed(
             let idx = perm.narrow(0, start as i64, len);
             let (xb, yb) = (xt.index_select(0, &idx), yt.index_select(0, &idx));
             let logits = xb.matmul(&w.tr()) + &b;
-            let loss = logits.cross_entropy_for_logits(&yb);
+            // (1/len) Σ w_i CE_i, as the tuned path (see `super::class_weight`).
+            let loss = match class_weights {
+                None => logits.cross_entropy_for_logits(&yb),
+                Some(cw) => {
+                    let ce = -logits.log_softmax(-1, Kind::Float).gather(1, &yb.unsqueeze(1), false).squeeze_dim(1);
+                    (ce * cw.index_select(0, &yb)).mean(Kind::Float)
+                }
+            };
             if cfg.schedule == Schedule::Cosine {
                 let step = ((epoch - 1) * steps_per_epoch + start / cfg.batch_size) as f64;
                 opt.set_lr(cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * step / cycle_steps).cos()));
@@ -380,7 +406,7 @@ fn fit_fixed(
             tch::no_grad(|| {
                 let logits = xv.matmul(&w.tr()) + &b;
                 let acc = logits.argmax(-1, false).eq_tensor(&yv).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
-                (Some(logits.cross_entropy_for_logits(&yv).double_value(&[])), Some(acc))
+                (Some(weighted_cross_entropy(&logits, &yv, class_weights).double_value(&[])), Some(acc))
             })
         };
         history.push(EpochRecord { epoch, train_loss, train_accuracy, val_loss, val_accuracy, l2: None, val_loss_calibrated: None });
@@ -409,19 +435,21 @@ fn fit_fixed(
     }
     task.finish();
     let (best_acc, _, best_epoch, bw, bb) = best.expect("at least one epoch ran");
+    // Temperature scaling on the validation rows, as the tuned path does.
+    let scale = (!val_rows.is_empty()).then(|| tch::no_grad(|| super::path::calibrated_cross_entropy(&(xv.matmul(&bw.tr()) + &bb), &yv, class_weights).1));
     let report = TrainReport {
         history,
         best_epoch,
         best_val_accuracy: best_acc,
         stopped_early,
         l2: None,
-        logit_scale: None,
+        logit_scale: scale,
         train_rows: n,
         val_rows: val_rows.len(),
         refit: None,
         seconds: start.elapsed().as_secs_f64(),
     };
-    Ok((LinearHead::unstandardised(&bw, &bb, 1.0, &mean, &std), report))
+    Ok((LinearHead::unstandardised(&bw, &bb, scale.unwrap_or(1.0), &mean, &std), report))
 }
 
 /// Row indices as an int64 tensor on `device` (where the rows they select are).
@@ -601,6 +629,38 @@ mod tests {
         assert!(by_picture.best_val_accuracy < 0.7, "validation saw views of trained pictures ({})", by_picture.best_val_accuracy);
         let odd = train_head_views(&x.narrow(0, 0, 10), &y.narrow(0, 0, 10), 2, &cfg, &layout, &Progress::hidden()).unwrap_err();
         assert!(odd.to_string().contains("not whole pictures of 3 views"), "{odd}");
+    }
+
+    /// A known answer: features that say nothing about the class (every row the same) leave
+    /// the head only the class prior. Without weights the best probabilities are the class
+    /// shares (0.6, 0.3, 0.1); with balanced weights every class weighs the same in the loss,
+    /// and the best probabilities are uniform. Every head path alike: tuned, fixed penalty,
+    /// streamed (a learning rate high enough for the bias to converge). A class with no
+    /// picture cannot be balanced; the error names it.
+    #[test]
+    fn class_weights_move_the_prior_of_uninformative_features_as_documented() {
+        let y = Tensor::from_slice(&[vec![0i64; 120], vec![1; 60], vec![2; 20]].concat());
+        let x = Tensor::ones([200, 4], (Kind::Float, Device::Cpu)) * 7.0;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("features.safetensors");
+        crate::fsutil::write_safetensors(&path, &[("features", &x), ("labels", &y)]).unwrap();
+        for (mode, want) in [(ClassWeight::None, [0.6, 0.3, 0.1]), (ClassWeight::Balanced, [1.0 / 3.0; 3])] {
+            for auto in [true, false] {
+                let cfg = TrainConfig { class_weight: mode, weight_decay_auto: auto, lr: 5e-2, epochs: 100, ..Default::default() };
+                let (memory, _) = train_head(&x, &y, 3, &cfg, &Progress::hidden()).unwrap();
+                let (streamed, _) = super::super::train_head_streamed(&path, 3, &cfg, &ViewLayout::single(), &Progress::hidden()).unwrap();
+                for (name, head) in [("in memory", memory), ("streamed", streamed)] {
+                    let p: Vec<f32> = Vec::try_from(head.probabilities(&x.narrow(0, 0, 1)).squeeze()).unwrap();
+                    println!("{mode:?}, tuned {auto}, {name}: probabilities {p:?}");
+                    for (a, b) in p.iter().zip(want) {
+                        assert!((*a as f64 - b).abs() < 0.02, "{mode:?}, tuned {auto}, {name}: {p:?} against {want:?}");
+                    }
+                }
+            }
+        }
+        let cfg = TrainConfig { class_weight: ClassWeight::Balanced, ..Default::default() };
+        let err = train_head(&x, &y, 4, &cfg, &Progress::hidden()).unwrap_err().to_string();
+        assert!(err.contains("class 3 has none"), "{err}");
     }
 
     #[test]

@@ -66,6 +66,6 @@ pub fn evaluate_run(session: &Session, run_dir: &Path, batch_size: Option<usize>
     let fs = features(session, &req)?;
     same_weights(&fs, &card, run_dir)?;
     let split = fs.split("test").expect("test was requested").clone();
-    let test = super::train::evaluate_split(&head, &split, &card.classes)?;
+    let test = super::train::evaluate_split(&head, &split, &card.classes, card.report.logit_scale)?;
     Ok(EvalOutcome { run_dir: run_dir.to_path_buf(), test_accuracy: test.accuracy, test, features: split })
 }

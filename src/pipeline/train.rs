@@ -9,7 +9,7 @@ use super::{features, FeatureRequest, FeatureSet, Finished, Session, SplitFeatur
 use crate::error::{Error, Result};
 use crate::export::{write_run, BackboneCard, DataCard, HeadCard, Metrics, HEAD_FORMAT, HEAD_FORMAT_VERSION};
 use crate::data::views::{Augment, Tta};
-use crate::head::{evaluate, evaluate_streamed, should_stream, train_head_streamed, train_head_views, Evaluation, LinearHead, TrainConfig, TrainReport, ViewLayout};
+use crate::head::{evaluate_logits, evaluate_streamed, ClassWeight, FeatureFile, should_stream, train_head_streamed, train_head_views, Evaluation, LinearHead, TrainConfig, TrainReport, ViewLayout};
 use crate::hub::WeightsOrigin;
 
 /// What [`train`] did.
@@ -44,6 +44,9 @@ pub fn train(session: &Session, req: &FeatureRequest, cfg: &TrainConfig, out: &P
     let req = FeatureRequest { splits: vec!["train".into(), "test".into()], ..req.clone() };
     let fs = features(session, &req)?;
     let train_split = fs.split("train").expect("train was requested");
+    if cfg.class_weight == ClassWeight::Balanced {
+        every_class_has_a_picture(&FeatureFile::open(&train_split.features)?.labels, &fs.classes)?;
+    }
     let (head, report) = if streams(train_split) {
         tracing::info!("head: trained on the CPU, {} rows read from {} in minibatches (streamed)", train_split.rows, train_split.features.display());
         train_head_streamed(&train_split.features, fs.classes.len(), cfg, &view_layout(&fs), &session.progress)?
@@ -52,7 +55,7 @@ pub fn train(session: &Session, req: &FeatureRequest, cfg: &TrainConfig, out: &P
         tracing::info!("head: trained on {}, {} x {} features", where_(device), xtr.size()[0], xtr.size().get(1).copied().unwrap_or(0));
         train_head_views(&xtr.to_device(device), &ytr, fs.classes.len(), cfg, &view_layout(&fs), &session.progress)?
     };
-    let test = evaluate_split(&head, fs.split("test").expect("test was requested"), &fs.classes)?;
+    let test = evaluate_split(&head, fs.split("test").expect("test was requested"), &fs.classes, report.logit_scale)?;
     let entry = session.registry.get(&req.model)?;
     let card = HeadCard {
         format: HEAD_FORMAT.into(),
@@ -100,6 +103,24 @@ pub fn train(session: &Session, req: &FeatureRequest, cfg: &TrainConfig, out: &P
     })
 }
 
+/// `--class-weight balanced` weighs a class by the inverse of its training pictures: one
+/// without any is an error naming it (the head's own check only knows its number).
+pub(super) fn every_class_has_a_picture(labels: &[i64], classes: &[String]) -> Result<()> {
+    let mut seen = vec![false; classes.len()];
+    for &l in labels {
+        if let Some(s) = usize::try_from(l).ok().and_then(|l| seen.get_mut(l)) {
+            *s = true;
+        }
+    }
+    match seen.iter().position(|s| !s) {
+        Some(c) => Err(Error::usage(
+            "--class-weight",
+            format!("class '{}' has no training picture, so it cannot be balanced; add pictures of it, take a larger sample, or use --class-weight none", classes[c]),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Whether `split`'s features are too big for memory, so that its head is trained, and its
 /// evaluation computed, from the file a block of rows at a time (see [`should_stream`]).
 pub(super) fn streams(split: &SplitFeatures) -> bool {
@@ -107,13 +128,14 @@ pub(super) fn streams(split: &SplitFeatures) -> bool {
 }
 
 /// `head` scored on `split`: loaded into memory, or streamed from its file when it is too big.
-pub(super) fn evaluate_split(head: &LinearHead, split: &SplitFeatures, classes: &[String]) -> Result<Evaluation> {
+/// `logit_scale` is the temperature folded into the head, for the calibration error before it.
+pub(super) fn evaluate_split(head: &LinearHead, split: &SplitFeatures, classes: &[String], logit_scale: Option<f64>) -> Result<Evaluation> {
     if streams(split) {
         tracing::info!("{} features: {} rows scored from {} in blocks (streamed)", split.split, split.rows, split.features.display());
-        return evaluate_streamed(head, &split.features, classes);
+        return evaluate_streamed(head, &split.features, classes, logit_scale);
     }
     let (x, y) = split.load()?;
-    Ok(evaluate(head, &x, &y, classes))
+    Ok(evaluate_logits(&head.logits(&x), &y, classes, logit_scale))
 }
 
 /// Where a head trains on features in memory: the CPU, whatever `--device` is, unless

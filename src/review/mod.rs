@@ -156,6 +156,9 @@ pub struct ClassSummary {
     pub estimated_wrong_labels: SplitCounts,
     /// Its test pictures with a duplicate in train.
     pub test_with_train_duplicate: u64,
+    /// Its recall on test: the share of its test pictures predicted right.
+    #[serde(default)]
+    pub recall: f64,
 }
 
 /// Seconds spent in each part.
@@ -188,6 +191,12 @@ pub struct Summary {
     pub test_pictures: u64,
     /// The run's head's test accuracy.
     pub test_accuracy: f64,
+    /// Its balanced accuracy (mean per-class recall) on test.
+    #[serde(default)]
+    pub test_balanced_accuracy: f64,
+    /// Its macro F1 on test.
+    #[serde(default)]
+    pub test_macro_f1: f64,
     /// The fold heads' accuracy on the pictures they did not see.
     pub out_of_fold_accuracy: f64,
     /// Folds (K).
@@ -412,6 +421,7 @@ pub fn review(model: &str, classes: &[String], head: &LinearHead, train: &SplitD
     // The summary.
     let count = |split: &str, c: usize| label_issues.iter().filter(|i| i.split == split && i.given == classes[c]).count() as u64;
     let dup_test: std::collections::BTreeSet<usize> = duplicates.iter().filter(|d| d.kind == PairKind::TestTrain).map(|d| d.rows.0).collect();
+    let scores = crate::head::ConfusionScores::of(&confusion);
     let per_class = (0..k)
         .map(|c| ClassSummary {
             class: classes[c].clone(),
@@ -421,6 +431,7 @@ pub fn review(model: &str, classes: &[String], head: &LinearHead, train: &SplitD
             label_issues: SplitCounts { train: count("train", c), test: count("test", c) },
             estimated_wrong_labels: SplitCounts { train: cl_train.estimated_wrong[c], test: cl_test.estimated_wrong[c] },
             test_with_train_duplicate: dup_test.iter().filter(|&&i| test.labels[i] as usize == c).count() as u64,
+            recall: scores.recall[c],
         })
         .collect::<Vec<_>>();
     let of_kind = |kind: PairKind| duplicates.iter().filter(|d| d.kind == kind).count() as u64;
@@ -431,6 +442,8 @@ pub fn review(model: &str, classes: &[String], head: &LinearHead, train: &SplitD
         train_pictures: train.pictures() as u64,
         test_pictures,
         test_accuracy: if test_pictures == 0 { 0.0 } else { (0..k).map(|c| confusion[c][c]).sum::<u64>() as f64 / test_pictures as f64 },
+        test_balanced_accuracy: scores.balanced_accuracy,
+        test_macro_f1: scores.macro_f1,
         out_of_fold_accuracy: correct_oof as f64 / train.pictures().max(1) as f64,
         folds: s.folds,
         l2: s.l2,
