@@ -16,6 +16,8 @@ mod end_to_end;
 mod export;
 #[path = "fuzz_readers.rs"]
 mod fuzz_readers;
+#[path = "huggingface.rs"]
+mod huggingface;
 #[path = "inputs_and_errors.rs"]
 mod inputs_and_errors;
 #[path = "parity.rs"]

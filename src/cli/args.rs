@@ -267,8 +267,9 @@ pub struct DataArgs {
     #[arg(long)]
     pub model: String,
     /// `cifar10`, a folder of pictures (one subfolder per class, or a metadata.csv /
-    /// metadata.jsonl naming each picture's class), or WebDataset tar shards
-    /// (a folder of .tar files, a pattern like `train-{000000..000099}.tar`).
+    /// metadata.jsonl naming each picture's class), WebDataset tar shards
+    /// (a folder of .tar files, a pattern like `train-{000000..000099}.tar`), or a Hugging
+    /// Face Hub data set: hf:OWNER/NAME[@REVISION][:CONFIG].
     #[arg(long)]
     pub data: String,
     /// WebDataset: the test split's tar shards (a folder or a brace pattern).
@@ -284,10 +285,15 @@ pub struct DataArgs {
     /// columns, instead of the folder's metadata.csv / metadata.jsonl or class subfolders.
     #[arg(long, value_name = "FILE")]
     pub labels: Option<PathBuf>,
-    /// The column that holds the class (in --labels or the folder's metadata file) [default:
-    /// `label`, else `labels`, else the only column besides the file name].
+    /// The column that holds the class (in --labels, the folder's metadata file, or a Hub
+    /// data set) [default: `label`, else `labels`, else the only column besides the file
+    /// name; for a Hub data set, its one ClassLabel column].
     #[arg(long, value_name = "NAME")]
     pub label_column: Option<String>,
+    /// For a Hub data set (hf:OWNER/NAME): the column that holds the pictures [default: the
+    /// one column that is a struct of bytes and path].
+    #[arg(long, value_name = "NAME")]
+    pub image_column: Option<String>,
     /// For a folder: stop at an unreadable picture instead of skipping it with a warning.
     #[arg(long)]
     pub strict: bool,

@@ -76,7 +76,8 @@ fn feature_request(d: &DataArgs, splits: Vec<String>) -> Result<FeatureRequest> 
         (None, None) => Subset::All,
     };
     let data = DataSpec::parse_with_test(&d.data, d.test_data.as_deref(), d.data_dir.as_deref(), d.test_fraction, d.strict)?
-        .with_labels(d.labels.as_deref(), d.label_column.as_deref())?;
+        .with_labels(d.labels.as_deref(), d.label_column.as_deref())?
+        .with_image_column(d.image_column.as_deref())?;
     // Bad labels stop the command before it writes a run folder or a cache entry.
     data.check_labels()?;
     Ok(FeatureRequest {

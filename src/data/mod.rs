@@ -1,5 +1,6 @@
-//! Data sets: CIFAR-10 (downloaded, or an existing `cifar-10-batches-bin`) and a user's folders
-//! of pictures; stratified sampling; and turning rows into normalised input batches.
+//! Data sets: CIFAR-10 (downloaded, or an existing `cifar-10-batches-bin`), a user's folders
+//! of pictures, WebDataset tars, and image-classification data sets on the Hugging Face Hub
+//! (parquet); stratified sampling; and turning rows into normalised input batches.
 
 pub mod cifar10;
 pub mod content;
@@ -7,8 +8,10 @@ pub mod decode;
 pub mod download;
 pub mod folder;
 pub mod heif;
+pub mod huggingface;
 pub mod metadata;
 pub mod on_device;
+pub mod parquet;
 pub mod preprocess;
 pub mod sample;
 pub mod views;
@@ -69,6 +72,19 @@ pub enum DataSpec {
         #[serde(default)]
         strict: bool,
     },
+    /// An image-classification data set on the Hugging Face Hub, read from its parquet files
+    /// (see [`huggingface`]).
+    HuggingFace {
+        /// The repository, revision and config.
+        #[serde(flatten)]
+        request: crate::hub::DatasetRequest,
+        /// `--image-column`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        image_column: Option<String>,
+        /// `--label-column`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        label_column: Option<String>,
+    },
 }
 
 impl DataSpec {
@@ -79,6 +95,15 @@ impl DataSpec {
 
     /// As [`DataSpec::parse`], with `--test-data` (WebDataset test shards).
     pub fn parse_with_test(value: &str, test_data: Option<&str>, data_dir: Option<&Path>, test_fraction: f64, strict: bool) -> Result<Self> {
+        if let Some(request) = huggingface::parse_request(value) {
+            if data_dir.is_some() {
+                return Err(Error::usage("--data-dir", "only applies to --data cifar10"));
+            }
+            if let Some(t) = test_data {
+                return Err(Error::usage("--test-data", format!("'{t}': a Hub data set has its own test split")));
+            }
+            return Ok(DataSpec::HuggingFace { request: request?, image_column: None, label_column: None });
+        }
         if webdataset::looks_like_webdataset(value) {
             if data_dir.is_some() {
                 return Err(Error::usage("--data-dir", "only applies to --data cifar10"));
@@ -135,7 +160,25 @@ impl DataSpec {
                 }
                 Ok(DataSpec::Folder { root, test_fraction, strict, labels, label_column: column.map(str::to_string) })
             }
-            _ => Err(Error::usage(flag, "only a folder data set (--data PATH) takes a labels file or a label column")),
+            DataSpec::HuggingFace { request, image_column, .. } if file.is_none() => {
+                if column.is_some_and(|c| c.trim().is_empty()) {
+                    return Err(Error::usage("--label-column", "is empty; name the column that holds the class"));
+                }
+                Ok(DataSpec::HuggingFace { request, image_column, label_column: column.map(str::to_string) })
+            }
+            _ => Err(Error::usage(flag, "only a folder data set (--data PATH) takes a labels file, and a folder or a Hub data set (hf:OWNER/NAME) a label column")),
+        }
+    }
+
+    /// Adds `--image-column NAME`, which only a Hub data set takes.
+    pub fn with_image_column(self, column: Option<&str>) -> Result<Self> {
+        let Some(column) = column else { return Ok(self) };
+        if column.trim().is_empty() {
+            return Err(Error::usage("--image-column", "is empty; name the column that holds the pictures"));
+        }
+        match self {
+            DataSpec::HuggingFace { request, label_column, .. } => Ok(DataSpec::HuggingFace { request, image_column: Some(column.to_string()), label_column }),
+            _ => Err(Error::usage("--image-column", "only a Hub data set (--data hf:OWNER/NAME) has columns of pictures")),
         }
     }
 
@@ -161,6 +204,8 @@ enum Pictures {
     Files(Vec<folder::Entry>),
     /// Samples in WebDataset tars.
     Tar(Vec<webdataset::Sample>),
+    /// Rows of a Hub data set's parquet files.
+    Parquet(Arc<huggingface::HfPictures>, Vec<huggingface::HfRow>),
 }
 
 /// One split (train or test), possibly a sample of it.
@@ -200,6 +245,7 @@ impl Split {
             Pictures::Cifar(rec, idx) => Pictures::Cifar(rec.clone(), rows.iter().map(|&r| idx[r]).collect()),
             Pictures::Files(entries) => Pictures::Files(rows.iter().map(|&r| entries[r].clone()).collect()),
             Pictures::Tar(samples) => Pictures::Tar(rows.iter().map(|&r| samples[r].clone()).collect()),
+            Pictures::Parquet(files, hf) => Pictures::Parquet(files.clone(), rows.iter().map(|&r| hf[r]).collect()),
         };
         Split { name: self.name.clone(), labels: rows.iter().map(|&r| self.labels[r]).collect(), pictures, views: None, selected: None }
     }
@@ -238,6 +284,7 @@ impl Split {
             Pictures::Cifar(_, idx) => idx.len(),
             Pictures::Files(entries) => entries.len(),
             Pictures::Tar(samples) => samples.len(),
+            Pictures::Parquet(_, rows) => rows.len(),
         }
     }
 
@@ -270,6 +317,7 @@ impl Split {
             Pictures::Cifar(..) => None,
             Pictures::Files(entries) => Some(&entries[p].path),
             Pictures::Tar(samples) => Some(samples[p].tar.as_path()),
+            Pictures::Parquet(files, rows) => Some(files.local(&rows[p])),
         }
     }
 
@@ -281,6 +329,7 @@ impl Split {
             Pictures::Cifar(rec, idx) => rec.record_name(idx[p]),
             Pictures::Files(entries) => entries[p].name.clone(),
             Pictures::Tar(samples) => samples[p].key.replacen('/', "#", 1),
+            Pictures::Parquet(files, rows) => files.name(&rows[p]),
         }
     }
 
@@ -293,13 +342,14 @@ impl Split {
             Pictures::Tar(samples) => {
                 samples.par_iter().map(|s| index.member_key(s.tar.as_path(), s.offset, s.len, || s.read())).collect()
             }
+            Pictures::Parquet(files, rows) => files.content_keys(rows),
         }
     }
 
     /// True when [`Split::identity`] needs the pictures' content keys (a folder's files);
     /// CIFAR-10 records and WebDataset samples have theirs without them.
     pub fn identity_needs_content(&self) -> bool {
-        matches!(self.pictures, Pictures::Files(_))
+        matches!(self.pictures, Pictures::Files(_) | Pictures::Parquet(..))
     }
 
     /// A content hash of exactly these rows, given their pictures' `keys`
@@ -337,6 +387,18 @@ impl Split {
                     h.update(&s.fingerprint);
                 }
             }
+            Pictures::Parquet(files, rows) => {
+                if keys.len() != rows.len() {
+                    return Err(Error::usage("--data", format!("{} content keys for {} pictures", keys.len(), rows.len())));
+                }
+                h.update(b"hf-parquet\0");
+                for (r, key) in rows.iter().zip(keys) {
+                    h.update(files.name(r).as_bytes());
+                    h.update(&[0]);
+                    h.update(&r.label.to_le_bytes());
+                    h.update(&key.0);
+                }
+            }
         }
         Ok(h.finalize().to_hex().to_string())
     }
@@ -347,6 +409,7 @@ impl Split {
             Pictures::Cifar(rec, idx) => Ok((cifar_pixels(rec, &idx[p..p + 1]), ContentKey::of(rec.pixels(idx[p])))),
             Pictures::Files(entries) => read_picture(&entries[p].path),
             Pictures::Tar(samples) => tar_picture(&samples[p]),
+            Pictures::Parquet(files, rows) => files.picture(&rows[p]),
         }
     }
 
@@ -482,6 +545,11 @@ impl Split {
                 b.extend((1..n).filter(|&i| samples[i].tar_index != samples[i - 1].tar_index));
                 (b, "tar file")
             }
+            Pictures::Parquet(_, rows) => {
+                let mut b = vec![0];
+                b.extend((1..n).filter(|&i| (rows[i].file, rows[i].group) != (rows[i - 1].file, rows[i - 1].group)));
+                (b, "row group")
+            }
             _ => ((0..n).step_by(per_unit).collect(), "batch"),
         };
         b.push(n);
@@ -606,6 +674,7 @@ enum Source {
     Cifar(PathBuf),
     Folder(folder::FolderData),
     WebDataset(webdataset::WebData),
+    Hf(huggingface::HfData),
 }
 
 /// Options for opening a data set.
@@ -651,6 +720,21 @@ impl Dataset {
                     classes: data.classes.clone(),
                     picture_kind: PictureKind::Photos,
                     source: Source::Folder(data),
+                })
+            }
+            DataSpec::HuggingFace { request, image_column, label_column } => {
+                let opts = crate::hub::DatasetOptions {
+                    cache_dir: opts.data_root.parent().map(Path::to_path_buf).unwrap_or_else(|| opts.data_root.clone()),
+                    offline: opts.offline,
+                    progress: opts.progress.clone(),
+                };
+                let data = huggingface::open(request, image_column.as_deref(), label_column.as_deref(), &opts)?;
+                Ok(Dataset {
+                    spec: spec.clone(),
+                    name: request.repo.rsplit('/').next().unwrap_or(&request.repo).to_string(),
+                    classes: data.classes.clone(),
+                    picture_kind: PictureKind::Photos,
+                    source: Source::Hf(data),
                 })
             }
             DataSpec::WebDataset { train, test, strict } => {
@@ -702,6 +786,17 @@ impl Dataset {
                 };
                 (samples.iter().map(|s| s.label).collect(), Pictures::Tar(samples))
             }
+            Source::Hf(data) => {
+                let rows = match name {
+                    "train" => data.train.clone(),
+                    "test" => data.test.clone(),
+                    other => return Err(Error::usage("--split", format!("splits are train and test, not '{other}'"))),
+                };
+                if rows.is_empty() {
+                    return Err(Error::bad_input(self.root(), format!("the {name} split has no labelled rows")));
+                }
+                (rows.iter().map(|r| r.label).collect(), Pictures::Parquet(data.pictures.clone(), rows))
+            }
         };
         Ok(Split { name: name.to_string(), labels, pictures, views: None, selected: None })
     }
@@ -709,9 +804,10 @@ impl Dataset {
     fn root(&self) -> PathBuf {
         match &self.source {
             Source::Cifar(d) => d.clone(),
-            Source::Folder(_) | Source::WebDataset(_) => match &self.spec {
+            Source::Folder(_) | Source::WebDataset(_) | Source::Hf(_) => match &self.spec {
                 DataSpec::Folder { root, .. } => root.clone(),
                 DataSpec::WebDataset { train, .. } => PathBuf::from(train),
+                DataSpec::HuggingFace { request, .. } => PathBuf::from(format!("hf:{}", request.repo)),
                 DataSpec::Cifar10 { .. } => PathBuf::new(),
             },
         }

@@ -35,7 +35,15 @@ pub fn token() -> Option<String> {
     })
 }
 
-/// One model repository's folder in the cache.
+/// The cache folder itself: `HF_HUB_CACHE`, else `$HF_HOME/hub`.
+pub fn hub_cache() -> PathBuf {
+    match std::env::var_os("HF_HUB_CACHE").filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => hf_home().join("hub"),
+    }
+}
+
+/// One repository's folder in the cache (a model's, or a data set's).
 #[derive(Debug, Clone)]
 pub struct RepoCache {
     dir: PathBuf,
@@ -45,11 +53,32 @@ impl RepoCache {
     /// The folder of model repository `repo` (`timm/resnet50.tv_in1k`) under `HF_HUB_CACHE`,
     /// else `$HF_HOME/hub`.
     pub fn from_env(repo: &str) -> Self {
-        let root = match std::env::var_os("HF_HUB_CACHE").filter(|v| !v.is_empty()) {
-            Some(dir) => PathBuf::from(dir),
-            None => hf_home().join("hub"),
-        };
-        RepoCache { dir: root.join(format!("models--{}", repo.replace('/', "--"))) }
+        RepoCache { dir: hub_cache().join(format!("models--{}", repo.replace('/', "--"))) }
+    }
+
+    /// The folder of data set repository `repo` (`uoft-cs/cifar10`):
+    /// `datasets--uoft-cs--cifar10`, beside the models, as `huggingface_hub` names it.
+    pub fn dataset_from_env(repo: &str) -> Self {
+        RepoCache { dir: hub_cache().join(format!("datasets--{}", repo.replace('/', "--"))) }
+    }
+
+    /// The commit `refs/<revision>` names, if the cache has that ref.
+    pub fn read_ref(&self, revision: &str) -> Option<String> {
+        let c = std::fs::read_to_string(self.dir.join("refs").join(revision)).ok()?;
+        let c = c.trim().to_string();
+        is_hex(&c, 40).then_some(c)
+    }
+
+    /// Writes `refs/<revision>` = `commit` (nothing when the revision is the commit).
+    pub fn write_ref(&self, revision: &str, commit: &str) -> Result<()> {
+        if revision == commit {
+            return Ok(());
+        }
+        let r = self.dir.join("refs").join(revision);
+        if let Some(parent) = r.parent() {
+            std::fs::create_dir_all(parent).at(parent)?;
+        }
+        std::fs::write(&r, commit).at(&r)
     }
 
     /// `blobs/<etag>`.
@@ -87,13 +116,7 @@ impl RepoCache {
     /// which must exist.
     pub fn link(&self, etag: &str, revision: &str, commit: &str, file: &str) -> Result<PathBuf> {
         let blob = self.blob(etag);
-        if revision != commit {
-            let r = self.dir.join("refs").join(revision);
-            if let Some(parent) = r.parent() {
-                std::fs::create_dir_all(parent).at(parent)?;
-            }
-            std::fs::write(&r, commit).at(&r)?;
-        }
+        self.write_ref(revision, commit)?;
         let link = self.snapshot_file(commit, file);
         let parent = link.parent().unwrap_or(&self.dir);
         std::fs::create_dir_all(parent).at(parent)?;

@@ -14,7 +14,9 @@ use crate::fsutil::write_json_atomic;
 pub struct Pin {
     /// The commit the file was downloaded at.
     pub revision: String,
-    /// The file's sha256 (checked against the Hub's etag when it was downloaded).
+    /// The file's sha256 (checked against the Hub's etag when it was downloaded); empty for
+    /// the pin of a data set's revision (`datasets/OWNER/NAME/@main`), which names a commit only.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sha256: String,
     /// When it was pinned (RFC 3339).
     pub pinned_at: String,

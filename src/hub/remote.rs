@@ -48,7 +48,8 @@ pub struct HubDownload {
     pub hub_sha256: Option<String>,
 }
 
-/// Downloads `file` of `repo` at `revision` into `cache` and checks its sha256 against
+/// Downloads `file` of `repo` (`timm/x` for a model, `datasets/owner/name` for a data set: the
+/// path of its files on the Hub) at `revision` into `cache` and checks its sha256 against
 /// `expected`, else the Hub's `x-linked-etag`. A mismatch removes the download and is an
 /// [`Error::Checksum`]; if the file had been resumed from an earlier run's bytes, it is first
 /// downloaded once more from scratch.
@@ -65,7 +66,9 @@ pub fn download(
 ) -> Result<HubDownload> {
     let agent = net.agent();
     let base = endpoint();
-    let url = format!("{base}/{repo}/resolve/{revision}/{file}");
+    // A revision with a slash (`refs/convert/parquet`) is one path segment, as
+    // `huggingface_hub` quotes it.
+    let url = format!("{base}/{repo}/resolve/{}/{file}", revision.replace('/', "%2F"));
     let auth = token().and_then(|t| Auth::for_url(&base, t));
     let fail = |message: String| Error::Download {
         what: describe.to_string(),

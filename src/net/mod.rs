@@ -15,6 +15,7 @@ mod resume;
 use std::time::Duration;
 
 pub use redirect::{send, Auth, Hop, Method, Sent};
+pub(crate) use redirect::join as join_url;
 pub use resume::{download_resumable, Downloaded};
 
 use crate::error::{Error, Result};

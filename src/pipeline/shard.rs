@@ -3,7 +3,7 @@
 //!
 //! **The rule.** A split's rows (after `--sample`/`--limit`, in the data's order) are cut into
 //! units: for CIFAR-10 and folders, backbone batches of `--extract-batch-size` rows; for
-//! WebDataset, tar files (whole tar files are the unit). With `U` units, shard `i` of `n` gets
+//! WebDataset, tar files (whole tar files are the unit); for a Hub data set, parquet row groups. With `U` units, shard `i` of `n` gets
 //! units `[i·U/n, (i+1)·U/n)` (integer division): contiguous rows, so the shards joined in
 //! index order are the split in its order, and each shard's batches are exactly the batches
 //! an unsharded run makes (for WebDataset, batch boundaries fall where tar files end; the
@@ -160,6 +160,22 @@ pub fn extract_command(session: &Session, req: &FeatureRequest, split: &str, sha
             }
             if *strict {
                 a.push("--strict".into());
+            }
+        }
+        DataSpec::HuggingFace { request, image_column, label_column } => {
+            let mut v = format!("hf:{}", request.repo);
+            if let Some(r) = &request.revision {
+                v.push_str(&format!("@{r}"));
+            }
+            if let Some(c) = &request.config {
+                v.push_str(&format!(":{c}"));
+            }
+            push("--data", quote(&v));
+            if let Some(c) = image_column {
+                push("--image-column", quote(c));
+            }
+            if let Some(c) = label_column {
+                push("--label-column", quote(c));
             }
         }
         DataSpec::WebDataset { train, test, strict, .. } => {

@@ -8,6 +8,10 @@
 //! - A small file (`serve_hub_small_file`): a **relative 307** to
 //!   `/api/resolve-cache/models/{repo}/{commit}/{file}` on the Hub, which serves it with a
 //!   40-hex `etag` and no `x-linked-etag`.
+//! - A data set (`serve_dataset`): the API routes `/api/datasets/{repo}/revision/{rev}`, the
+//!   recursive tree `/api/datasets/{repo}/tree/{rev}[/{dir}]` paginated by `Link` headers,
+//!   `/api/datasets/{repo}/parquet` (`serve_parquet_listing`), and its files as LFS 302s;
+//!   `gate` answers 401 without the token, as for a gated repository.
 //! - An archive (`serve_archive`): the Hub host redirects (302) across hosts to the CDN,
 //!   which may label it `Content-Encoding: gzip` as some servers do.
 //!
@@ -80,6 +84,8 @@ struct State {
     faults: Vec<Fault>,
     ignore_range: bool,
     slow: bool,
+    /// Path prefixes (`/api/datasets/o/n/`, `/datasets/o/n/`) answered 401 without this token.
+    gated: Vec<(String, String)>,
 }
 
 /// The two servers. Dropping it stops them (and ends any stalled answer).
@@ -192,6 +198,120 @@ impl FakeServer {
         st.hub.insert(path.to_string(), Route::Redirect { status: 302, location, headers: vec![] });
     }
 
+    /// Serves data set `repo` at `revision` (`main`, or `refs/convert/parquet`) = `commit` as
+    /// the real Hub does: `/api/datasets/{repo}/revision/{rev}` (sha, siblings, cardData),
+    /// the recursive tree `/api/datasets/{repo}/tree/{rev}[/{dir}]` in pages of `page` entries
+    /// linked by `Link: <...>; rel="next"`, and each file at `/datasets/{repo}/resolve/{rev}/{file}`
+    /// (an LFS 302 to the CDN). The revision is quoted in URLs (`refs%2Fconvert%2Fparquet`).
+    pub fn serve_dataset(&self, repo: &str, revision: &str, commit: &str, files: &[(String, Vec<u8>)], card: serde_json::Value, page: usize) {
+        let rev = revision.replace('/', "%2F");
+        for (path, bytes) in files {
+            self.serve_lfs(&format!("datasets/{repo}"), path, bytes.clone(), commit, &[&rev, commit]);
+        }
+        let siblings: Vec<serde_json::Value> = files.iter().map(|(p, _)| serde_json::json!({"rfilename": p})).collect();
+        let info = serde_json::json!({"id": repo, "sha": commit, "private": false, "gated": false, "siblings": siblings, "cardData": card});
+        for r in [rev.as_str(), commit] {
+            self.serve_json(&format!("/api/datasets/{repo}/revision/{r}"), &info, vec![]);
+        }
+        // The tree: directories and files, under every folder, paginated.
+        let mut dirs: Vec<String> = vec![String::new()];
+        for (p, _) in files {
+            let parts: Vec<&str> = p.split('/').collect();
+            for i in 1..parts.len() {
+                dirs.push(parts[..i].join("/"));
+            }
+        }
+        dirs.sort();
+        dirs.dedup();
+        for dir in &dirs {
+            let under = |p: &str| dir.is_empty() || p.starts_with(&format!("{dir}/"));
+            let mut entries: Vec<serde_json::Value> = dirs
+                .iter()
+                .filter(|d| !d.is_empty() && *d != dir && under(d))
+                .map(|d| serde_json::json!({"type": "directory", "oid": git_like_id(d.as_bytes()), "size": 0, "path": d}))
+                .collect();
+            for (p, bytes) in files.iter().filter(|(p, _)| under(p)) {
+                entries.push(serde_json::json!({"type": "file", "oid": git_like_id(bytes), "size": bytes.len(), "path": p,
+                    "lfs": {"oid": super::sha256(bytes), "size": bytes.len(), "pointerSize": 134}}));
+            }
+            for r in [rev.as_str(), commit] {
+                let path = if dir.is_empty() { format!("/api/datasets/{repo}/tree/{r}") } else { format!("/api/datasets/{repo}/tree/{r}/{dir}") };
+                let pages: Vec<&[serde_json::Value]> = entries.chunks(page.max(1)).collect();
+                for (i, chunk) in pages.iter().enumerate() {
+                    let key = if i == 0 { path.clone() } else { format!("{path}?recursive=true&expand=false&cursor={i}") };
+                    let mut headers = vec![];
+                    if i + 1 < pages.len() {
+                        headers.push(("link".to_string(), format!("<{}{path}?recursive=true&expand=false&cursor={}>; rel=\"next\"", self.base, i + 1)));
+                    }
+                    self.serve_json(&key, &serde_json::Value::Array(chunk.to_vec()), headers);
+                }
+                if pages.is_empty() {
+                    self.serve_json(&path, &serde_json::json!([]), vec![]);
+                }
+            }
+        }
+    }
+
+    /// Serves `/api/datasets/{repo}/parquet`: the Hub's list of its conversion,
+    /// `{config: {split: [urls]}}`, built from the files `{config}/{split}/NNNN.parquet`.
+    pub fn serve_parquet_listing(&self, repo: &str, files: &[String]) {
+        let mut listing = serde_json::Map::new();
+        for f in files {
+            let parts: Vec<&str> = f.split('/').collect();
+            let (config, split, name) = (parts[0], parts[1], parts[2]);
+            let n: usize = name.trim_end_matches(".parquet").parse().unwrap();
+            let url = format!("{}/api/datasets/{repo}/parquet/{config}/{split}/{n}.parquet", self.base);
+            let c = listing.entry(config.to_string()).or_insert_with(|| serde_json::json!({}));
+            c.as_object_mut().unwrap().entry(split.to_string()).or_insert_with(|| serde_json::json!([])).as_array_mut().unwrap().push(url.into());
+        }
+        self.serve_json(&format!("/api/datasets/{repo}/parquet"), &serde_json::Value::Object(listing), vec![]);
+    }
+
+    /// Answers 401 to every request about data set `repo` that lacks `Authorization: Bearer
+    /// {token}`, as the Hub does for a gated repository.
+    pub fn gate(&self, repo: &str, token: &str) {
+        let mut st = self.state.lock().unwrap();
+        st.gated.push((format!("/api/datasets/{repo}/"), token.to_string()));
+        st.gated.push((format!("/datasets/{repo}/"), token.to_string()));
+    }
+
+    /// Replaces the bytes the CDN serves for a file already served (a damaged upstream copy).
+    pub fn replace_cdn_bytes(&self, old: &[u8], new: Vec<u8>) {
+        let mut st = self.state.lock().unwrap();
+        for route in st.cdn.values_mut() {
+            if let Route::File { bytes, .. } = route {
+                if bytes.as_slice() == old {
+                    *bytes = Arc::new(new.clone());
+                }
+            }
+        }
+    }
+
+    fn serve_json(&self, path: &str, body: &serde_json::Value, mut headers: Vec<(String, String)>) {
+        headers.push(("content-type".to_string(), "application/json; charset=utf-8".to_string()));
+        self.state.lock().unwrap().hub.insert(path.to_string(), Route::File { bytes: Arc::new(body.to_string().into_bytes()), headers });
+    }
+
+    /// An LFS file at `/{repo_path}/resolve/{rev}/{file}` for each of `revs`: a 302 to the CDN.
+    fn serve_lfs(&self, repo_path: &str, file: &str, bytes: Vec<u8>, commit: &str, revs: &[&str]) {
+        let linked_etag = sha256(&bytes);
+        let size = bytes.len();
+        let cdn_path = format!("/repos/{}/{linked_etag}", &sha256(repo_path.as_bytes())[..8]);
+        let location = format!("{}{cdn_path}?X-Amz-Signature=fake&response-content-disposition=attachment", self.cdn_base);
+        let headers = vec![
+            ("x-repo-commit".to_string(), commit.to_string()),
+            ("x-linked-etag".to_string(), format!("\"{linked_etag}\"")),
+            ("x-linked-size".to_string(), size.to_string()),
+            ("etag".to_string(), format!("\"{}\"", git_like_id(&bytes))),
+        ];
+        let mut st = self.state.lock().unwrap();
+        let cdn_headers = vec![("etag".to_string(), format!("\"{}\"", &sha256(&bytes)[..32]))];
+        st.cdn.insert(cdn_path, Route::File { bytes: Arc::new(bytes), headers: cdn_headers });
+        for rev in revs {
+            st.hub.insert(format!("/{repo_path}/resolve/{rev}/{file}"), Route::Redirect { status: 302, location: location.clone(), headers: headers.clone() });
+        }
+    }
+
     /// Plays `fault` on the next `times` responses that carry file bytes.
     pub fn fault(&self, fault: Fault, times: usize) {
         self.state.lock().unwrap().faults.extend(std::iter::repeat_n(fault, times));
@@ -276,9 +396,28 @@ fn handle(host: &'static str, conn: TcpStream, state: &Mutex<State>, stop: &Atom
         .and_then(|s| s.trim().parse::<usize>().ok());
 
     let mut st = state.lock().unwrap();
+    let authorized = |prefix: &str, token: &str| headers.iter().any(|(k, v)| k == "authorization" && v == &format!("Bearer {token}")) || !path.starts_with(prefix);
+    if host == "hub" && !st.gated.iter().all(|(prefix, token)| authorized(prefix, token)) {
+        // The real Hub: 401 for a gated repository without a token.
+        st.log.push(Logged { host, method: method.clone(), path: path.clone(), headers, status: 401, body_sent: 0 });
+        drop(st);
+        let body = "{\"error\":\"Access to this dataset is restricted. You must be authenticated to access it.\"}";
+        let _ = write!(out, "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        return;
+    }
     let routes = if host == "hub" { &st.hub } else { &st.cdn };
     let mut logged = Logged { host, method: method.clone(), path: path.clone(), headers, status: 404, body_sent: 0 };
-    match routes.get(&path) {
+    // A route for the whole target (a page of a listing, `?cursor=`) before one for the path.
+    match routes.get(&target).or_else(|| routes.get(&path)) {
+        None if host == "hub" && (path.starts_with("/api/datasets/") || path.starts_with("/datasets/")) && !logged.headers.iter().any(|(k, _)| k == "authorization") => {
+            // The real Hub answers 401, not 404, for a data set it does not know when no
+            // token is sent (it cannot tell a missing repository from a private one).
+            logged.status = 401;
+            st.log.push(logged);
+            drop(st);
+            let body = "{\"error\":\"Repository not found\"}";
+            let _ = write!(out, "HTTP/1.1 401 Unauthorized\r\nX-Error-Code: RepoNotFound\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        }
         None => {
             drop(st);
             let _ = write!(out, "HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot found");
@@ -308,7 +447,9 @@ fn handle(host: &'static str, conn: TcpStream, state: &Mutex<State>, stop: &Atom
                 let _ = write!(out, "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{total}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
                 return;
             }
-            let fault = if method == "GET" && !st.faults.is_empty() { Some(st.faults.remove(0)) } else { None };
+            // Faults are for files, not for the API's JSON answers.
+            let json = extra.iter().any(|(k, v)| k == "content-type" && v.starts_with("application/json"));
+            let fault = if method == "GET" && !json && !st.faults.is_empty() { Some(st.faults.remove(0)) } else { None };
             let slow = st.slow;
             let (status, from) = match start {
                 Some(s) => (206u16, s),
