@@ -1,5 +1,6 @@
-//! Decoding photos as lastlayer reads them (`lastlayer::data::decode`): pictures a second for
-//! each file given, with and without applying its EXIF orientation, and the process's peak
+//! Decoding photos as lastlayer reads them (`lastlayer::data::decode_picture`: bytes to an
+//! upright `[1, 3, h, w]` tensor): pictures a second for each file given, with and without
+//! applying its EXIF orientation, and the process's peak
 //! memory after decoding and preprocessing each once (the whole path of `predict`: decode,
 //! tensor, resize and crop to the model's input). `benches/decode.sh` makes the photos.
 //!
@@ -9,7 +10,6 @@
 
 use std::time::Instant;
 
-use image::{DynamicImage, ImageDecoder, ImageReader};
 use lastlayer::data::preprocess::Preprocessing;
 use lastlayer::hub::Registry;
 
@@ -20,13 +20,13 @@ fn peak_mib() -> f64 {
     kib / 1024.0
 }
 
-/// `image`'s decoding of `bytes` without the orientation applied: the path before lastlayer
-/// applied it.
-fn decode_as_stored(bytes: &[u8]) -> anyhow::Result<image::RgbImage> {
-    let decoder = ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format()?.into_decoder()?;
-    let (w, h) = decoder.dimensions();
-    lastlayer::data::decode::check_size(w, h)?;
-    Ok(DynamicImage::from_decoder(decoder)?.into_rgb8())
+/// The picture as stored (no orientation applied) as a `[1, 3, h, w]` uint8 tensor: the path
+/// before lastlayer applied the tag.
+fn decode_as_stored(bytes: &[u8]) -> anyhow::Result<tch::Tensor> {
+    let (img, _) = lastlayer::data::decode::decode_stored(bytes)?;
+    let (w, h) = img.dimensions();
+    let hwc = tch::Tensor::from_slice(img.as_raw()).view([h as i64, w as i64, 3]);
+    Ok(hwc.permute([2, 0, 1]).unsqueeze(0).contiguous())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,7 +54,7 @@ fn main() -> anyhow::Result<()> {
         );
         drop((picture, x));
         for (what, f) in [
-            ("applied (lastlayer)", &(|b: &[u8]| lastlayer::data::decode::decode(b).map(|_| ()).map_err(anyhow::Error::from)) as &dyn Fn(&[u8]) -> anyhow::Result<()>),
+            ("applied (lastlayer)", &(|b: &[u8]| lastlayer::data::decode_picture(b).map(|_| ()).map_err(anyhow::Error::from)) as &dyn Fn(&[u8]) -> anyhow::Result<()>),
             ("as stored (before)", &|b: &[u8]| decode_as_stored(b).map(|_| ())),
         ] {
             let start = Instant::now();
@@ -62,7 +62,7 @@ fn main() -> anyhow::Result<()> {
                 f(&bytes)?;
             }
             let s = start.elapsed().as_secs_f64();
-            println!("  decode, orientation {what}: {:.2} pictures/s ({rounds} in {s:.2}s)", rounds as f64 / s);
+            println!("  decode to a tensor, orientation {what}: {:.2} pictures/s ({rounds} in {s:.2}s)", rounds as f64 / s);
         }
     }
     Ok(())

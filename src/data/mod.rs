@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use image::metadata::Orientation;
 use tch::Tensor;
 
 use crate::error::{Error, IoContext, Result};
@@ -613,8 +614,8 @@ pub fn load_picture(path: &Path) -> Result<Tensor> {
 
 /// The bytes of the file at `path` decoded ([`decode`]), or an error naming the file.
 fn decode_file(path: &Path, bytes: &[u8]) -> Result<Tensor> {
-    let picture = decode::decode(bytes).map_err(|e| Error::bad_input(path, format!("cannot decode as a picture ({e})")))?;
-    Ok(rgb_tensor(picture))
+    let (picture, orientation) = decode::decode_stored(bytes).map_err(|e| Error::bad_input(path, format!("cannot decode as a picture ({e})")))?;
+    Ok(rgb_tensor(picture, orientation))
 }
 
 /// Decodes the bytes of a picture (an upload, say) into a `[1, 3, h, w]` uint8 RGB tensor, as
@@ -623,27 +624,32 @@ pub fn decode_picture(bytes: &[u8]) -> Result<Tensor> {
     if bytes.is_empty() {
         return Err(Error::BadPicture { message: format!("no picture: the body is empty; send the bytes of a picture ({})", decode::FORMATS) });
     }
-    match decode::decode(bytes) {
-        Ok(picture) => Ok(rgb_tensor(picture)),
+    match decode::decode_stored(bytes) {
+        Ok((picture, orientation)) => Ok(rgb_tensor(picture, orientation)),
         Err(e @ decode::DecodeError::UnknownFormat(_)) => Err(Error::BadPicture { message: format!("not a picture: {e}") }),
         Err(e) => Err(Error::BadPicture { message: format!("cannot decode as a picture ({e}); send a picture in one of {}", decode::FORMATS) }),
     }
 }
 
-/// An 8-bit RGB picture as a `[1, 3, h, w]` uint8 tensor: the channels split in Rust and the
-/// picture dropped before the tensor is made, so that a big photo is held twice at most
-/// (300 MB each for 100 megapixels), not three times.
-fn rgb_tensor(img: image::RgbImage) -> Tensor {
+/// An 8-bit RGB picture as stored as a `[1, 3, h, w]` uint8 tensor, turned upright by
+/// `orientation` (flips and a transpose, one copy by libtorch). The picture is dropped once
+/// copied, so that a big photo is held twice at most (300 MB each for 100 megapixels).
+fn rgb_tensor(img: image::RgbImage, orientation: Orientation) -> Tensor {
     let (w, h) = img.dimensions();
-    let n = w as usize * h as usize;
-    let mut planar = vec![0u8; 3 * n];
-    let (r, gb) = planar.split_at_mut(n);
-    let (g, b) = gb.split_at_mut(n);
-    for (i, px) in img.as_raw().chunks_exact(3).enumerate() {
-        (r[i], g[i], b[i]) = (px[0], px[1], px[2]);
-    }
+    let hwc = Tensor::from_slice(img.as_raw()).view([h as i64, w as i64, 3]);
     drop(img);
-    Tensor::from_slice(&planar).view([1, 3, h as i64, w as i64])
+    let x = hwc.permute([2, 0, 1]).unsqueeze(0);
+    let x = match orientation {
+        Orientation::NoTransforms => x,
+        Orientation::FlipHorizontal => x.flip([3]),
+        Orientation::Rotate180 => x.flip([2, 3]),
+        Orientation::FlipVertical => x.flip([2]),
+        Orientation::Rotate90FlipH => x.transpose(2, 3),
+        Orientation::Rotate90 => x.transpose(2, 3).flip([3]),
+        Orientation::Rotate270FlipH => x.transpose(2, 3).flip([2, 3]),
+        Orientation::Rotate270 => x.transpose(2, 3).flip([2]),
+    };
+    x.contiguous()
 }
 
 /// How the data set's pictures are resized (see [`preprocess`]).
