@@ -10,6 +10,7 @@
 //! expected calibration error on test before (`s` taken out) and after it.
 
 pub mod class_weight;
+pub mod lbfgs;
 mod metrics;
 mod path;
 mod streamed;
