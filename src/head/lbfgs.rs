@@ -133,7 +133,7 @@ pub fn minimise(objective: &Objective, theta0: &Tensor, gradient_tol: f64, max_i
         if ys > 1e-12 {
             history.push((s, y, 1.0 / ys));
             if history.len() > HISTORY {
-                history.remove(0);
+                drop(history.remove(0));
             }
         }
         let decrease = f - f_new;
