@@ -37,6 +37,6 @@ for shape in "1280 50000" "2048 60000"; do
   python3 benches/synthetic_features.py "$TRAIN" "$work" "$1" "$2" 10000
   target/release/examples/head_from_features "$work/syn$1-train.safetensors" "$work/syn$1-test.safetensors" | python3 -c "
 import json, sys; d = json.load(sys.stdin)
-print(f'$2 x $1: {d[\"seconds\"]:.2f}s (selection and refit: {d[\"epochs_run\"]} path epochs, {d[\"refit_epochs\"]} refit), L2 {d[\"l2\"]}, test accuracy {d[\"test_accuracy\"]:.4f}')"
+print(f'$2 x $1: {d[\"seconds\"]:.2f}s (selection and refit: {d[\"epochs_run\"]} path epochs, {d[\"refit_epochs\"]} refit passes), L2 {d[\"l2\"]}, test accuracy {d[\"test_accuracy\"]:.4f}')"
   rm -f "$work/syn$1-"*.safetensors
 done

@@ -509,6 +509,7 @@ fn report_training(out: &pipeline::TrainOutcome, json: bool) -> Result<()> {
     print!("{}", output::features(&out.features));
     let l2 = out.report.l2.map(|l2| format!(", L2 penalty {l2:e} (tuned)")).unwrap_or_default();
     let refit = match &out.report.refit {
+        Some(r) if r.l2.is_some() => format!("; then refit on all {} training rows (L-BFGS, {} passes)", r.rows, r.epochs),
         Some(r) => format!("; then refit on all {} training rows ({} epochs)", r.rows, r.epochs),
         None => String::new(),
     };

@@ -10,6 +10,7 @@
 //! expected calibration error on test before (`s` taken out) and after it.
 
 pub mod class_weight;
+pub mod lbfgs;
 mod metrics;
 mod path;
 mod streamed;
@@ -17,7 +18,7 @@ mod train;
 
 pub use class_weight::{class_weights, weighted_cross_entropy, ClassWeight};
 pub use metrics::{evaluate, evaluate_logits, reliability, Calibration, ClassAccuracy, ConfusionScores, Evaluation, ReliabilityBin, ECE_BINS};
-pub use path::{L2_BATCHES_PER_EPOCH, L2_BATCH_ROWS, L2_EPOCHS_PER_STEP, L2_PATH, L2_PATIENCE_STEPS, L2_UPDATES_PER_STEP};
+pub use path::{L2_BATCHES_PER_EPOCH, L2_BATCH_ROWS, L2_EPOCHS_PER_STEP, L2_PATH, L2_PATIENCE_STEPS, L2_UPDATES_PER_STEP, REFIT_GRADIENT_TOL, REFIT_LBFGS_ITERATIONS, REFIT_LBFGS_MAX_ITERATIONS, REFIT_LBFGS_ROW_ITERATIONS};
 pub use streamed::{evaluate_streamed, should_stream, train_head_streamed, FeatureFile, BLOCK_ROWS, GROUP_BLOCKS};
 pub use train::{train_head, train_head_l2, train_head_views, EpochRecord, OptimizerKind, RefitRecord, Schedule, TrainConfig, TrainReport, ViewLayout};
 
