@@ -213,6 +213,17 @@ mod tests {
     }
 
     #[test]
+    fn a_16_bit_png_reads_as_its_8_bit_picture() {
+        let rgb8 = image::RgbImage::from_fn(7, 5, |x, y| image::Rgb([(x * 30) as u8, (y * 50) as u8, ((x + y) * 20) as u8]));
+        // Each 8-bit value v as the 16-bit value v * 257, as a 16-bit export of it holds.
+        let rgb16 = image::ImageBuffer::<image::Rgb<u16>, Vec<u16>>::from_fn(7, 5, |x, y| {
+            let p = rgb8.get_pixel(x, y).0;
+            image::Rgb([u16::from(p[0]) * 257, u16::from(p[1]) * 257, u16::from(p[2]) * 257])
+        });
+        assert_eq!(decode(&png(&DynamicImage::ImageRgb16(rgb16))).unwrap(), rgb8);
+    }
+
+    #[test]
     fn bytes_in_no_format_are_named_as_such() {
         let e = decode(b"hello, not a picture").unwrap_err();
         assert!(e.to_string().contains("no picture format") && e.to_string().contains("HEIC"), "{e}");
