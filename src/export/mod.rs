@@ -111,6 +111,11 @@ pub struct HeadCard {
     pub created_at: String,
     /// lastlayer's version.
     pub lastlayer_version: String,
+    /// The in-class score's constants and threshold (`unknown.safetensors` holds its
+    /// tensors); absent in runs trained before it existed, or trained without it (no
+    /// validation split, features streamed from disk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown: Option<crate::head::unknown::UnknownCard>,
 }
 
 /// The files of a run folder.
@@ -181,6 +186,20 @@ pub fn read_run(run_dir: &Path) -> Result<(HeadCard, LinearHead)> {
     }
     let head = LinearHead::load(&files.head, card.classes.len() as i64, card.feature_width)?;
     Ok((card, head))
+}
+
+/// The run's in-class score ([`crate::head::unknown`]), when it was trained with one.
+pub fn read_unknown(run_dir: &Path, card: &HeadCard) -> Result<Option<crate::head::unknown::UnknownScore>> {
+    match &card.unknown {
+        None => Ok(None),
+        Some(u) => {
+            let path = run_dir.join(&u.file);
+            if !path.is_file() {
+                return Err(Error::bad_input(&path, "missing, though head.json has an unknown threshold: copy the whole run folder, or retrain"));
+            }
+            crate::head::unknown::UnknownScore::load(&path, u.clone(), card.classes.len() as i64, card.feature_width).map(Some)
+        }
+    }
 }
 
 /// `lastlayer export --format`.
