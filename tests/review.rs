@@ -233,8 +233,28 @@ fn planted_faults_are_found_at_least_as_well_as_cleanlab_and_the_page_shows_them
     let threshold = s["duplicates"]["min_similarity"].as_f64().unwrap();
     for d in dups {
         assert!(d["similarity"].as_f64().unwrap() >= threshold || d["exact"] == true, "{d}");
-        assert_eq!(d.as_object().unwrap().len(), 4, "{d}");
+        assert_eq!(d.as_object().unwrap().len(), 5, "{d}");
+        let copy = d["exact"] == true || d["similarity"].as_f64().unwrap() >= lastlayer::review::COPY_SIMILARITY;
+        assert_eq!(d["tier"], if copy { "copy" } else { "look_alike" }, "{d}");
     }
+    // The copy tier on the planted set: its precision (planted copies among the test-train
+    // pairs it holds) and its recall (planted copies in it); the headline counts copies only.
+    let copies: Vec<&&Value> = test_train.iter().filter(|d| d["tier"] == "copy").collect();
+    let planted_in_copies = copies.iter().filter(|d| planted_pairs.contains(&pair(d))).count();
+    let precision = planted_in_copies as f64 / copies.len().max(1) as f64;
+    let recall = planted_in_copies as f64 / planted_pairs.len() as f64;
+    println!(
+        "DUPLICATE TIERS: {} test-train pairs are copies (similarity >= {}), {planted_in_copies} of them planted: precision {precision:.3}, recall {recall:.3}; \
+         {} test pictures with a copy, {} with any duplicate",
+        copies.len(),
+        lastlayer::review::COPY_SIMILARITY,
+        s["duplicates"]["test_pictures_with_train_copy"],
+        s["duplicates"]["test_pictures_with_train_duplicate"]
+    );
+    assert!(
+        s["duplicates"]["test_pictures_with_train_copy"].as_u64().unwrap() <= s["duplicates"]["test_pictures_with_train_duplicate"].as_u64().unwrap()
+    );
+    assert!(planted_in_copies >= planted.exact_copies.len(), "exact copies are always in the copy tier");
 
     // The table on stdout names the same first mistake and the page's path.
     let text = sb.run(&["review", "run", "--show", "3"]);

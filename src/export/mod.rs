@@ -227,7 +227,17 @@ impl ExportFormat {
 /// classes]` probabilities. Normalisation, the backbone (fp32, BatchNorm folded) and the head
 /// are inside, and with `--tta flip` the mirror image's features averaged in. Written
 /// atomically.
-pub fn export_torchscript(backbone: &crate::backbone::Backbone, head: &LinearHead, card: &HeadCard, out: &Path) -> Result<()> {
+///
+/// With an unknown score (`unknown`), the module returns a tuple: the probabilities and the
+/// in-class score `[N]` (higher = more like the training classes; below `card.unknown`'s
+/// threshold, unknown), as `predict` computes them.
+pub fn export_torchscript(
+    backbone: &crate::backbone::Backbone,
+    head: &LinearHead,
+    unknown: Option<&crate::head::unknown::UnknownScore>,
+    card: &HeadCard,
+    out: &Path,
+) -> Result<()> {
     let size = card.preprocessing.input_size;
     let example = tch::Tensor::full([2, 3, size, size], 128.0, (tch::Kind::Float, tch::Device::Cpu));
     // Every constant is made before tracing: tensors created from Rust data inside a trace are
@@ -237,17 +247,23 @@ pub fn export_torchscript(backbone: &crate::backbone::Backbone, head: &LinearHea
     let _ = backbone.features(&card.preprocessing.normalize(&example))?;
     let mut failure = None;
     let tta = card.data.tta;
-    let forward = |input: &tch::Tensor| -> tch::Tensor {
+    let forward = |input: &tch::Tensor| -> Vec<tch::Tensor> {
         let x = (input - &mean) * &scale;
         match backbone.features_with(&x, tta) {
-            Ok(f) => head.probabilities(&f),
+            Ok(f) => {
+                let mut outputs = vec![head.probabilities(&f)];
+                if let Some(u) = unknown {
+                    outputs.push(tch::no_grad(|| u.scores_traceable(&f)));
+                }
+                outputs
+            }
             Err(e) => {
                 failure = Some(e);
-                input.shallow_clone()
+                vec![input.shallow_clone()]
             }
         }
     };
-    let module = TracedModule::trace(c"lastlayer_classifier", "the classifier", &example, forward)?;
+    let module = TracedModule::trace_outputs(c"lastlayer_classifier", "the classifier", &example, forward)?;
     if let Some(e) = failure {
         return Err(e);
     }

@@ -226,6 +226,19 @@ impl UnknownScore {
         })
     }
 
+    /// [`UnknownScore::scores`] as one expression of `features` (no blocks, nothing that
+    /// depends on the number of rows), for tracing into an export: `[N, C, D]` floats at once.
+    pub fn scores_traceable(&self, features: &Tensor) -> Tensor {
+        let x = features.to_kind(Kind::Float);
+        let energy = (x.matmul(&self.score_weight.tr()) + &self.score_bias).logsumexp([-1], false);
+        let z = (&x - self.centre.unsqueeze(0)).matmul(&self.whiten);
+        let d = self.means.size()[1];
+        let d2 = (z.unsqueeze(1) - self.means.unsqueeze(0)).square().sum_dim_intlist([-1i64].as_slice(), false, Kind::Float);
+        let maha = d2.amin([-1i64].as_slice(), false) * (-1.0 / d as f64);
+        let (es, ms) = (self.card.energy, self.card.mahalanobis);
+        (energy - es.mean) / es.std + (maha - ms.mean) / ms.std
+    }
+
     /// The score of each of `features` `[N, D]`: `[N]` f32.
     pub fn scores(&self, features: &Tensor) -> Tensor {
         let (e, m) = self.parts(features);
