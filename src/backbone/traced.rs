@@ -8,7 +8,7 @@
 use std::ffi::{c_char, c_void, CStr};
 use std::ptr::NonNull;
 
-use lastlayer_torch_shim::{ll_free_bytes, ll_free_string, ll_module_save_bytes};
+use lastlayer_torch_shim::{ll_free_bytes, ll_free_string, ll_module_pack_outputs, ll_module_save_bytes};
 use tch::Tensor;
 
 use crate::error::{Error, Result};
@@ -65,6 +65,14 @@ impl TracedModule {
         // SAFETY: a live module from `atm_create_for_tracing`; every output is alive.
         unsafe { torch_sys::atm_end_tracing(module.module.as_ptr(), c"forward".as_ptr(), outputs.as_ptr(), outputs.len() as i32) };
         torch_error(&format!("tracing {what}"))?;
+        if outputs.len() > 1 {
+            let mut error = std::ptr::null_mut();
+            // SAFETY: a live module whose `forward` was just traced; the shim catches every C++
+            // exception and sets `error` on failure.
+            if unsafe { ll_module_pack_outputs(module.as_ptr(), c"forward".as_ptr(), &mut error) } != 0 {
+                return Err(Error::Torch(tch::TchError::Torch(format!("tracing {what}: packing its outputs: {}", take_error(error)))));
+            }
+        }
         Ok(module)
     }
 

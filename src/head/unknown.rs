@@ -201,42 +201,47 @@ impl UnknownScore {
         })
     }
 
-    /// The energy and Mahalanobis parts of `features` `[N, D]`, each `[N]`.
+    /// The energy and Mahalanobis parts of `features` `[N, D]`, each `[N]` f64 (computed in
+    /// f64 from the f32 features and constants, as the exports compute them).
     pub fn parts(&self, features: &Tensor) -> (Tensor, Tensor) {
         tch::no_grad(|| {
-            let x = features.to_kind(Kind::Float).to_device(Device::Cpu);
-            let energy = (x.matmul(&self.score_weight.tr()) + &self.score_bias).logsumexp([-1], false);
-            let z = (&x - self.centre.unsqueeze(0)).matmul(&self.whiten);
-            let (c, d) = (self.means.size()[0], self.means.size()[1]);
+            let x = features.to_kind(Kind::Float).to_device(Device::Cpu).to_kind(Kind::Double);
+            let dbl = |t: &Tensor| t.to_kind(Kind::Double);
+            let energy = (x.matmul(&dbl(&self.score_weight).tr()) + dbl(&self.score_bias)).logsumexp([-1], false);
+            let z = (&x - dbl(&self.centre).unsqueeze(0)).matmul(&dbl(&self.whiten));
+            let means = dbl(&self.means);
+            let (c, d) = (means.size()[0], means.size()[1]);
             // The differences themselves, not ‖z‖² - 2 z·m + ‖m‖², which cancels; in blocks of
-            // rows so that `[rows, C, D]` stays under 16 M floats.
-            let rows = (16_777_216 / (c * d).max(1)).max(1);
+            // rows so that `[rows, C, D]` stays under 8 M doubles.
+            let rows = (8_388_608 / (c * d).max(1)).max(1);
             let n = z.size()[0];
             let mut nearest = Vec::new();
             let mut start = 0;
             while start < n {
                 let len = rows.min(n - start);
                 let block = z.narrow(0, start, len);
-                let d2 = (block.unsqueeze(1) - self.means.unsqueeze(0)).square().sum_dim_intlist([-1i64].as_slice(), false, Kind::Float);
+                let d2 = (block.unsqueeze(1) - means.unsqueeze(0)).square().sum_dim_intlist([-1i64].as_slice(), false, Kind::Double);
                 nearest.push(d2.amin([-1i64].as_slice(), false));
                 start += len;
             }
-            let nearest = if nearest.is_empty() { Tensor::zeros([0], (Kind::Float, Device::Cpu)) } else { Tensor::cat(&nearest, 0) };
+            let nearest = if nearest.is_empty() { Tensor::zeros([0], (Kind::Double, Device::Cpu)) } else { Tensor::cat(&nearest, 0) };
             (energy, nearest * (-1.0 / d as f64))
         })
     }
 
     /// [`UnknownScore::scores`] as one expression of `features` (no blocks, nothing that
-    /// depends on the number of rows), for tracing into an export: `[N, C, D]` floats at once.
+    /// depends on the number of rows), for tracing into an export: `[N, C, D]` doubles at once.
     pub fn scores_traceable(&self, features: &Tensor) -> Tensor {
-        let x = features.to_kind(Kind::Float);
-        let energy = (x.matmul(&self.score_weight.tr()) + &self.score_bias).logsumexp([-1], false);
-        let z = (&x - self.centre.unsqueeze(0)).matmul(&self.whiten);
-        let d = self.means.size()[1];
-        let d2 = (z.unsqueeze(1) - self.means.unsqueeze(0)).square().sum_dim_intlist([-1i64].as_slice(), false, Kind::Float);
+        let x = features.to_kind(Kind::Double);
+        let dbl = |t: &Tensor| t.to_kind(Kind::Double);
+        let energy = (x.matmul(&dbl(&self.score_weight).tr()) + dbl(&self.score_bias)).logsumexp([-1], false);
+        let z = (&x - dbl(&self.centre).unsqueeze(0)).matmul(&dbl(&self.whiten));
+        let means = dbl(&self.means);
+        let d = means.size()[1];
+        let d2 = (z.unsqueeze(1) - means.unsqueeze(0)).square().sum_dim_intlist([-1i64].as_slice(), false, Kind::Double);
         let maha = d2.amin([-1i64].as_slice(), false) * (-1.0 / d as f64);
         let (es, ms) = (self.card.energy, self.card.mahalanobis);
-        (energy - es.mean) / es.std + (maha - ms.mean) / ms.std
+        ((energy - es.mean) / es.std + (maha - ms.mean) / ms.std).to_kind(Kind::Float)
     }
 
     /// The score of each of `features` `[N, D]`: `[N]` f32.

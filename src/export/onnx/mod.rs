@@ -92,6 +92,20 @@ fn float_tensor(name: &str, t: &Tensor) -> Result<TensorProto> {
     })
 }
 
+/// A float64 initializer from a tensor (its f32 values widened), in row-major order.
+fn double_tensor(name: &str, t: &Tensor) -> Result<TensorProto> {
+    let t = t.f_to_kind(Kind::Double)?.f_contiguous()?;
+    let dims = t.size();
+    let values = Vec::<f64>::try_from(t.f_flatten(0, -1)?)?;
+    Ok(TensorProto {
+        name: Some(name.into()),
+        dims,
+        data_type: Some(DataType::Double as i32),
+        raw_data: Some(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        ..Default::default()
+    })
+}
+
 /// A float32 value's type, `[N, rest...]` with `N` named.
 fn float_value_info(name: &str, rest: &[i64]) -> ValueInfoProto {
     let mut dim = vec![tensor_shape_proto::Dimension { value: Some(dimension::Value::DimParam("N".into())), ..Default::default() }];
@@ -143,6 +157,18 @@ impl OnnxGraph {
             int64_data: values.to_vec(),
             ..Default::default()
         });
+        name
+    }
+
+    /// Adds a float64 initializer holding `t`.
+    fn double_initializer(&mut self, prefix: &str, t: &Tensor) -> String {
+        let name = self.fresh(prefix);
+        match double_tensor(&name, t) {
+            Ok(p) => self.initializers.push(p),
+            Err(e) => {
+                self.failure.get_or_insert(e);
+            }
+        }
         name
     }
 
@@ -222,34 +248,37 @@ impl OnnxGraph {
     /// standardised Mahalanobis part (`Sub`, `MatMul` by the whitening, `Unsqueeze`, `Sub` of
     /// the whitened class means, `Mul`, `ReduceSum`, `ReduceMin`, times -1/D). `[N]`.
     fn unknown_score(&mut self, features: &Symbol, u: &UnknownScore) -> Symbol {
+        // In float64 throughout, as predict computes it, then float32.
         let (c, d) = (u.means.size()[0], u.means.size()[1]);
-        let w = self.initializer("score_weight", &u.score_weight);
-        let b = self.initializer("score_bias", &u.score_bias);
-        let logits = self.node("Gemm", vec![features.name.clone(), w, b], vec![int_attr("transB", 1)], vec![c]);
+        let x = self.node("Cast", vec![features.name.clone()], vec![int_attr("to", DataType::Double as i64)], vec![d]);
+        let w = self.double_initializer("score_weight", &u.score_weight);
+        let b = self.double_initializer("score_bias", &u.score_bias);
+        let logits = self.node("Gemm", vec![x.name.clone(), w, b], vec![int_attr("transB", 1)], vec![c]);
         let energy = self.node("ReduceLogSumExp", vec![logits.name], vec![ints_attr("axes", &[1]), int_attr("keepdims", 0)], vec![]);
         let standardise = |g: &mut OnnxGraph, x: Symbol, s: crate::head::unknown::Standardise| {
-            let mean = g.scalar("score_mean", s.mean as f32);
+            let mean = g.double_initializer("score_mean", &Tensor::from(s.mean));
             let centred = g.node("Sub", vec![x.name, mean], vec![], vec![]);
-            let std = g.scalar("score_std", s.std as f32);
+            let std = g.double_initializer("score_std", &Tensor::from(s.std));
             g.node("Div", vec![centred.name, std], vec![], vec![])
         };
         let energy = standardise(self, energy, u.card.energy);
-        let centre = self.initializer("maha_centre", &u.centre);
-        let centred = self.node("Sub", vec![features.name.clone(), centre], vec![], vec![d]);
-        let whiten = self.initializer("maha_whiten", &u.whiten);
+        let centre = self.double_initializer("maha_centre", &u.centre);
+        let centred = self.node("Sub", vec![x.name, centre], vec![], vec![d]);
+        let whiten = self.double_initializer("maha_whiten", &u.whiten);
         let z = self.node("MatMul", vec![centred.name, whiten], vec![], vec![d]);
         let axis1 = self.int64_initializer("maha_axis", &[1], &[1]);
         let z = self.node("Unsqueeze", vec![z.name, axis1], vec![], vec![1, d]);
-        let means = self.initializer("maha_means", &u.means);
+        let means = self.double_initializer("maha_means", &u.means);
         let diff = self.node("Sub", vec![z.name, means], vec![], vec![c, d]);
         let sq = self.node("Mul", vec![diff.name.clone(), diff.name], vec![], vec![c, d]);
         let axis2 = self.int64_initializer("maha_axis", &[2], &[1]);
         let d2 = self.node("ReduceSum", vec![sq.name, axis2], vec![int_attr("keepdims", 0)], vec![c]);
         let nearest = self.node("ReduceMin", vec![d2.name], vec![ints_attr("axes", &[1]), int_attr("keepdims", 0)], vec![]);
-        let per_dim = self.scalar("maha_scale", (-1.0 / d as f64) as f32);
+        let per_dim = self.double_initializer("maha_scale", &Tensor::from(-1.0 / d as f64));
         let maha = self.node("Mul", vec![nearest.name, per_dim], vec![], vec![]);
         let maha = standardise(self, maha, u.card.mahalanobis);
-        self.node("Add", vec![energy.name, maha.name], vec![], vec![])
+        let sum = self.node("Add", vec![energy.name, maha.name], vec![], vec![]);
+        self.node("Cast", vec![sum.name], vec![int_attr("to", DataType::Float as i64)], vec![])
     }
 
     /// The recorded graph, or the first failure met while recording.
