@@ -10,8 +10,11 @@
 //!
 //! Input `image`: float32 `[N, 3, S, S]`, RGB values 0-255, resized (and cropped) as
 //! `head.json`'s `preprocessing` says, `N` free. Output `probabilities`: float32
-//! `[N, classes]`. The class names and the preprocessing are in the model's metadata
-//! (`lastlayer.classes`, `lastlayer.preprocessing`, JSON).
+//! `[N, classes]`; for a run with an unknown threshold, a second output `score`: float32 `[N]`,
+//! the in-class score (computed in float64 inside the graph, as `predict` does; see
+//! [`crate::head::unknown`]). The class names and the preprocessing are in the model's metadata
+//! (`lastlayer.classes`, `lastlayer.preprocessing`, JSON), and the threshold in
+//! `lastlayer.unknown`.
 //!
 //! Opset 17, IR version 8: what onnxruntime 1.13 and later run.
 
