@@ -1,17 +1,18 @@
 //! Trains a head on features stored as safetensors (`features` N x D, `labels` N) with the
 //! library's defaults (or without the refit, with `--no-refit`; another seed of the validation
-//! split and shuffles with `--seed N`), evaluates it on a test file,
+//! split and shuffles with `--seed N`; classes weighted with `--class-weight balanced`),
+//! evaluates it on a test file (accuracy, balanced accuracy, macro F1, calibration error),
 //! and prints one JSON line: seconds, test accuracy, and the validation rows it held out (so
 //! that a reference can use the same split).
 //!
 //! ```sh
-//! cargo run --release --example head_from_features -- train.safetensors test.safetensors [--no-refit] [--seed N]
+//! cargo run --release --example head_from_features -- train.safetensors test.safetensors [--no-refit] [--seed N] [--class-weight balanced|none]
 //! ```
 
 use std::time::Instant;
 
 use lastlayer::data::sample::stratified_holdout;
-use lastlayer::head::{evaluate, train_head, TrainConfig};
+use lastlayer::head::{evaluate_logits, train_head, ClassWeight, TrainConfig};
 use lastlayer::progress::Progress;
 use tch::Tensor;
 
@@ -23,12 +24,19 @@ fn load(path: &str) -> anyhow::Result<(Tensor, Tensor)> {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: head_from_features TRAIN TEST [--no-refit] [--seed N]";
-    let (mut refit, mut seed, mut files) = (true, 0u64, Vec::new());
+    let usage = "usage: head_from_features TRAIN TEST [--no-refit] [--seed N] [--class-weight balanced|none]";
+    let (mut refit, mut seed, mut files, mut class_weight) = (true, 0u64, Vec::new(), ClassWeight::None);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--no-refit" => refit = false,
+            "--class-weight" => {
+                class_weight = match it.next().map(String::as_str) {
+                    Some("balanced") => ClassWeight::Balanced,
+                    Some("none") => ClassWeight::None,
+                    _ => anyhow::bail!("--class-weight needs balanced or none; {usage}"),
+                }
+            }
             "--seed" => seed = it.next().and_then(|s| s.parse().ok()).ok_or_else(|| anyhow::anyhow!("--seed needs a number; {usage}"))?,
             _ => files.push(a.clone()),
         }
@@ -37,7 +45,7 @@ fn main() -> anyhow::Result<()> {
     let (x, y) = load(train)?;
     let (xt, yt) = load(test)?;
     let classes = y.max().int64_value(&[]) as usize + 1;
-    let cfg = TrainConfig { refit, seed, ..TrainConfig::default() };
+    let cfg = TrainConfig { refit, seed, class_weight, ..TrainConfig::default() };
     let start = Instant::now();
     let (head, report) = train_head(&x, &y, classes, &cfg, &Progress::hidden())?;
     let seconds = start.elapsed().as_secs_f64();
@@ -50,13 +58,18 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let names: Vec<String> = (0..classes).map(|c| c.to_string()).collect();
-    let eval = evaluate(&head, &xt, &yt, &names);
+    let eval = evaluate_logits(&head.logits(&xt), &yt, &names, report.logit_scale);
+    let calibration = eval.calibration.as_ref();
     let labels: Vec<i64> = Vec::try_from(&y)?;
     let (_, val_rows) = stratified_holdout(&labels, cfg.val_fraction, cfg.seed);
     println!(
         "{}",
         serde_json::json!({
             "seconds": seconds, "test_accuracy": eval.accuracy, "val_accuracy": report.best_val_accuracy,
+            "test_balanced_accuracy": eval.balanced_accuracy, "test_macro_f1": eval.macro_f1,
+            "test_recall": eval.per_class.iter().map(|c| c.accuracy).collect::<Vec<_>>(),
+            "test_ece": calibration.map(|c| c.ece), "test_ece_before_temperature": calibration.and_then(|c| c.ece_before_temperature),
+            "logit_scale": report.logit_scale,
             "best_epoch": report.best_epoch, "epochs_run": report.history.len(), "l2": report.l2, "val_rows": val_rows,
             "refit_rows": report.refit.as_ref().map(|r| r.rows), "refit_epochs": report.refit.as_ref().map(|r| r.epochs),
         })

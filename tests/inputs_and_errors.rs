@@ -88,6 +88,14 @@ fn flags_out_of_range_name_the_flag() {
     let weighted = sb.run(&[&base[..], &["--class-weight", "rare"]].concat());
     assert_fails(&weighted, 2, &["--class-weight", "rare"]);
     assert!(stderr(&weighted).contains("possible values: none, balanced"), "{}", stderr(&weighted));
+    // Five pictures of ten classes: five classes have none, and balanced weights name one.
+    // (Found once the features are there: the run folder holds its status, `failed`.)
+    let w = weights(&sb, "resnet18");
+    let out = sb.run(&["train", "--model", "resnet18", "--data", "cifar10", "--data-dir", d, "--out", "y", "--limit", "5", "--class-weight", "balanced", "--precision", "fp32", "--weights", &w]);
+    assert_fails(&out, 2, &["--class-weight", "has no training picture"]);
+    let line = stderr(&out).lines().find(|l| l.starts_with("error:")).unwrap().to_string();
+    let names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
+    assert!(names.iter().any(|n| line.contains(&format!("'{n}'"))), "no class named: {line}");
     assert_fails(&sb.run(&["train", "--model", "resnet9", "--data", "cifar10", "--data-dir", d, "--out", "x"]), 2, &["resnet9", "resnet50"]);
     assert_fails(&sb.run(&["train", "--model", "resnet18", "--data", "no/such/folder", "--out", "x"]), 2, &["--data", "no/such/folder"]);
     assert!(!sb.path().join("x").exists(), "a failed command wrote its run folder");

@@ -9,7 +9,7 @@
 //! exports, give the calibrated probabilities `softmax(s · logits)`. `eval` reports the
 //! expected calibration error on test before (`s` taken out) and after it.
 
-mod class_weight;
+pub mod class_weight;
 mod metrics;
 mod path;
 mod streamed;

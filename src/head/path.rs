@@ -11,6 +11,10 @@
 //! calibrated loss judges the ranking, and is smoother than accuracy on a small split.) After
 //! [`L2_PATIENCE_STEPS`] penalties without a better candidate the weaker ones are skipped.
 //!
+//! With class weights (`--class-weight balanced`), every row's loss and gradient are multiplied
+//! by its class's weight, and the validation losses that judge the candidates and fit the
+//! temperature are weighted means (see [`super::class_weight`]).
+//!
 //! **Refit** (`refit`, the default): the kept penalty is then trained once more, warm-started
 //! from the kept weights, on train and validation rows together, with a penalty's budget of
 //! epochs and updates (the chosen penalty, the path's number of updates), as scikit-learn users

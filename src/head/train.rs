@@ -9,6 +9,10 @@
 //! one), and with `refit` the same training is run again on all of train, for as many epochs
 //! as the kept one had. Zero initialisation and seeded shuffles make the same seed give the
 //! same head.
+//!
+//! Every path weighs the rows by class as `class_weight` says ([`super::class_weight`]) and
+//! folds the temperature fitted on the validation split into the head it returns (the module
+//! documentation of [`super`], "Calibration"); the refit keeps the temperature found before it.
 
 use std::time::Instant;
 

@@ -52,6 +52,9 @@ pub fn sweep(session: &Session, req: &FeatureRequest, grid: &[TrainConfig], out:
     let fs = features(session, req)?;
     let split = fs.split("train").ok_or_else(|| Error::usage("--split", "sweep needs the train split"))?;
     let layout = super::train::view_layout(&fs);
+    if grid.iter().any(|c| c.class_weight == crate::head::ClassWeight::Balanced) {
+        super::train::every_class_has_a_picture(&crate::head::FeatureFile::open(&split.features)?.labels, &fs.classes)?;
+    }
     // Features too big for memory are read from the file for every trial, as `train` does.
     let in_memory = if super::train::streams(split) {
         tracing::info!("sweep: every trial reads {} rows from {} in minibatches (streamed)", split.rows, split.features.display());

@@ -13,7 +13,7 @@ use crate::head::unknown::{coverage, Coverage, UnknownCard, UnknownScore, UNKNOW
 use crate::progress::Progress;
 use crate::export::{write_run, BackboneCard, DataCard, HeadCard, Metrics, HEAD_FORMAT, HEAD_FORMAT_VERSION};
 use crate::data::views::{Augment, Tta};
-use crate::head::{evaluate_logits, evaluate_streamed, should_stream, train_head_streamed, train_head_views, Evaluation, LinearHead, TrainConfig, TrainReport, ViewLayout};
+use crate::head::{evaluate_logits, evaluate_streamed, ClassWeight, FeatureFile, should_stream, train_head_streamed, train_head_views, Evaluation, LinearHead, TrainConfig, TrainReport, ViewLayout};
 use crate::hub::WeightsOrigin;
 
 /// What [`train`] did.
@@ -52,6 +52,9 @@ pub fn train(session: &Session, req: &FeatureRequest, cfg: &TrainConfig, out: &P
     let req = FeatureRequest { splits: vec!["train".into(), "test".into()], ..req.clone() };
     let fs = features(session, &req)?;
     let train_split = fs.split("train").expect("train was requested");
+    if cfg.class_weight == ClassWeight::Balanced {
+        every_class_has_a_picture(&FeatureFile::open(&train_split.features)?.labels, &fs.classes)?;
+    }
     let mut unknown = None;
     let (head, report) = if streams(train_split) {
         tracing::info!("head: trained on the CPU, {} rows read from {} in minibatches (streamed)", train_split.rows, train_split.features.display());
@@ -178,6 +181,24 @@ pub(super) fn test_coverage_of(head: &LinearHead, unknown: &UnknownScore, x: &Te
     let predicted = head.logits(x).argmax(-1, false);
     let correct: Vec<bool> = Vec::<bool>::try_from(predicted.eq_tensor(&y.to_kind(Kind::Int64))).map_err(Error::Torch)?;
     Ok(coverage(&scores, &correct, unknown.card.threshold))
+}
+
+/// `--class-weight balanced` weighs a class by the inverse of its training pictures: one
+/// without any is an error naming it (the head's own check only knows its number).
+pub(super) fn every_class_has_a_picture(labels: &[i64], classes: &[String]) -> Result<()> {
+    let mut seen = vec![false; classes.len()];
+    for &l in labels {
+        if let Some(s) = usize::try_from(l).ok().and_then(|l| seen.get_mut(l)) {
+            *s = true;
+        }
+    }
+    match seen.iter().position(|s| !s) {
+        Some(c) => Err(Error::usage(
+            "--class-weight",
+            format!("class '{}' has no training picture, so it cannot be balanced; add pictures of it, take a larger sample, or use --class-weight none", classes[c]),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Whether `split`'s features are too big for memory, so that its head is trained, and its
