@@ -112,8 +112,7 @@ pub struct HeadCard {
     /// lastlayer's version.
     pub lastlayer_version: String,
     /// The in-class score's constants and threshold (`unknown.safetensors` holds its
-    /// tensors); absent in runs trained before it existed, or trained without it (no
-    /// validation split, features streamed from disk).
+    /// tensors); absent in runs trained before it existed, or without a validation split.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unknown: Option<crate::head::unknown::UnknownCard>,
 }

@@ -35,9 +35,10 @@ pub struct TrainOutcome {
     pub head: PathBuf,
     /// `head.json`.
     pub head_json: PathBuf,
-    /// The unknown threshold (absent without a validation split or with streamed features).
+    /// The unknown threshold (absent without a validation split).
     pub unknown: Option<UnknownCard>,
-    /// What the threshold does to the test split (every test picture is of a trained class).
+    /// What the threshold does to the test split (every test picture is of a trained class);
+    /// absent when the test features are streamed from disk.
     pub test_coverage: Option<Coverage>,
 }
 
@@ -55,11 +56,12 @@ pub fn train(session: &Session, req: &FeatureRequest, cfg: &TrainConfig, out: &P
     if cfg.class_weight == ClassWeight::Balanced {
         every_class_has_a_picture(&FeatureFile::open(&train_split.features)?.labels, &fs.classes)?;
     }
-    let mut unknown = None;
+    let unknown;
     let (head, report) = if streams(train_split) {
         tracing::info!("head: trained on the CPU, {} rows read from {} in minibatches (streamed)", train_split.rows, train_split.features.display());
-        tracing::warn!("features streamed from disk: no unknown threshold is fitted (predict answers every picture with a class)");
-        train_head_streamed(&train_split.features, fs.classes.len(), cfg, &view_layout(&fs), &session.progress)?
+        let trained = train_head_streamed(&train_split.features, fs.classes.len(), cfg, &view_layout(&fs), &session.progress)?;
+        unknown = fit_unknown_streamed(&train_split.features, &fs, cfg, &trained.0)?;
+        trained
     } else {
         let (xtr, ytr) = train_split.load()?;
         tracing::info!("head: trained on {}, {} x {} features", where_(device), xtr.size()[0], xtr.size().get(1).copied().unwrap_or(0));
@@ -171,6 +173,50 @@ fn fit_unknown(x: &Tensor, y: &Tensor, fs: &FeatureSet, cfg: &TrainConfig, head:
         train_head_views(&x.to_device(device), y, fs.classes.len(), &before, &layout, &Progress::hidden())?.0.into_cpu()
     } else {
         LinearHead { weight: head.weight.to_device(Device::Cpu).copy(), bias: head.bias.to_device(Device::Cpu).copy() }
+    };
+    UnknownScore::fit(&fit_x, &fit_y, fs.classes.len(), &val_x, &score_head, cfg.keep).map(Some)
+}
+
+/// Pictures of each side (fit, validation) the streamed score reads at most, evenly spaced.
+const STREAMED_PICTURES: usize = 20_000;
+
+/// [`fit_unknown`] for training features streamed from disk: the class means and covariance
+/// from at most [`STREAMED_PICTURES`] of the fit pictures, the threshold from at most as many
+/// validation pictures (evenly spaced in file order), read from the file; the score head
+/// trained streamed as the run's head is, without its refit.
+fn fit_unknown_streamed(path: &Path, fs: &FeatureSet, cfg: &TrainConfig, head: &LinearHead) -> Result<Option<UnknownScore>> {
+    let file = FeatureFile::open(path)?;
+    let layout = view_layout(fs);
+    let v = layout.views.max(1);
+    let picture_labels: Vec<i64> = file.labels.iter().step_by(v).copied().collect();
+    let (fit_pictures, val_pictures) = stratified_holdout(&picture_labels, cfg.val_fraction, cfg.seed);
+    if val_pictures.is_empty() || fit_pictures.is_empty() {
+        tracing::warn!("no validation split (--val-fraction {}): no unknown threshold; predict answers every picture with a class", cfg.val_fraction);
+        return Ok(None);
+    }
+    let spaced = |p: &[usize]| -> Vec<usize> {
+        let m = p.len().min(STREAMED_PICTURES);
+        (0..m).map(|i| p[i * p.len() / m]).collect()
+    };
+    let read = |p: &[usize]| -> Result<Tensor> {
+        let rows = p
+            .iter()
+            .map(|&q| {
+                let x = file.read(q * v, v)?;
+                Ok(if v > 1 { average_views(&x, v, &layout.validate_on) } else { x })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&rows, 0))
+    };
+    let (fit_pictures, val_pictures) = (spaced(&fit_pictures), spaced(&val_pictures));
+    let fit_x = read(&fit_pictures)?;
+    let fit_y = Tensor::from_slice(&fit_pictures.iter().map(|&p| picture_labels[p]).collect::<Vec<_>>());
+    let val_x = read(&val_pictures)?;
+    let score_head = if cfg.refit {
+        let before = TrainConfig { refit: false, ..cfg.clone() };
+        train_head_streamed(path, fs.classes.len(), &before, &layout, &Progress::hidden())?.0
+    } else {
+        LinearHead { weight: head.weight.copy(), bias: head.bias.copy() }
     };
     UnknownScore::fit(&fit_x, &fit_y, fs.classes.len(), &val_x, &score_head, cfg.keep).map(Some)
 }
