@@ -23,6 +23,8 @@ struct Fixture {
     x_file: PathBuf,
     /// `lastlayer predict`'s probabilities, every class.
     expected: Vec<Vec<f64>>,
+    /// `lastlayer predict`'s in-class scores.
+    scores: Vec<f64>,
     classes: Vec<String>,
     /// Largest |difference| from predict allowed.
     tolerance: f64,
@@ -74,7 +76,8 @@ fn fixture_with(model: &str, size: Option<&str>, extra: &[&str]) -> Fixture {
             probs
         })
         .collect();
-    Fixture { sb, x, x_file, expected, classes: card.classes, tolerance: 1e-4 }
+    let scores = preds.as_array().unwrap().iter().map(|p| p["score"].as_f64().expect("the run has an unknown score")).collect();
+    Fixture { sb, x, x_file, expected, scores, classes: card.classes, tolerance: 1e-4 }
 }
 
 /// A head trained for seconds on random-weight features is nearly uniform, which would hide a
@@ -115,6 +118,32 @@ impl Fixture {
         worst
     }
 
+    /// Asserts an export's second output equals predict's score within 1e-5 of the score's
+    /// size, `|difference| <= 1e-5 · max(1, |score|)` (5e-5 for the architectures whose exported
+    /// graphs sum in other orders, whose features differ more): the score is on the scale of
+    /// logits, where the backbone's last-bit differences show more than in probabilities (here
+    /// up to 1.0e-5 on a score of 4.7). Returns the largest difference.
+    fn check_scores(&self, got: &[f64], who: &str) -> f64 {
+        self.check_scores_within(got, who, 1e-5)
+    }
+
+    fn check_scores_within(&self, got: &[f64], who: &str, tolerance: f64) -> f64 {
+        assert_eq!(got.len(), self.scores.len(), "{who}: one score per picture");
+        let diff = got.iter().zip(&self.scores).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        println!("{who}: in-class score max |difference| from predict {diff:.2e} (scores {:?})", self.scores);
+        for (g, e) in got.iter().zip(&self.scores) {
+            assert!((g - e).abs() <= tolerance * e.abs().max(1.0), "{who}: scores {got:?} differ from predict's {:?} by {diff}", self.scores);
+        }
+        diff
+    }
+
+    /// run_torchscript.py's answer: the probabilities and the scores.
+    fn torchscript_outputs(&self, model: &Path) -> (Vec<Vec<f64>>, Vec<f64>) {
+        let v = self.python("run_torchscript.py", model);
+        let probs = serde_json::from_value(v["probabilities"].clone()).unwrap_or_else(|_| panic!("no second output (score): {v}"));
+        (probs, serde_json::from_value(v["score"].clone()).unwrap())
+    }
+
     fn python(&self, script: &str, model: &Path) -> Value {
         let out = python_script(script, &[model.to_str().unwrap(), self.x_file.to_str().unwrap()]);
         assert!(out.ok, "{script}: {}", out.stderr);
@@ -141,12 +170,17 @@ fn torchscript_matches(f: Fixture) {
     assert!(model.is_file());
 
     // Python: torch.jit.load.
-    let py: Vec<Vec<f64>> = serde_json::from_value(f.python("run_torchscript.py", &model)).unwrap();
+    let (py, scores) = f.torchscript_outputs(&model);
     f.check(&py, "python torch.jit.load");
+    f.check_scores(&scores, "python torch.jit.load");
 
     // C++: libtorch's loader (tch::CModule).
     let module = tch::CModule::load(&model).unwrap();
-    let probs = module.forward_ts(&[f.x.shallow_clone()]).unwrap().to_kind(tch::Kind::Double);
+    let outputs = module.forward_is(&[tch::IValue::Tensor(f.x.shallow_clone())]).unwrap();
+    let tch::IValue::Tuple(outputs) = outputs else { panic!("the module returns {outputs:?}, not (probabilities, score)") };
+    let [tch::IValue::Tensor(probs), tch::IValue::Tensor(score)] = &outputs[..] else { panic!("not two tensors") };
+    f.check_scores(&Vec::<f64>::try_from(score.to_kind(tch::Kind::Double)).unwrap(), "libtorch C++ loader");
+    let probs = probs.to_kind(tch::Kind::Double);
     let cpp: Vec<Vec<f64>> = (0..2).map(|i| Vec::<f64>::try_from(probs.get(i)).unwrap()).collect();
     f.check(&cpp, "libtorch C++ loader");
 }
@@ -202,6 +236,12 @@ fn onnx_matches(model: &str, size: Option<&str>, tolerance: f64) {
     assert_eq!(ort["classes"], serde_json::json!(f.classes), "{model}: class names in the metadata");
     let probs: Vec<Vec<f64>> = serde_json::from_value(ort["probabilities"].clone()).unwrap();
     f.check(&probs, &format!("{model} onnxruntime"));
+    assert_eq!(ort["outputs"], serde_json::json!(["probabilities", "score"]), "{model}");
+    let scores: Vec<f64> = serde_json::from_value(ort["score"].clone()).unwrap();
+    let tolerance = if ["resnet18", "efficientnet_lite0"].contains(&model) { 1e-5 } else { 5e-5 };
+    f.check_scores_within(&scores, &format!("{model} onnxruntime"), tolerance);
+    let (card, _) = lastlayer::export::read_run(&f.sb.path().join("run")).unwrap();
+    assert_eq!(ort["unknown"]["threshold"].as_f64(), card.unknown.map(|u| u.threshold), "{model}: the threshold in the metadata");
 }
 
 #[test]
@@ -239,11 +279,13 @@ fn exports_of_a_tta_flip_run_match_predict() {
     assert!(diff <= 1e-5, "predict ignores --tta flip: the cat and its mirror image differ by {diff}");
 
     f.sb.run_json(&["--json", "export", "run", "--format", "torchscript"]);
-    let py: Vec<Vec<f64>> = serde_json::from_value(f.python("run_torchscript.py", &f.sb.path().join("run/model.pt"))).unwrap();
+    let (py, scores) = f.torchscript_outputs(&f.sb.path().join("run/model.pt"));
     f.check(&py, "--tta flip: python torch.jit.load");
+    f.check_scores(&scores, "--tta flip: python torch.jit.load");
     f.sb.run_json(&["--json", "export", "run", "--format", "onnx"]);
     let ort = f.python("run_onnx.py", &f.sb.path().join("run/model.onnx"));
     assert_eq!(ort["output_dims"], serde_json::json!(["N", f.classes.len()]), "onnx shape inference");
     let probs: Vec<Vec<f64>> = serde_json::from_value(ort["probabilities"].clone()).unwrap();
     f.check(&probs, "--tta flip: onnxruntime");
+    f.check_scores(&serde_json::from_value::<Vec<f64>>(ort["score"].clone()).unwrap(), "--tta flip: onnxruntime");
 }

@@ -147,3 +147,125 @@ fn import_refuses_incomplete_or_foreign_state_dicts_and_writes_nothing() {
     assert_fails(&import(junk.to_str().unwrap()), 3, &["junk.pth"]);
     assert!(!out.exists(), "a failed import wrote its output");
 }
+
+/// AUROC by counting pairs (an in-class picture above an unknown one; ties half), and FPR95
+/// (unknown pictures at or above the score that keeps 95% of in-class ones), written apart
+/// from the library's.
+fn auroc_fpr95(in_class: &[f64], unknown: &[f64]) -> (f64, f64) {
+    let mut wins = 0.0;
+    for &a in in_class {
+        for &b in unknown {
+            wins += if a > b { 1.0 } else if a == b { 0.5 } else { 0.0 };
+        }
+    }
+    let mut sorted = in_class.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let t = sorted[(0.05 * sorted.len() as f64).floor() as usize];
+    let fpr = unknown.iter().filter(|&&s| s >= t).count() as f64 / unknown.len() as f64;
+    (wins / (in_class.len() * unknown.len()) as f64, fpr)
+}
+
+/// "None of these", with real weights: a head trained on 8 CIFAR-10 classes (as folders of
+/// PNGs made from the sample; ship and truck held out as pictures of no trained class).
+/// The run's unknown threshold keeps 95% +- 2 points of the in-class test pictures; the run's
+/// score tells the held-out pictures apart better than the top softmax probability, by AUROC and
+/// by FPR95, both computed here from the same features (the cached test features and
+/// predict's answers on the held-out pictures) and equal to eval's. Also: `--keep` outside
+/// (0, 1] exits 2, and a run without a threshold (as trained before it existed) predicts as
+/// before and says once how to get one.
+#[test]
+fn lite0_unknown_score_beats_top_softmax_on_two_held_out_classes() {
+    let sb = Sandbox::new();
+    let weights = import(&sb);
+    let data = sb.path().join("held-out");
+    let made = python_script("cifar_folders.py", &[cifar_sample_dir().to_str().unwrap(), data.to_str().unwrap(), "8,9"]);
+    assert!(made.ok, "{}", made.stderr);
+    let (folders, unknown_dir) = (data.join("data"), data.join("unknown"));
+    let train_args = |keep: &str| -> Vec<String> {
+        let keep = format!("--keep={keep}");
+        ["--json", "train", "--model", "efficientnet_lite0", "--weights", &weights, "--data", folders.to_str().unwrap(), "--precision", "fp32", &keep, "--out", "run"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    for bad in ["0", "1.5", "-0.1"] {
+        let args = train_args(bad);
+        let out = sb.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_fails(&out, 2, &["--keep", bad]);
+    }
+    let args = train_args("0.95");
+    let trained = sb.run_json(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let card = &trained["unknown"];
+    assert_eq!(card["method"], "energy+mahalanobis", "{trained}");
+    let kept = trained["test_coverage"]["kept"].as_f64().unwrap();
+    println!(
+        "LITE0 unknown: threshold {:.4}, validation kept {:.4}, test kept {kept:.4}, accuracy {:.4} on kept, {:.4} on all",
+        card["threshold"].as_f64().unwrap(),
+        card["validation_kept"].as_f64().unwrap(),
+        trained["test_coverage"]["accuracy_kept"].as_f64().unwrap(),
+        trained["test_coverage"]["accuracy_all"].as_f64().unwrap()
+    );
+    assert!((kept - 0.95).abs() <= 0.02, "the threshold keeps {kept} of the in-class test pictures, asked 0.95");
+    assert!(sb.path().join("run/unknown.safetensors").is_file());
+
+    // The score and the top softmax probability of the in-class test pictures, from the cached
+    // features, with the run's files read as a user of the library would.
+    let test_entry = trained["features"]["splits"].as_array().unwrap().iter().find(|s| s["split"] == "test").unwrap()["features"].as_str().unwrap().to_string();
+    let t = Tensor::read_safetensors(&test_entry).unwrap();
+    let x = t.iter().find(|(k, _)| k == "features").unwrap().1.shallow_clone();
+    let (hc, head) = lastlayer::export::read_run(&sb.path().join("run")).unwrap();
+    let score = lastlayer::export::read_unknown(&sb.path().join("run"), &hc).unwrap().expect("the run has a score");
+    let to_vec = |t: &Tensor| Vec::<f64>::try_from(t.to_kind(Kind::Double)).unwrap();
+    let in_score = to_vec(&score.scores(&x));
+    let in_msp = to_vec(&head.probabilities(&x).amax([-1i64].as_slice(), false));
+    assert_eq!(in_score.len(), 800);
+
+    // The held-out pictures through predict: its score and its top probability.
+    let predicted = sb.run_json(&["--json", "predict", "run", unknown_dir.to_str().unwrap(), "-k", "1"]);
+    let answers = predicted.as_array().unwrap();
+    assert_eq!(answers.len(), 200);
+    let out_score: Vec<f64> = answers.iter().map(|a| a["score"].as_f64().unwrap()).collect();
+    let out_msp: Vec<f64> = answers.iter().map(|a| a["top"][0]["probability"].as_f64().unwrap()).collect();
+    let threshold = card["threshold"].as_f64().unwrap();
+    for a in answers {
+        assert_eq!(a["unknown"].as_bool().unwrap(), a["score"].as_f64().unwrap() < threshold, "{a}");
+    }
+    let (ours, base) = (auroc_fpr95(&in_score, &out_score), auroc_fpr95(&in_msp, &out_msp));
+    println!("LITE0 unknown (ship, truck held out): score AUROC {:.3} FPR95 {:.3}; top softmax AUROC {:.3} FPR95 {:.3}", ours.0, ours.1, base.0, base.1);
+    assert!(ours.0 > base.0, "AUROC: score {:.3} is not above top softmax {:.3}", ours.0, base.0);
+    assert!(ours.1 < base.1, "FPR95: score {:.3} is not below top softmax {:.3}", ours.1, base.1);
+
+    // eval reports the same figures, and draws coverage.png.
+    let eval = sb.run_json(&["--json", "eval", "run", "--unknown-dir", unknown_dir.to_str().unwrap()]);
+    let u = &eval["unknown"];
+    for (who, got, want) in [("score", &u["score"], ours), ("softmax", &u["softmax"], base)] {
+        assert!((got["auroc"].as_f64().unwrap() - want.0).abs() < 2e-3, "eval's {who} AUROC {got} vs {want:?}");
+        assert!((got["fpr95"].as_f64().unwrap() - want.1).abs() < 1e-2, "eval's {who} FPR95 {got} vs {want:?}");
+    }
+    assert!((u["test"]["kept"].as_f64().unwrap() - kept).abs() < 1e-9);
+    assert!(sb.path().join("run/coverage.png").is_file());
+
+    // A run without a threshold, as trained before it existed: predict answers as before and
+    // says so once.
+    let old = sb.path().join("old");
+    std::fs::create_dir_all(&old).unwrap();
+    for f in ["head.safetensors", "head.json"] {
+        std::fs::copy(sb.path().join("run").join(f), old.join(f)).unwrap();
+    }
+    let mut hj: serde_json::Value = serde_json::from_slice(&std::fs::read(old.join("head.json")).unwrap()).unwrap();
+    hj.as_object_mut().unwrap().remove("unknown");
+    hj["training"].as_object_mut().unwrap().remove("keep");
+    std::fs::write(old.join("head.json"), serde_json::to_vec(&hj).unwrap()).unwrap();
+    let first = answers[0]["path"].as_str().unwrap();
+    let out = sb.run(&["--json", "predict", "old", first, "-k", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = stderr(&out);
+    assert_eq!(said.matches("no unknown threshold").count(), 1, "{said}");
+    assert!(said.contains("train command again"), "{said}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v[0].get("unknown").is_none() && v[0].get("score").is_none(), "{v}");
+    assert_eq!(v[0]["top"][0]["class"], answers[0]["top"][0]["class"]);
+    // --reject off on the new run: today's answers.
+    let off = sb.run_json(&["--json", "predict", "run", first, "-k", "1", "--reject", "off"]);
+    assert!(off[0].get("unknown").is_none(), "{off}");
+}

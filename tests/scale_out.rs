@@ -308,6 +308,9 @@ fn train_streams_features_from_disk_when_asked_and_learns_the_same_classes() {
     // As in memory: the penalty judged at its best temperature, then a refit on every row.
     assert_eq!(report["refit"]["rows"], 400, "{report}");
     assert!(report["logit_scale"].as_f64().is_some_and(|s| s > 0.0), "{report}");
+    // The unknown threshold is fitted from the file too, keeping --keep of the validation pictures.
+    let kept = streamed["unknown"]["validation_kept"].as_f64().unwrap_or_else(|| panic!("no unknown threshold: {streamed}"));
+    assert!((0.95..0.98).contains(&kept), "{}", streamed["unknown"]);
     let mut cmd = sb.command(&strs(&args("in-memory")));
     cmd.env("LASTLAYER_CACHE", &cache).env("LASTLAYER_HEAD_STREAM", "never");
     let out = cmd.output().unwrap();
@@ -318,6 +321,10 @@ fn train_streams_features_from_disk_when_asked_and_learns_the_same_classes() {
     let (a, b) = (streamed["test_accuracy"].as_f64().unwrap(), memory["test_accuracy"].as_f64().unwrap());
     println!("test accuracy: streamed {a}, in memory {b}");
     assert!(a > 0.15 && b > 0.15 && (a - b).abs() < 0.1, "streamed {a}, in memory {b}");
+    // The same Mahalanobis part (the same pictures); the energy's head trained the other way.
+    let (su, mu) = (&streamed["unknown"], &memory["unknown"]);
+    println!("unknown: streamed threshold {} ({}), in memory {} ({})", su["threshold"], su["mahalanobis"], mu["threshold"], mu["mahalanobis"]);
+    assert!((su["mahalanobis"]["mean"].as_f64().unwrap() - mu["mahalanobis"]["mean"].as_f64().unwrap()).abs() < 1e-6, "{su} {mu}");
 
     // `eval` scores a test split too big for memory from its file, a block of rows at a time:
     // the evaluation it gives is the in-memory one.

@@ -145,8 +145,8 @@ fn serve_answers_http_like_predict_and_its_page_works_in_chromium() {
         serde_json::from_value(card["classes"].clone()).unwrap()
     };
     let picture = chelsea();
-    let expected = sb.run_json(&["--json", "predict", "run", picture.to_str().unwrap(), "-k", "3"]);
-    let expected = expected[0]["top"].as_array().unwrap().clone();
+    let predicted = sb.run_json(&["--json", "predict", "run", picture.to_str().unwrap(), "-k", "3"]);
+    let expected = predicted[0]["top"].as_array().unwrap().clone();
 
     let server = ServeProcess::start(&sb, &["run", "--port", "0", "--max-body-mb", "1", "--queue", "1"]);
     let (url, http) = (server.url.clone(), agent());
@@ -174,6 +174,10 @@ fn serve_answers_http_like_predict_and_its_page_works_in_chromium() {
     }
     println!("POST /predict: top {} ({:.4}), max |difference| from predict {max_diff:.1e}, {} ms", top[0]["class"], top[0]["probability"], got["elapsed_ms"]);
     assert!(max_diff <= 1e-6, "probabilities differ from predict by {max_diff}");
+    // The unknown verdict and score, as predict gives them.
+    assert_eq!(got["unknown"], predicted[0]["unknown"], "{got}");
+    let score_diff = (got["score"].as_f64().expect("an in-class score") - predicted[0]["score"].as_f64().unwrap()).abs();
+    assert!(score_diff <= 1e-5, "score {} differs from predict's {} by {score_diff}", got["score"], predicted[0]["score"]);
     // No ?k: 5 classes; a k over the class count: all of them.
     assert_eq!(post(&http, &format!("{url}/predict"), &bytes).1["top"].as_array().unwrap().len(), 5);
     assert_eq!(post(&http, &format!("{url}/predict?k=99"), &bytes).1["top"].as_array().unwrap().len(), classes.len());

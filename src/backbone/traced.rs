@@ -8,7 +8,7 @@
 use std::ffi::{c_char, c_void, CStr};
 use std::ptr::NonNull;
 
-use lastlayer_torch_shim::{ll_free_bytes, ll_free_string, ll_module_save_bytes};
+use lastlayer_torch_shim::{ll_free_bytes, ll_free_string, ll_module_pack_outputs, ll_module_save_bytes};
 use tch::Tensor;
 
 use crate::error::{Error, Result};
@@ -47,6 +47,12 @@ impl TracedModule {
     /// Traces `forward` on `example` into a module named `name` (its method is `forward`).
     /// `what` names the traced thing in errors.
     pub fn trace(name: &CStr, what: &str, example: &Tensor, forward: impl FnOnce(&Tensor) -> Tensor) -> Result<Self> {
+        Self::trace_outputs(name, what, example, |x| vec![forward(x)])
+    }
+
+    /// [`TracedModule::trace`] of a `forward` with several outputs: the module's `forward`
+    /// then returns them as a tuple.
+    pub fn trace_outputs(name: &CStr, what: &str, example: &Tensor, forward: impl FnOnce(&Tensor) -> Vec<Tensor>) -> Result<Self> {
         let inputs = [example.as_ptr() as *mut torch_sys::C_tensor];
         // SAFETY: valid C strings and a live input tensor; errors are read right after.
         let traced = unsafe { torch_sys::atm_create_for_tracing(name.as_ptr(), inputs.as_ptr(), 1) };
@@ -54,11 +60,19 @@ impl TracedModule {
         let module = NonNull::new(traced).map(|module| TracedModule { module });
         torch_error(&format!("tracing {what}"))?;
         let module = module.ok_or_else(|| Error::Torch(tch::TchError::Torch(format!("tracing {what}: no module"))))?;
-        let output = forward(example);
-        let outputs = [output.as_ptr() as *mut torch_sys::C_tensor];
-        // SAFETY: a live module from `atm_create_for_tracing`; `output` is alive.
-        unsafe { torch_sys::atm_end_tracing(module.module.as_ptr(), c"forward".as_ptr(), outputs.as_ptr(), 1) };
+        let produced = forward(example);
+        let outputs: Vec<*mut torch_sys::C_tensor> = produced.iter().map(|t| t.as_ptr() as *mut torch_sys::C_tensor).collect();
+        // SAFETY: a live module from `atm_create_for_tracing`; every output is alive.
+        unsafe { torch_sys::atm_end_tracing(module.module.as_ptr(), c"forward".as_ptr(), outputs.as_ptr(), outputs.len() as i32) };
         torch_error(&format!("tracing {what}"))?;
+        if outputs.len() > 1 {
+            let mut error = std::ptr::null_mut();
+            // SAFETY: a live module whose `forward` was just traced; the shim catches every C++
+            // exception and sets `error` on failure.
+            if unsafe { ll_module_pack_outputs(module.as_ptr(), c"forward".as_ptr(), &mut error) } != 0 {
+                return Err(Error::Torch(tch::TchError::Torch(format!("tracing {what}: packing its outputs: {}", take_error(error)))));
+            }
+        }
         Ok(module)
     }
 

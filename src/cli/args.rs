@@ -130,6 +130,11 @@ pub enum Command {
         /// CPU, 256 on a GPU].
         #[arg(long)]
         extract_batch_size: Option<usize>,
+        /// A folder of pictures of none of the run's classes: report how well the run's
+        /// unknown score and the top softmax probability tell them from the test pictures
+        /// (AUROC, FPR at 95% kept).
+        #[arg(long, value_name = "DIR")]
+        unknown_dir: Option<PathBuf>,
     },
     /// What a run gets wrong, and why: its confident test mistakes, likely wrong labels (confident
     /// learning on out-of-fold probabilities of K heads trained on the cached features) and
@@ -192,6 +197,10 @@ pub enum Command {
         /// Pictures per backbone batch.
         #[arg(long, default_value_t = 32)]
         batch_size: usize,
+        /// `on`: a picture scoring below the run's unknown threshold is answered as unknown
+        /// (`"unknown"` and `"score"` in --json); `off`: top classes only, as before.
+        #[arg(long, value_enum, default_value = "on")]
+        reject: RejectArg,
     },
     /// Serve a trained run over HTTP: POST /predict (a picture's bytes in, JSON top classes
     /// out; requests that arrive together share a forward pass), GET /health, GET /metrics
@@ -223,6 +232,10 @@ pub enum Command {
         /// (408 while its body is still arriving).
         #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
         timeout: f64,
+        /// `on`: answers carry `"unknown"` and `"score"` from the run's unknown threshold;
+        /// `off`: top classes only, as before.
+        #[arg(long, value_enum, default_value = "on")]
+        reject: RejectArg,
     },
 }
 
@@ -378,6 +391,28 @@ pub struct HeadArgs {
     /// so that rare classes count as much as common ones; `none` counts every picture once.
     #[arg(long, value_enum, default_value = "none")]
     pub class_weight: ClassWeightArg,
+    /// The share of in-class pictures answered as a class, not as unknown: the unknown
+    /// threshold keeps this share of the validation pictures (in (0, 1]; 1 keeps them all).
+    #[arg(long, default_value_t = lastlayer::head::unknown::DEFAULT_KEEP)]
+    pub keep: f64,
+}
+
+/// `--reject`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RejectArg {
+    /// Pictures below the run's unknown threshold are answered as unknown.
+    On,
+    /// Top classes only, no verdict.
+    Off,
+}
+
+impl From<RejectArg> for lastlayer::pipeline::Reject {
+    fn from(r: RejectArg) -> Self {
+        match r {
+            RejectArg::On => lastlayer::pipeline::Reject::On,
+            RejectArg::Off => lastlayer::pipeline::Reject::Off,
+        }
+    }
 }
 
 /// `--class-weight`.

@@ -132,6 +132,7 @@ fn train_config(h: &HeadArgs, lr: f64, weight_decay: args::WeightDecayArg) -> Tr
             args::ClassWeightArg::None => lastlayer::head::ClassWeight::None,
             args::ClassWeightArg::Balanced => lastlayer::head::ClassWeight::Balanced,
         },
+        keep: h.keep,
     }
 }
 
@@ -242,7 +243,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 pipeline::train(s, &req, &cfg, &run_dir)
             })?;
             // Evaluate what was exported, read back from disk, as a user of the run would.
-            let check = pipeline::evaluate_run(&s, &out.run_dir, a.data.extract_batch_size)?;
+            let check = pipeline::evaluate_run(&s, &out.run_dir, a.data.extract_batch_size, None)?;
             anyhow::ensure!(
                 (check.test_accuracy - out.test_accuracy).abs() < 1e-9,
                 "the exported head scores {} on test, the trained one {}",
@@ -279,12 +280,15 @@ pub fn run(cli: Cli) -> Result<()> {
                 path.display()
             );
         }
-        Command::Eval { run_dir, extract_batch_size } => {
-            let out = pipeline::evaluate_run(&s, run_dir, *extract_batch_size)?;
+        Command::Eval { run_dir, extract_batch_size, unknown_dir } => {
+            let out = pipeline::evaluate_run(&s, run_dir, *extract_batch_size, unknown_dir.as_deref())?;
             if json {
                 return print_json(&out);
             }
             print!("{}", output::evaluation("test", &out.test));
+            if let Some(u) = &out.unknown {
+                print!("{}", output::unknown_eval(u));
+            }
         }
         Command::Review { run_dir, folds, rank_by, min_similarity, no_page, show, extract_batch_size } => {
             let opts = pipeline::ReviewOptions {
@@ -303,14 +307,14 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             print!("{}", output::review(&review, *show));
         }
-        Command::Predict { run_dir, images, top_k, batch_size } => {
-            let preds = pipeline::predict(&s, run_dir, images, *top_k, *batch_size)?;
+        Command::Predict { run_dir, images, top_k, batch_size, reject } => {
+            let preds = pipeline::predict(&s, run_dir, images, *top_k, *batch_size, (*reject).into())?;
             if json {
                 return print_json(&preds);
             }
             print!("{}", output::predictions(&preds));
         }
-        Command::Serve { run_dir, host, port, max_body_mb, queue, max_batch, max_wait_ms, timeout } => {
+        Command::Serve { run_dir, host, port, max_body_mb, queue, max_batch, max_wait_ms, timeout, reject } => {
             let timeout = std::time::Duration::try_from_secs_f64(*timeout)
                 .ok()
                 .filter(|t| !t.is_zero())
@@ -321,6 +325,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 max_batch: *max_batch,
                 max_wait: std::time::Duration::from_millis(*max_wait_ms),
                 timeout,
+                reject: (*reject).into(),
                 ..lastlayer::serve::ServeOptions::new(host.clone(), *port)
             };
             let server = lastlayer::serve::Server::bind(&s, run_dir, &opts)?;
@@ -521,6 +526,16 @@ fn report_training(out: &pipeline::TrainOutcome, json: bool) -> Result<()> {
         out.report.seconds
     );
     print!("\n{}", output::evaluation("test", &out.test));
+    if let (Some(u), Some(c)) = (&out.unknown, &out.test_coverage) {
+        println!(
+            "\nunknown threshold {:.4}: keeps {:.1}% of validation pictures (--keep {}); {:.1}% of test pictures kept, accuracy on them {:.2}%",
+            u.threshold,
+            100.0 * u.validation_kept,
+            u.keep,
+            100.0 * c.kept,
+            100.0 * c.accuracy_kept
+        );
+    }
     println!("\nrun folder: {} (head.safetensors, head.json, metrics.json)", out.run_dir.display());
     Ok(())
 }

@@ -63,11 +63,34 @@ pub fn features(fs: &FeatureSet) -> String {
     s
 }
 
+/// `eval`'s unknown threshold lines.
+pub fn unknown_eval(u: &lastlayer::pipeline::UnknownEval) -> String {
+    let mut s = format!(
+        "\nunknown threshold {:.4} (keeps {:.0}% of validation pictures): {:.1}% of test pictures kept, accuracy on them {:.2}% (on all {:.2}%)\n",
+        u.threshold,
+        100.0 * u.keep,
+        100.0 * u.test.kept,
+        100.0 * u.test.accuracy_kept,
+        100.0 * u.test.accuracy_all
+    );
+    if let (Some(n), Some(r), Some(a), Some(b)) = (u.unknown_pictures, u.unknown_rejected, u.score, u.softmax) {
+        s += &format!("{n} pictures of no trained class: {:.1}% answered unknown\n", 100.0 * r);
+        s += "                          AUROC   FPR95\n";
+        s += &format!("  lastlayer's score      {:>6.3}  {:>6.3}\n", a.auroc, a.fpr95);
+        s += &format!("  top softmax (baseline) {:>6.3}  {:>6.3}\n", b.auroc, b.fpr95);
+    }
+    s += &format!("accuracy against share kept: {}\n", u.plot.display());
+    s
+}
+
 /// Top-k lines per picture.
 pub fn predictions(preds: &[Prediction]) -> String {
     let mut s = String::new();
     for p in preds {
         s += &format!("{}\n", p.path.display());
+        if let (Some(true), Some(best)) = (p.unknown, p.top.first()) {
+            s += &format!("  unknown (closest: {} {:.2}; score {:.2})\n", best.class, best.probability, p.score.unwrap_or(f64::NAN));
+        }
         for c in &p.top {
             s += &format!("  {:>6.2}%  {} ({})\n", 100.0 * c.probability, c.class, c.index);
         }
@@ -240,16 +263,22 @@ pub fn review(r: &lastlayer::review::Review, show: usize) -> String {
     );
     out += &format!(
         "{} mistakes; {} label issues ({} train, {} test; estimated wrong labels {} train, {} test); \
-         {} test pictures ({:.2}%) with a copy in train\n",
+         {} test pictures ({:.2}%) with a copy in train (similarity >= {}; {} more with only a look-alike, >= {})\n",
         s.mistakes,
         s.label_issues.train + s.label_issues.test,
         s.label_issues.train,
         s.label_issues.test,
         s.estimated_wrong_labels.train,
         s.estimated_wrong_labels.test,
-        d.test_pictures_with_train_duplicate,
-        100.0 * d.test_share
+        d.test_pictures_with_train_copy,
+        100.0 * d.test_copy_share,
+        d.copy_similarity,
+        d.test_pictures_with_train_duplicate - d.test_pictures_with_train_copy,
+        d.min_similarity
     );
+    if let Some(w) = &s.label_issues_warning {
+        out += &format!("warning: {w}\n");
+    }
     let width = s.per_class.iter().map(|c| c.class.len()).max().unwrap_or(5).max(5);
     out += &format!("\n{:<width$}  {:>6} {:>6} {:>7} {:>8} {:>13} {:>13} {:>7}\n", "class", "train", "test", "recall", "mistakes", "issues tr/te", "est. wrong", "copied");
     for c in &s.per_class {

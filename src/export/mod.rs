@@ -111,6 +111,10 @@ pub struct HeadCard {
     pub created_at: String,
     /// lastlayer's version.
     pub lastlayer_version: String,
+    /// The in-class score's constants and threshold (`unknown.safetensors` holds its
+    /// tensors); absent in runs trained before it existed, or without a validation split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown: Option<crate::head::unknown::UnknownCard>,
 }
 
 /// The files of a run folder.
@@ -183,6 +187,20 @@ pub fn read_run(run_dir: &Path) -> Result<(HeadCard, LinearHead)> {
     Ok((card, head))
 }
 
+/// The run's in-class score ([`crate::head::unknown`]), when it was trained with one.
+pub fn read_unknown(run_dir: &Path, card: &HeadCard) -> Result<Option<crate::head::unknown::UnknownScore>> {
+    match &card.unknown {
+        None => Ok(None),
+        Some(u) => {
+            let path = run_dir.join(&u.file);
+            if !path.is_file() {
+                return Err(Error::bad_input(&path, "missing, though head.json has an unknown threshold: copy the whole run folder, or retrain"));
+            }
+            crate::head::unknown::UnknownScore::load(&path, u.clone(), card.classes.len() as i64, card.feature_width).map(Some)
+        }
+    }
+}
+
 /// `lastlayer export --format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -208,7 +226,17 @@ impl ExportFormat {
 /// classes]` probabilities. Normalisation, the backbone (fp32, BatchNorm folded) and the head
 /// are inside, and with `--tta flip` the mirror image's features averaged in. Written
 /// atomically.
-pub fn export_torchscript(backbone: &crate::backbone::Backbone, head: &LinearHead, card: &HeadCard, out: &Path) -> Result<()> {
+///
+/// With an unknown score (`unknown`), the module returns a tuple: the probabilities and the
+/// in-class score `[N]` (higher = more like the training classes; below `card.unknown`'s
+/// threshold, unknown), as `predict` computes them.
+pub fn export_torchscript(
+    backbone: &crate::backbone::Backbone,
+    head: &LinearHead,
+    unknown: Option<&crate::head::unknown::UnknownScore>,
+    card: &HeadCard,
+    out: &Path,
+) -> Result<()> {
     let size = card.preprocessing.input_size;
     let example = tch::Tensor::full([2, 3, size, size], 128.0, (tch::Kind::Float, tch::Device::Cpu));
     // Every constant is made before tracing: tensors created from Rust data inside a trace are
@@ -218,17 +246,23 @@ pub fn export_torchscript(backbone: &crate::backbone::Backbone, head: &LinearHea
     let _ = backbone.features(&card.preprocessing.normalize(&example))?;
     let mut failure = None;
     let tta = card.data.tta;
-    let forward = |input: &tch::Tensor| -> tch::Tensor {
+    let forward = |input: &tch::Tensor| -> Vec<tch::Tensor> {
         let x = (input - &mean) * &scale;
         match backbone.features_with(&x, tta) {
-            Ok(f) => head.probabilities(&f),
+            Ok(f) => {
+                let mut outputs = vec![head.probabilities(&f)];
+                if let Some(u) = unknown {
+                    outputs.push(tch::no_grad(|| u.scores_traceable(&f)));
+                }
+                outputs
+            }
             Err(e) => {
                 failure = Some(e);
-                input.shallow_clone()
+                vec![input.shallow_clone()]
             }
         }
     };
-    let module = TracedModule::trace(c"lastlayer_classifier", "the classifier", &example, forward)?;
+    let module = TracedModule::trace_outputs(c"lastlayer_classifier", "the classifier", &example, forward)?;
     if let Some(e) = failure {
         return Err(e);
     }

@@ -285,3 +285,52 @@ pub fn reliability_diagram(eval: &Evaluation, path: &Path) -> Result<()> {
         Ok(())
     })
 }
+
+/// Draws `coverage.png`: accuracy on the test pictures kept against the share kept, as the
+/// threshold on each score in `curves` (name, `(kept, accuracy)` points, the most confident
+/// first) rises, from 5% kept on (fewer pictures make a noisy start); `at` marks the run's
+/// threshold (share kept, accuracy).
+pub fn coverage_curves(curves: &[(String, Vec<(f64, f64)>)], at: Option<(f64, f64)>, path: &Path) -> Result<()> {
+    font();
+    let err = |e| plot_error(path, e);
+    let lowest = curves.iter().flat_map(|(_, c)| c.iter().filter(|p| p.0 >= 0.05).map(|p| p.1)).fold(1.0f64, f64::min);
+    let floor = ((lowest * 10.0).floor() / 10.0).clamp(0.0, 0.9);
+    draw_png(path, (620, 520), |root| {
+        root.fill(&WHITE).map_err(err)?;
+        let mut chart = ChartBuilder::on(root)
+            .caption("accuracy on the test pictures kept", ("sans-serif", 15))
+            .margin(14)
+            .x_label_area_size(40)
+            .y_label_area_size(52)
+            .build_cartesian_2d(0.0..1.0, floor..1.0)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .light_line_style(WHITE)
+            .bold_line_style(BLACK.mix(0.1))
+            .x_desc("share of test pictures kept")
+            .y_desc("accuracy on them")
+            .x_label_formatter(&|v| format!("{v:.1}"))
+            .y_label_formatter(&|v| format!("{v:.2}"))
+            .draw()
+            .map_err(err)?;
+        let colours = [RGBColor(70, 130, 180), RGBColor(220, 120, 40), RGBColor(80, 160, 80)];
+        for (i, (name, points)) in curves.iter().enumerate() {
+            let colour = colours[i % colours.len()];
+            chart
+                .draw_series(LineSeries::new(points.iter().copied().filter(|p| p.0 >= 0.05), colour.stroke_width(2)))
+                .map_err(err)?
+                .label(name.clone())
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], colour.stroke_width(2)));
+        }
+        if let Some((kept, acc)) = at {
+            chart
+                .draw_series([Circle::new((kept, acc), 5, RED.filled())])
+                .map_err(err)?
+                .label(format!("the run's threshold: {:.1}% kept, {:.1}% right", 100.0 * kept, 100.0 * acc))
+                .legend(|(x, y)| Circle::new((x + 7, y), 4, RED.filled()));
+        }
+        chart.configure_series_labels().position(SeriesLabelPosition::LowerLeft).background_style(WHITE.mix(0.85)).border_style(BLACK).draw().map_err(err)?;
+        Ok(())
+    })
+}

@@ -15,6 +15,7 @@ mod metrics;
 mod path;
 mod streamed;
 mod train;
+pub mod unknown;
 
 pub use class_weight::{class_weights, weighted_cross_entropy, ClassWeight};
 pub use metrics::{evaluate, evaluate_logits, reliability, Calibration, ClassAccuracy, ConfusionScores, Evaluation, ReliabilityBin, ECE_BINS};

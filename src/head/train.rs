@@ -86,6 +86,15 @@ pub struct TrainConfig {
     /// [`super::class_weight`]).
     #[serde(default)]
     pub class_weight: ClassWeight,
+    /// The share of in-class validation pictures the unknown threshold keeps (`--keep`, in
+    /// (0, 1]; see [`super::unknown`]). head.json files written before it existed read as
+    /// the default, 0.95.
+    #[serde(default = "default_keep")]
+    pub keep: f64,
+}
+
+fn default_keep() -> f64 {
+    super::unknown::DEFAULT_KEEP
 }
 
 impl Default for TrainConfig {
@@ -103,6 +112,7 @@ impl Default for TrainConfig {
             schedule: Schedule::Cosine,
             refit: true,
             class_weight: ClassWeight::None,
+            keep: super::unknown::DEFAULT_KEEP,
         }
     }
 }
@@ -129,7 +139,7 @@ impl TrainConfig {
         if self.patience == 0 {
             return bad("--patience", "must be at least 1".into());
         }
-        Ok(())
+        super::unknown::check_keep(self.keep)
     }
 }
 

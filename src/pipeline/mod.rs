@@ -21,12 +21,12 @@ use crate::error::Result;
 use crate::hub::{fetch_weights, FetchOptions, Registry, ResolvedWeights};
 use crate::progress::Progress;
 
-pub use evaluate::{evaluate_run, EvalOutcome};
+pub use evaluate::{evaluate_run, EvalOutcome, Separation, UnknownEval};
 pub use export::export;
 pub use extract::extract_split;
 pub use features::{features, FeatureRequest, FeatureSet, SplitFeatures, DEFAULT_CHUNK_ROWS};
 pub use shard::ShardSpec;
-pub use predict::{collect_pictures, predict, ClassScore, Classifier, Prediction, Preparer};
+pub use predict::{collect_pictures, predict, Answer, ClassScore, Classifier, Prediction, Preparer, Reject};
 pub use review::{page_path, review_run, ReviewOptions, PAGE_FILE};
 pub use sweep::{sweep, SweepOutcome, Trial};
 pub use train::{train, TrainOutcome};

@@ -12,7 +12,8 @@ use crate::backbone::{Architecture, Backbone, Engine, Precision};
 use crate::data::load_picture;
 use crate::data::on_device::{self, Pixels};
 use crate::error::{Error, IoContext, Result};
-use crate::export::{read_run, HeadCard};
+use crate::export::{read_run, read_unknown, HeadCard};
+use crate::head::unknown::{UnknownScore, Verdict};
 use crate::hub::{fetch_weights, resolve_weights};
 
 /// One class and its probability.
@@ -33,6 +34,35 @@ pub struct Prediction {
     pub path: PathBuf,
     /// Best first.
     pub top: Vec<ClassScore>,
+    /// Whether the picture scores below the run's unknown threshold: of none of the trained
+    /// classes (absent for runs without a threshold, or with `--reject off`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unknown: Option<bool>,
+    /// Its in-class score, higher = more like the training classes (see
+    /// [`crate::head::unknown`]); absent when `unknown` is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
+}
+
+/// One picture's answer: its top classes and, when the run has an unknown threshold (and
+/// rejection is on), the verdict.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Answer {
+    /// Best first.
+    pub top: Vec<ClassScore>,
+    /// Score and verdict.
+    #[serde(skip)]
+    pub verdict: Option<Verdict>,
+}
+
+/// Whether answers carry the unknown verdict (`--reject`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Reject {
+    /// Pictures below the run's threshold are answered as unknown (the default).
+    #[default]
+    On,
+    /// Every picture gets its top classes only, as before unknown thresholds existed.
+    Off,
 }
 
 /// Expands files and folders (recursively) into picture files, in the order given, folders
@@ -73,6 +103,7 @@ pub struct Classifier {
     card: HeadCard,
     head: crate::head::LinearHead,
     backbone: Backbone,
+    unknown: Option<UnknownScore>,
 }
 
 impl std::fmt::Debug for Classifier {
@@ -85,11 +116,32 @@ impl Classifier {
     /// Loads the run folder `run_dir` (written by `train`, `run` or `sweep`) and its backbone,
     /// in the precision it was trained with, on the session's device.
     pub fn open(session: &Session, run_dir: &Path) -> Result<Classifier> {
-        let (card, head) = read_run(run_dir)?;
-        Classifier::with_run(session, card, head)
+        Classifier::open_with(session, run_dir, Reject::On)
     }
 
-    fn with_run(session: &Session, card: HeadCard, head: crate::head::LinearHead) -> Result<Classifier> {
+    /// [`Classifier::open`], with the unknown verdict on or off. A run trained before unknown
+    /// thresholds existed says so once, and how to get one.
+    pub fn open_with(session: &Session, run_dir: &Path, reject: Reject) -> Result<Classifier> {
+        let (card, head) = read_run(run_dir)?;
+        let unknown = match reject {
+            Reject::Off => None,
+            Reject::On => {
+                let u = read_unknown(run_dir, &card)?;
+                if u.is_none() {
+                    tracing::warn!(
+                        "{} has no unknown threshold (trained before lastlayer had one, or without a validation split): every \
+                         picture is answered with a class. Run its train command again to get one; the cached features are \
+                         reused, so it takes seconds",
+                        run_dir.display()
+                    );
+                }
+                u
+            }
+        };
+        Classifier::with_run(session, card, head, unknown)
+    }
+
+    fn with_run(session: &Session, card: HeadCard, head: crate::head::LinearHead, unknown: Option<UnknownScore>) -> Result<Classifier> {
         let backbone = run_backbone_of(session, &card, card.backbone.precision)?;
         tracing::info!(
             "classifier: backbone {} in {:?} on {:?}; {}; head on the CPU",
@@ -98,7 +150,7 @@ impl Classifier {
             backbone.device(),
             on_device::describe(backbone.device())
         );
-        Ok(Classifier { card, head, backbone })
+        Ok(Classifier { card, head, backbone, unknown })
     }
 
     /// Class names, in the head's order.
@@ -121,12 +173,41 @@ impl Classifier {
     /// the backbone together (one batch). With the backbone on a GPU they cross as uint8 and
     /// are resized and normalised there.
     pub fn classify(&self, pictures: &[Tensor], top_k: usize) -> Result<Vec<Vec<ClassScore>>> {
+        Ok(self.answer(pictures, top_k)?.into_iter().map(|a| a.top).collect())
+    }
+
+    /// [`Classifier::classify`] with each picture's unknown verdict.
+    pub fn answer(&self, pictures: &[Tensor], top_k: usize) -> Result<Vec<Answer>> {
         if top_k == 0 {
             return Err(Error::usage("top_k", "must be at least 1"));
         }
         let preparer = self.preparer();
         let inputs = pictures.iter().map(|p| preparer.prepare(p)).collect::<Result<Vec<_>>>()?;
-        self.classify_prepared(&inputs, &vec![top_k; inputs.len()], inputs.len())
+        self.answer_prepared(&inputs, &vec![top_k; inputs.len()], inputs.len())
+    }
+
+    /// The run's in-class score, when it has one and rejection is on.
+    pub fn unknown(&self) -> Option<&UnknownScore> {
+        self.unknown.as_ref()
+    }
+
+    /// The head's features of decoded pictures (as [`Classifier::classify`] takes them), `[N, D]`.
+    pub fn features(&self, pictures: &[Tensor]) -> Result<Tensor> {
+        let preparer = self.preparer();
+        let inputs = pictures.iter().map(|p| preparer.prepare(p)).collect::<Result<Vec<_>>>()?;
+        self.features_prepared(&inputs, inputs.len())
+    }
+
+    fn features_prepared(&self, inputs: &[Tensor], rows: usize) -> Result<Tensor> {
+        let n = inputs.len();
+        let padded: Vec<Tensor> = inputs.iter().chain(std::iter::repeat_n(&inputs[n - 1], rows.saturating_sub(n))).map(Tensor::shallow_clone).collect();
+        let device = self.backbone.device();
+        let input = if on_device::preprocesses_on(device) {
+            self.card.preprocessing.batch_on(&Pixels::pictures(&padded)?.staged_for(device)?, device)?
+        } else {
+            Tensor::f_cat(&padded, 0)?
+        };
+        Ok(self.backbone.features_with(&input, self.card.data.tta)?.f_narrow(0, 0, n as i64)?.to_device(tch::Device::Cpu))
     }
 
     /// Runs the backbone with `engine` from now on ([`Engine::Frozen`] applies on the CPU
@@ -171,6 +252,11 @@ impl Classifier {
     /// [`Classifier::classify`] gives it alone or in any other batch, up to the rounding of the
     /// backbone's kernels (tests/serve.rs compares it with `predict` to 1e-6).
     pub fn classify_prepared(&self, inputs: &[Tensor], ks: &[usize], rows: usize) -> Result<Vec<Vec<ClassScore>>> {
+        Ok(self.answer_prepared(inputs, ks, rows)?.into_iter().map(|a| a.top).collect())
+    }
+
+    /// [`Classifier::classify_prepared`] with each picture's unknown verdict.
+    pub fn answer_prepared(&self, inputs: &[Tensor], ks: &[usize], rows: usize) -> Result<Vec<Answer>> {
         if inputs.len() != ks.len() {
             return Err(Error::usage("ks", format!("{} pictures but {} values of k", inputs.len(), ks.len())));
         }
@@ -182,15 +268,11 @@ impl Classifier {
         }
         let classes = &self.card.classes;
         let k_max = ks.iter().copied().max().unwrap_or(1).min(classes.len());
-        let n = inputs.len();
-        let padded: Vec<Tensor> = inputs.iter().chain(std::iter::repeat_n(&inputs[n - 1], rows.saturating_sub(n))).map(Tensor::shallow_clone).collect();
-        let device = self.backbone.device();
-        let input = if on_device::preprocesses_on(device) {
-            self.card.preprocessing.batch_on(&Pixels::pictures(&padded)?.staged_for(device)?, device)?
-        } else {
-            Tensor::f_cat(&padded, 0)?
+        let features = self.features_prepared(inputs, rows)?;
+        let verdicts: Vec<Option<Verdict>> = match &self.unknown {
+            Some(u) => u.verdicts(&features)?.into_iter().map(Some).collect(),
+            None => vec![None; inputs.len()],
         };
-        let features = self.backbone.features_with(&input, self.card.data.tta)?.f_narrow(0, 0, n as i64)?;
         let probs = self.head.probabilities(&features);
         // The best k_max, best first; each picture keeps its own first k.
         let (values, indices) = probs.topk(k_max as i64, -1, true, true);
@@ -201,11 +283,12 @@ impl Classifier {
             .enumerate()
             .map(|(i, &k)| {
                 let row = i * k_max..i * k_max + k.min(k_max);
-                indices[row.clone()]
+                let top = indices[row.clone()]
                     .iter()
                     .zip(&values[row])
                     .map(|(&c, &p)| ClassScore { class: classes[c as usize].clone(), index: c as usize, probability: p })
-                    .collect()
+                    .collect();
+                Answer { top, verdict: verdicts[i] }
             })
             .collect())
     }
@@ -233,18 +316,18 @@ impl Preparer {
 }
 
 /// Classifies pictures with a run's backbone, preprocessing and head.
-pub fn predict(session: &Session, run_dir: &Path, paths: &[PathBuf], top_k: usize, batch_size: usize) -> Result<Vec<Prediction>> {
+/// With `reject` on, each picture also gets its unknown verdict when the run has a threshold.
+pub fn predict(session: &Session, run_dir: &Path, paths: &[PathBuf], top_k: usize, batch_size: usize, reject: Reject) -> Result<Vec<Prediction>> {
     if top_k == 0 {
         return Err(Error::usage("--top-k", "must be at least 1"));
     }
-    let (card, head) = read_run(run_dir)?;
     let pictures = collect_pictures(paths)?;
-    let classifier = Classifier::with_run(session, card, head)?;
+    let classifier = Classifier::open_with(session, run_dir, reject)?;
     let mut out = Vec::with_capacity(pictures.len());
     for chunk in pictures.chunks(batch_size.max(1)) {
         let decoded = chunk.iter().map(|p| load_picture(p)).collect::<Result<Vec<_>>>()?;
-        for (path, top) in chunk.iter().zip(classifier.classify(&decoded, top_k)?) {
-            out.push(Prediction { path: path.clone(), top });
+        for (path, a) in chunk.iter().zip(classifier.answer(&decoded, top_k)?) {
+            out.push(Prediction { path: path.clone(), top: a.top, unknown: a.verdict.map(|v| v.unknown), score: a.verdict.map(|v| v.score) });
         }
     }
     Ok(out)

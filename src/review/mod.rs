@@ -37,6 +37,20 @@ pub use confident::RankBy;
 /// at quality 70, shifted by one pixel) with two random-weight backbones and the real
 /// EfficientNet-Lite0 weights: see docs/performance.md, "review: the duplicate threshold".
 pub const DEFAULT_MIN_SIMILARITY: f64 = 0.3;
+/// The cosine similarity from which a near-duplicate pair counts as a **copy** (the same
+/// photograph: re-encoded, resized, shifted by a pixel) rather than a **look-alike** (another
+/// photograph of a similar scene). On the planted-fault set (tests/review.rs: real
+/// EfficientNet-Lite0 at 96 px, 20 test pictures copied into train as JPEG at quality 70
+/// shifted by a pixel, 5 exact copies) the planted JPEG copies score 0.44-0.85 and the other
+/// test-train pairs 0.31-0.68; at 0.6 the copy tier held 17 test-train pairs, 16 of them
+/// planted (precision 0.94, a lower bound: the one other pair may be a real copy in CIFAR-10),
+/// and 16 of the 25 planted copies (recall 0.64); at 0.8 it held 6, all planted, but missed
+/// 19. On full CIFAR-10 at 224 px, pairs at 0.83-0.88 were plainly the same photo and most at
+/// 0.31 only alike. The headline count (`test_pictures_with_train_copy`) is on copies only.
+pub const COPY_SIMILARITY: f64 = 0.6;
+/// Below this out-of-fold accuracy, the label issues come with a warning: confident learning
+/// trusts the out-of-fold probabilities, and a weak head flags pictures it merely gets wrong.
+pub const TRUSTED_OUT_OF_FOLD_ACCURACY: f64 = 0.8;
 /// Default number of folds.
 pub const DEFAULT_FOLDS: usize = 5;
 /// The most similar partners kept for each picture (a picture copied many times lists these).
@@ -90,12 +104,37 @@ pub struct Duplicate {
     pub similarity: f64,
     /// The same bytes (the same content key).
     pub exact: bool,
+    /// `copy` (the same bytes, or similarity at least [`COPY_SIMILARITY`]) or `look_alike`.
+    #[serde(default)]
+    pub tier: Tier,
     /// Which kind of pair.
     #[serde(skip)]
     pub kind: PairKind,
     /// The two pictures' indices in their splits: `test`'s, then `train`'s.
     #[serde(skip)]
     pub rows: (usize, usize),
+}
+
+/// How alike a duplicate pair is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tier {
+    /// The same bytes, or similarity at least [`COPY_SIMILARITY`]: the same photograph.
+    Copy,
+    /// Above `--min-similarity` only: similar pictures, most of them other photographs.
+    #[default]
+    LookAlike,
+}
+
+impl Tier {
+    /// The tier of a pair with `similarity`, `exact` when its bytes are the same.
+    pub fn of(similarity: f64, exact: bool) -> Tier {
+        if exact || similarity >= COPY_SIMILARITY {
+            Tier::Copy
+        } else {
+            Tier::LookAlike
+        }
+    }
 }
 
 /// Where a duplicate pair's pictures are.
@@ -131,10 +170,22 @@ pub struct DuplicateCounts {
     pub within_train: u64,
     /// Pairs within test (last in `duplicates`).
     pub within_test: u64,
-    /// Test pictures with at least one duplicate in train.
+    /// Test pictures with at least one duplicate in train (copies and look-alikes).
     pub test_pictures_with_train_duplicate: u64,
     /// Their share of the test pictures.
     pub test_share: f64,
+    /// Test pictures with a copy in train (tier `copy`): the headline count.
+    #[serde(default)]
+    pub test_pictures_with_train_copy: u64,
+    /// Their share of the test pictures.
+    #[serde(default)]
+    pub test_copy_share: f64,
+    /// Test-train pairs of the `copy` tier.
+    #[serde(default)]
+    pub test_train_copies: u64,
+    /// The similarity from which a pair is a copy ([`COPY_SIMILARITY`]).
+    #[serde(default)]
+    pub copy_similarity: f64,
     /// The similarity threshold used.
     pub min_similarity: f64,
 }
@@ -199,6 +250,10 @@ pub struct Summary {
     pub test_macro_f1: f64,
     /// The fold heads' accuracy on the pictures they did not see.
     pub out_of_fold_accuracy: f64,
+    /// Set when the out-of-fold accuracy is below [`TRUSTED_OUT_OF_FOLD_ACCURACY`]: why the
+    /// label issues are not to be trusted yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_issues_warning: Option<String>,
     /// Folds (K).
     pub folds: usize,
     /// The fold heads' L2 penalty (the run's; none for a fixed weight decay).
@@ -421,6 +476,8 @@ pub fn review(model: &str, classes: &[String], head: &LinearHead, train: &SplitD
     // The summary.
     let count = |split: &str, c: usize| label_issues.iter().filter(|i| i.split == split && i.given == classes[c]).count() as u64;
     let dup_test: std::collections::BTreeSet<usize> = duplicates.iter().filter(|d| d.kind == PairKind::TestTrain).map(|d| d.rows.0).collect();
+    let copy_test: std::collections::BTreeSet<usize> =
+        duplicates.iter().filter(|d| d.kind == PairKind::TestTrain && d.tier == Tier::Copy).map(|d| d.rows.0).collect();
     let scores = crate::head::ConfusionScores::of(&confusion);
     let per_class = (0..k)
         .map(|c| ClassSummary {
@@ -445,6 +502,7 @@ pub fn review(model: &str, classes: &[String], head: &LinearHead, train: &SplitD
         test_balanced_accuracy: scores.balanced_accuracy,
         test_macro_f1: scores.macro_f1,
         out_of_fold_accuracy: correct_oof as f64 / train.pictures().max(1) as f64,
+        label_issues_warning: label_issues_warning(correct_oof as f64 / train.pictures().max(1) as f64, train.pictures()),
         folds: s.folds,
         l2: s.l2,
         rank_by: s.rank_by,
@@ -458,6 +516,10 @@ pub fn review(model: &str, classes: &[String], head: &LinearHead, train: &SplitD
             within_test: of_kind(PairKind::WithinTest),
             test_pictures_with_train_duplicate: dup_test.len() as u64,
             test_share: if test_pictures == 0 { 0.0 } else { dup_test.len() as f64 / test_pictures as f64 },
+            test_pictures_with_train_copy: copy_test.len() as u64,
+            test_copy_share: if test_pictures == 0 { 0.0 } else { copy_test.len() as f64 / test_pictures as f64 },
+            test_train_copies: duplicates.iter().filter(|d| d.kind == PairKind::TestTrain && d.tier == Tier::Copy).count() as u64,
+            copy_similarity: COPY_SIMILARITY,
             min_similarity: s.min_similarity,
         },
         per_class,
@@ -466,6 +528,19 @@ pub fn review(model: &str, classes: &[String], head: &LinearHead, train: &SplitD
         page: None,
     };
     Ok(Review { mistakes, label_issues, duplicates, summary, cells, test_names: test.names.clone() })
+}
+
+/// The warning on label issues found with out-of-fold accuracy `oof` over `pictures` training
+/// pictures, when it is too low to trust them.
+pub fn label_issues_warning(oof: f64, pictures: usize) -> Option<String> {
+    (oof < TRUSTED_OUT_OF_FOLD_ACCURACY).then(|| {
+        format!(
+            "the out-of-fold heads are right on only {:.0}% of the {pictures} training pictures: confident learning needs a better \
+             head to be trusted here (most label issues are then pictures the head gets wrong, not wrong labels); \
+             use more training pictures or a stronger backbone first",
+            100.0 * oof
+        )
+    })
 }
 
 /// Exact (content key) and near (feature similarity) duplicates: test-train pairs, then pairs
@@ -513,11 +588,26 @@ fn find_duplicates(train: &SplitData, test: &SplitData, s: &Settings) -> Result<
                 // Within a split, `train` holds the earlier picture, `test` the later.
                 let (test_row, train_row) = if kind == PairKind::TestTrain { (i, j) } else { (j, i) };
                 let (tname, trname) = if kind == PairKind::TestTrain { (&da.names[i], &db.names[j]) } else { (&da.names[j], &da.names[i]) };
-                Duplicate { test: tname.clone(), train: trname.clone(), similarity, exact, kind, rows: (test_row, train_row) }
+                Duplicate { test: tname.clone(), train: trname.clone(), similarity, exact, tier: Tier::of(similarity, exact), kind, rows: (test_row, train_row) }
             })
             .collect();
         found.sort_by(|x, y| y.exact.cmp(&x.exact).then(y.similarity.total_cmp(&x.similarity)).then(x.rows.cmp(&y.rows)));
         out.extend(found);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tier_tests {
+    use super::*;
+
+    #[test]
+    fn tiers_and_the_low_accuracy_warning() {
+        assert_eq!(Tier::of(0.31, false), Tier::LookAlike);
+        assert_eq!(Tier::of(COPY_SIMILARITY, false), Tier::Copy);
+        assert_eq!(Tier::of(0.1, true), Tier::Copy);
+        let w = label_issues_warning(0.6, 300).expect("60% out of fold is too low");
+        assert!(w.contains("60%") && w.contains("300") && w.contains("better head"), "{w}");
+        assert!(label_issues_warning(0.9, 300).is_none());
+    }
 }

@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 use super::metrics::Metrics;
 use crate::backbone::Engine;
 use crate::error::{Error, Result};
-use crate::pipeline::{ClassScore, Classifier};
+use crate::pipeline::{Answer, Classifier};
 
 /// A picture waiting for the model, and where its answer goes.
 pub(super) struct Job {
@@ -33,7 +33,7 @@ pub(super) struct Job {
     /// When it entered the queue.
     pub queued: Instant,
     /// The request's answer.
-    pub reply: oneshot::Sender<Result<Vec<ClassScore>>>,
+    pub reply: oneshot::Sender<Result<Answer>>,
 }
 
 /// How batches are formed.
@@ -160,11 +160,11 @@ pub(super) fn rows_for(n: usize, max_batch: usize, engine: Engine) -> usize {
 
 /// Every job's answer, from one forward pass of `rows` rows. Should the batch fail, each
 /// picture is tried alone, so that one bad picture fails only its own request.
-fn classify(classifier: &Classifier, batch: &[Job], rows: usize) -> Vec<Result<Vec<ClassScore>>> {
-    let run = |jobs: &[Job], rows: usize| -> Result<Vec<Vec<ClassScore>>> {
+fn classify(classifier: &Classifier, batch: &[Job], rows: usize) -> Vec<Result<Answer>> {
+    let run = |jobs: &[Job], rows: usize| -> Result<Vec<Answer>> {
         let inputs: Vec<Tensor> = jobs.iter().map(|j| j.input.shallow_clone()).collect();
         let ks: Vec<usize> = jobs.iter().map(|j| j.k).collect();
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| classifier.classify_prepared(&inputs, &ks, rows)))
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| classifier.answer_prepared(&inputs, &ks, rows)))
             .unwrap_or_else(|_| Err(Error::Server { message: "libtorch failed on this batch".into() }))
     };
     match run(batch, rows) {

@@ -110,6 +110,8 @@ pub struct ServeOptions {
     /// Longest a request may take from its arrival to its answer; past it, 503 (or 408 while
     /// its body is still arriving).
     pub timeout: Duration,
+    /// Whether answers carry the run's unknown verdict (`--reject`).
+    pub reject: crate::pipeline::Reject,
 }
 
 impl ServeOptions {
@@ -123,6 +125,7 @@ impl ServeOptions {
             max_batch: None,
             max_wait: DEFAULT_MAX_WAIT,
             timeout: DEFAULT_TIMEOUT,
+            reject: crate::pipeline::Reject::On,
         }
     }
 
@@ -219,14 +222,14 @@ impl Server {
         opts.validate()?;
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Loaded>>();
         let (start_tx, start_rx) = std::sync::mpsc::channel::<Start>();
-        let (session, dir) = (session.clone(), run_dir.to_path_buf());
+        let (session, dir, reject) = (session.clone(), run_dir.to_path_buf(), opts.reject);
         let worker = std::thread::Builder::new()
             .name("lastlayer-inference".into())
             .spawn(move || {
                 // A server sees many pictures: the engine extraction would use for many of them
                 // (the frozen one on the CPU, for the networks it speeds up), warmed up on a
                 // blank picture before anything listens.
-                let opened = Classifier::open(&session, &dir).and_then(|mut classifier| {
+                let opened = Classifier::open_with(&session, &dir, reject).and_then(|mut classifier| {
                     classifier.set_engine(Engine::choose(classifier.device(), usize::MAX, classifier.architecture()));
                     classifier.warm_up()?;
                     Ok(classifier)
@@ -518,12 +521,18 @@ async fn predict(State(st): State<Arc<AppState>>, query: std::result::Result<Que
     }
     drop(arriving);
     match tokio::time::timeout_at(deadline, answer).await {
-        Ok(Ok(Ok(top))) => Json(json!({
-            "model": st.model,
-            "top": top,
-            "elapsed_ms": (start.elapsed().as_secs_f64() * 1e4).round() / 10.0,
-        }))
-        .into_response(),
+        Ok(Ok(Ok(answer))) => {
+            let mut body = json!({
+                "model": st.model,
+                "top": answer.top,
+                "elapsed_ms": (start.elapsed().as_secs_f64() * 1e4).round() / 10.0,
+            });
+            if let Some(v) = answer.verdict {
+                body["unknown"] = json!(v.unknown);
+                body["score"] = json!(v.score);
+            }
+            Json(body).into_response()
+        }
         Ok(Ok(Err(e))) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("classification failed: {e}")),
         Ok(Err(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, "the model stopped before answering"),
         Err(_) => timed_out(&st, "waited for the model"),

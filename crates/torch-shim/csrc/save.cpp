@@ -37,4 +37,26 @@ char* ll_module_save_bytes(void* module, size_t* len, char** error) {
 
 void ll_free_bytes(char* bytes) { std::free(bytes); }
 
+// Packs the outputs of `module`'s traced method `name` into one tuple (a traced graph with
+// several registered outputs cannot be saved: a method returns one value). Returns 0, or -1
+// with `*error` set.
+int ll_module_pack_outputs(void* module, const char* name, char** error) {
+  try {
+    auto method = static_cast<torch::jit::Module*>(module)->get_method(name);
+    auto& fn = torch::jit::toGraphFunction(method.function());
+    auto graph = fn.graph();
+    if (graph->outputs().size() > 1) {
+      std::vector<torch::jit::Value*> outputs(graph->outputs().begin(), graph->outputs().end());
+      auto tuple = graph->insertNode(graph->createTuple(outputs));
+      while (!graph->outputs().empty()) graph->eraseOutput(0);
+      graph->registerOutput(tuple->output());
+      fn.setSchema(fn.getSchema().cloneWithReturns({c10::Argument("", tuple->output()->type())}));
+    }
+    return 0;
+  } catch (const std::exception& e) {
+    *error = lastlayer::copy_string(e.what());
+    return -1;
+  }
+}
+
 }  // extern "C"

@@ -19,6 +19,9 @@ extern "C" {
     pub fn ll_module_save_bytes(module: *mut c_void, len: *mut usize, error: *mut *mut c_char) -> *mut c_char;
     /// Frees bytes from [`ll_module_save_bytes`].
     pub fn ll_free_bytes(bytes: *mut c_char);
+    /// Packs the outputs of the module's traced method `name` into one tuple; -1 with
+    /// `*error` set on failure.
+    pub fn ll_module_pack_outputs(module: *mut c_void, name: *const c_char, error: *mut *mut c_char) -> i32;
     /// Frees an error string.
     pub fn ll_free_string(s: *mut c_char);
 }

@@ -10,8 +10,11 @@
 //!
 //! Input `image`: float32 `[N, 3, S, S]`, RGB values 0-255, resized (and cropped) as
 //! `head.json`'s `preprocessing` says, `N` free. Output `probabilities`: float32
-//! `[N, classes]`. The class names and the preprocessing are in the model's metadata
-//! (`lastlayer.classes`, `lastlayer.preprocessing`, JSON).
+//! `[N, classes]`; for a run with an unknown threshold, a second output `score`: float32 `[N]`,
+//! the in-class score (computed in float64 inside the graph, as `predict` does; see
+//! [`crate::head::unknown`]). The class names and the preprocessing are in the model's metadata
+//! (`lastlayer.classes`, `lastlayer.preprocessing`, JSON), and the threshold in
+//! `lastlayer.unknown`.
 //!
 //! Opset 17, IR version 8: what onnxruntime 1.13 and later run.
 
@@ -27,6 +30,7 @@ use crate::backbone::{Backbone, Ops, Precision};
 use crate::error::{Error, IoContext, Result};
 use crate::data::views::Tta;
 use crate::export::HeadCard;
+use crate::head::unknown::UnknownScore;
 use crate::head::LinearHead;
 use proto::{
     attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, tensor_shape_proto::dimension, type_proto, AttributeProto, GraphProto,
@@ -41,6 +45,8 @@ pub const IR_VERSION: i64 = 8;
 pub const INPUT: &str = "image";
 /// Name of the graph's output.
 pub const OUTPUT: &str = "probabilities";
+/// Name of the graph's second output, the in-class score, in runs with an unknown threshold.
+pub const SCORE_OUTPUT: &str = "score";
 
 /// A value in the graph being recorded: its name and its shape without the batch axis
 /// (`[C, H, W]`, or `[C]` after pooling).
@@ -84,6 +90,20 @@ fn float_tensor(name: &str, t: &Tensor) -> Result<TensorProto> {
         name: Some(name.into()),
         dims,
         data_type: Some(DataType::Float as i32),
+        raw_data: Some(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        ..Default::default()
+    })
+}
+
+/// A float64 initializer from a tensor (its f32 values widened), in row-major order.
+fn double_tensor(name: &str, t: &Tensor) -> Result<TensorProto> {
+    let t = t.f_to_kind(Kind::Double)?.f_contiguous()?;
+    let dims = t.size();
+    let values = Vec::<f64>::try_from(t.f_flatten(0, -1)?)?;
+    Ok(TensorProto {
+        name: Some(name.into()),
+        dims,
+        data_type: Some(DataType::Double as i32),
         raw_data: Some(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
         ..Default::default()
     })
@@ -140,6 +160,18 @@ impl OnnxGraph {
             int64_data: values.to_vec(),
             ..Default::default()
         });
+        name
+    }
+
+    /// Adds a float64 initializer holding `t`.
+    fn double_initializer(&mut self, prefix: &str, t: &Tensor) -> String {
+        let name = self.fresh(prefix);
+        match double_tensor(&name, t) {
+            Ok(p) => self.initializers.push(p),
+            Err(e) => {
+                self.failure.get_or_insert(e);
+            }
+        }
         name
     }
 
@@ -201,6 +233,55 @@ impl OnnxGraph {
         let node = self.nodes.last_mut().ok_or_else(|| Error::Export { message: "the ONNX graph has no nodes".into() })?;
         node.output = vec![name.into()];
         Ok(())
+    }
+
+    /// Renames the output of the node that made `symbol` (a graph output gets a fixed name).
+    fn rename_output(&mut self, symbol: &Symbol, name: &str) -> Result<()> {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.output.first() == Some(&symbol.name))
+            .ok_or_else(|| Error::Export { message: format!("no node makes {}", symbol.name) })?;
+        node.output = vec![name.into()];
+        Ok(())
+    }
+
+    /// The in-class score of `features` (`[N, D]`), as [`UnknownScore::scores`] computes it:
+    /// the standardised energy of the score head (`Gemm`, `ReduceLogSumExp`) plus the
+    /// standardised Mahalanobis part (`Sub`, `MatMul` by the whitening, `Unsqueeze`, `Sub` of
+    /// the whitened class means, `Mul`, `ReduceSum`, `ReduceMin`, times -1/D). `[N]`.
+    fn unknown_score(&mut self, features: &Symbol, u: &UnknownScore) -> Symbol {
+        // In float64 throughout, as predict computes it, then float32.
+        let (c, d) = (u.means.size()[0], u.means.size()[1]);
+        let x = self.node("Cast", vec![features.name.clone()], vec![int_attr("to", DataType::Double as i64)], vec![d]);
+        let w = self.double_initializer("score_weight", &u.score_weight);
+        let b = self.double_initializer("score_bias", &u.score_bias);
+        let logits = self.node("Gemm", vec![x.name.clone(), w, b], vec![int_attr("transB", 1)], vec![c]);
+        let energy = self.node("ReduceLogSumExp", vec![logits.name], vec![ints_attr("axes", &[1]), int_attr("keepdims", 0)], vec![]);
+        let standardise = |g: &mut OnnxGraph, x: Symbol, s: crate::head::unknown::Standardise| {
+            let mean = g.double_initializer("score_mean", &Tensor::from(s.mean));
+            let centred = g.node("Sub", vec![x.name, mean], vec![], vec![]);
+            let std = g.double_initializer("score_std", &Tensor::from(s.std));
+            g.node("Div", vec![centred.name, std], vec![], vec![])
+        };
+        let energy = standardise(self, energy, u.card.energy);
+        let centre = self.double_initializer("maha_centre", &u.centre);
+        let centred = self.node("Sub", vec![x.name, centre], vec![], vec![d]);
+        let whiten = self.double_initializer("maha_whiten", &u.whiten);
+        let z = self.node("MatMul", vec![centred.name, whiten], vec![], vec![d]);
+        let axis1 = self.int64_initializer("maha_axis", &[1], &[1]);
+        let z = self.node("Unsqueeze", vec![z.name, axis1], vec![], vec![1, d]);
+        let means = self.double_initializer("maha_means", &u.means);
+        let diff = self.node("Sub", vec![z.name, means], vec![], vec![c, d]);
+        let sq = self.node("Mul", vec![diff.name.clone(), diff.name], vec![], vec![c, d]);
+        let axis2 = self.int64_initializer("maha_axis", &[2], &[1]);
+        let d2 = self.node("ReduceSum", vec![sq.name, axis2], vec![int_attr("keepdims", 0)], vec![c]);
+        let nearest = self.node("ReduceMin", vec![d2.name], vec![ints_attr("axes", &[1]), int_attr("keepdims", 0)], vec![]);
+        let per_dim = self.double_initializer("maha_scale", &Tensor::from(-1.0 / d as f64));
+        let maha = self.node("Mul", vec![nearest.name, per_dim], vec![], vec![]);
+        let maha = standardise(self, maha, u.card.mahalanobis);
+        let sum = self.node("Add", vec![energy.name, maha.name], vec![], vec![]);
+        self.node("Cast", vec![sum.name], vec![int_attr("to", DataType::Float as i64)], vec![])
     }
 
     /// The recorded graph, or the first failure met while recording.
@@ -447,7 +528,10 @@ impl OnnxGraph {
 
 /// The whole classifier (normalisation, backbone, head, softmax) as an ONNX model; see the
 /// module documentation for its input and output. The backbone must be fp32.
-pub fn classifier_model(backbone: &Backbone, head: &LinearHead, card: &HeadCard) -> Result<ModelProto> {
+///
+/// With an unknown score (`unknown`), a second output `score` `[N]`: the in-class score as
+/// `predict` computes it, its threshold in the metadata (`lastlayer.unknown`).
+pub fn classifier_model(backbone: &Backbone, head: &LinearHead, unknown: Option<&UnknownScore>, card: &HeadCard) -> Result<ModelProto> {
     if backbone.precision() != Precision::Fp32 {
         return Err(Error::Export { message: "the ONNX export takes an fp32 backbone".into() });
     }
@@ -472,15 +556,22 @@ pub fn classifier_model(backbone: &Backbone, head: &LinearHead, card: &HeadCard)
     }
     let weight = g.initializer("head_weight", &head.weight);
     let bias = g.initializer("head_bias", &head.bias);
-    let logits = g.node("Gemm", vec![features.name, weight, bias], vec![int_attr("transB", 1)], vec![head.classes()]);
+    let logits = g.node("Gemm", vec![features.name.clone(), weight, bias], vec![int_attr("transB", 1)], vec![head.classes()]);
     g.node("Softmax", vec![logits.name], vec![int_attr("axis", -1)], vec![head.classes()]);
     g.rename_last_output(OUTPUT)?;
+    if let Some(u) = unknown {
+        let score = g.unknown_score(&features, u);
+        g.rename_output(&score, SCORE_OUTPUT)?;
+    }
 
-    let graph = g.finish(
+    let mut graph = g.finish(
         &format!("lastlayer_{}", card.backbone.model),
         float_value_info(INPUT, &[3, size, size]),
         float_value_info(OUTPUT, &[head.classes()]),
     )?;
+    if unknown.is_some() {
+        graph.output.push(float_value_info(SCORE_OUTPUT, &[]));
+    }
     let meta = |k: &str, v: String| StringStringEntryProto { key: Some(k.into()), value: Some(v) };
     Ok(ModelProto {
         ir_version: Some(IR_VERSION),
@@ -499,7 +590,19 @@ pub fn classifier_model(backbone: &Backbone, head: &LinearHead, card: &HeadCard)
             meta("lastlayer.classes", to_json(&card.classes)?),
             meta("lastlayer.preprocessing", to_json(&card.preprocessing)?),
             meta("lastlayer.backbone", to_json(&card.backbone)?),
-        ],
+        ]
+        .into_iter()
+        .chain(match (unknown, &card.unknown) {
+            (Some(_), Some(u)) => Some(meta("lastlayer.unknown", to_json(&serde_json::json!({
+                "output": SCORE_OUTPUT,
+                "threshold": u.threshold,
+                "keep": u.keep,
+                "method": u.method,
+                "meaning": "higher = more like the training classes; a picture whose score is below the threshold is of none of the classes",
+            }))?)),
+            _ => None,
+        })
+        .collect(),
         ..Default::default()
     })
 }
@@ -509,7 +612,7 @@ fn to_json(v: &impl serde::Serialize) -> Result<String> {
 }
 
 /// Writes [`classifier_model`] to `out`, atomically.
-pub fn export_onnx(backbone: &Backbone, head: &LinearHead, card: &HeadCard, out: &Path) -> Result<()> {
-    let bytes = classifier_model(backbone, head, card)?.encode_to_vec();
+pub fn export_onnx(backbone: &Backbone, head: &LinearHead, unknown: Option<&UnknownScore>, card: &HeadCard, out: &Path) -> Result<()> {
+    let bytes = classifier_model(backbone, head, unknown, card)?.encode_to_vec();
     crate::fsutil::write_atomic_with(out, |tmp| std::fs::write(tmp, &bytes).at(tmp))
 }
