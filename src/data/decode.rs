@@ -95,10 +95,10 @@ pub fn decode(bytes: &[u8]) -> Result<RgbImage, DecodeError> {
     Ok(picture.into_rgb8())
 }
 
-/// Decodes `bytes` into 8-bit RGB as stored, with the orientation that turns it upright (for
-/// callers that turn it themselves: [`crate::data::decode_picture`] does it on the tensor,
-/// where libtorch's copy is twice as fast as `image`'s pixel loop for a 12-megapixel photo).
-/// HEIF and AVIF come back upright, with [`Orientation::NoTransforms`].
+/// Decodes `bytes` into 8-bit RGB as stored, with the orientation that turns it upright, for
+/// callers that turn it themselves ([`crate::data::decode_picture`] does it in the copy that
+/// makes its tensor planar). HEIF and AVIF come back upright, with
+/// [`Orientation::NoTransforms`].
 pub fn decode_stored(bytes: &[u8]) -> Result<(RgbImage, Orientation), DecodeError> {
     if let Some(format) = heif::format_of(bytes) {
         return Ok((heif::decode(bytes, format)?, Orientation::NoTransforms));
