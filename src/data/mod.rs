@@ -632,24 +632,52 @@ pub fn decode_picture(bytes: &[u8]) -> Result<Tensor> {
 }
 
 /// An 8-bit RGB picture as stored as a `[1, 3, h, w]` uint8 tensor, turned upright by
-/// `orientation` (flips and a transpose, one copy by libtorch). The picture is dropped once
-/// copied, so that a big photo is held twice at most (300 MB each for 100 megapixels).
+/// `orientation`. For a 90° turn the channels are split into planes in the same pass that
+/// turns the picture, tile by tile so that reads and writes stay within the caches (libtorch's
+/// strided copy of a 12-megapixel photo took 0.11 s, as long as decoding it). The picture is
+/// dropped before the tensor is made, so that a big photo is held twice at most.
 fn rgb_tensor(img: image::RgbImage, orientation: Orientation) -> Tensor {
-    let (w, h) = img.dimensions();
-    let hwc = Tensor::from_slice(img.as_raw()).view([h as i64, w as i64, 3]);
-    drop(img);
-    let x = hwc.permute([2, 0, 1]).unsqueeze(0);
-    let x = match orientation {
-        Orientation::NoTransforms => x,
-        Orientation::FlipHorizontal => x.flip([3]),
-        Orientation::Rotate180 => x.flip([2, 3]),
-        Orientation::FlipVertical => x.flip([2]),
-        Orientation::Rotate90FlipH => x.transpose(2, 3),
-        Orientation::Rotate90 => x.transpose(2, 3).flip([3]),
-        Orientation::Rotate270FlipH => x.transpose(2, 3).flip([2, 3]),
-        Orientation::Rotate270 => x.transpose(2, 3).flip([2]),
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    // Where the stored pixel (y, x) goes in the upright picture, for the turns; the rest
+    // (untouched, mirrored, upside down) keep their rows, and libtorch's copy is faster there.
+    let to: fn(usize, usize, usize, usize) -> (usize, usize) = match orientation {
+        Orientation::Rotate90FlipH => |y, x, _, _| (x, y),
+        Orientation::Rotate90 => |y, x, h, _| (x, h - 1 - y),
+        Orientation::Rotate270FlipH => |y, x, h, w| (w - 1 - x, h - 1 - y),
+        Orientation::Rotate270 => |y, x, _, w| (w - 1 - x, y),
+        kept => {
+            let hwc = Tensor::from_slice(img.as_raw()).view([h as i64, w as i64, 3]);
+            drop(img);
+            let x = hwc.permute([2, 0, 1]).unsqueeze(0);
+            let x = match kept {
+                Orientation::FlipHorizontal => x.flip([3]),
+                Orientation::Rotate180 => x.flip([2, 3]),
+                Orientation::FlipVertical => x.flip([2]),
+                _ => x,
+            };
+            return x.contiguous();
+        }
     };
-    x.contiguous()
+    let (oh, ow) = (w, h);
+    const TILE: usize = 64;
+    let n = w * h;
+    let mut planes = vec![0u8; 3 * n];
+    let src = img.as_raw();
+    for ty in (0..h).step_by(TILE) {
+        for tx in (0..w).step_by(TILE) {
+            for y in ty..(ty + TILE).min(h) {
+                for x in tx..(tx + TILE).min(w) {
+                    let (oy, ox) = to(y, x, h, w);
+                    let (s, o) = ((y * w + x) * 3, oy * ow + ox);
+                    planes[o] = src[s];
+                    planes[n + o] = src[s + 1];
+                    planes[2 * n + o] = src[s + 2];
+                }
+            }
+        }
+    }
+    drop(img);
+    Tensor::from_slice(&planes).view([1, 3, oh as i64, ow as i64])
 }
 
 /// How the data set's pictures are resized (see [`preprocess`]).
