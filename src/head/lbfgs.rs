@@ -12,7 +12,7 @@
 
 use tch::{Kind, Tensor};
 
-/// Steps kept for the L-BFGS direction.
+/// Steps kept for the L-BFGS direction (see [`Memory`]).
 pub const HISTORY: usize = 10;
 
 /// The head's objective on standardised rows (see the module documentation).
@@ -29,12 +29,34 @@ pub struct Objective<'a> {
     pub l2: f64,
 }
 
+/// One evaluation of the objective: its value, its parts, its gradient.
+#[derive(Debug)]
+pub struct Evaluation {
+    /// `F`.
+    pub value: f64,
+    /// Its data term, the (class-weighted) mean cross-entropy.
+    pub loss: f64,
+    /// Rows whose highest logit is their label's.
+    pub correct: i64,
+    /// `∇F` (`W` row-major, then `b`).
+    pub gradient: Tensor,
+}
+
 impl Objective<'_> {
     /// `F` and its gradient at `theta` (`[C·D + C]`: `W` row-major, then `b`).
     pub fn value_and_gradient(&self, theta: &Tensor) -> (f64, Tensor) {
+        let e = self.evaluate(theta);
+        (e.value, e.gradient)
+    }
+
+    /// `F`, its data term, the rows it gets right and its gradient at `theta`, from one pass
+    /// of two matrix products over the rows.
+    pub fn evaluate(&self, theta: &Tensor) -> Evaluation {
         let (w, b) = self.split(theta);
         let n = self.z.size()[0] as f64;
-        let logp = (self.z.matmul(&w.tr()) + &b).log_softmax(-1, Kind::Float);
+        let logits = self.z.matmul(&w.tr()) + &b;
+        let correct = logits.argmax(-1, false).eq_tensor(self.labels).sum(Kind::Int64).int64_value(&[]);
+        let logp = logits.log_softmax(-1, Kind::Float);
         let onehot = self.labels.one_hot(self.classes).to_kind(Kind::Float);
         let ce = -(&logp * &onehot).sum_dim_intlist(1, false, Kind::Float);
         let mut g = logp.exp() - onehot;
@@ -48,8 +70,9 @@ impl Objective<'_> {
         g /= n;
         let gw = g.tr().matmul(self.z) + &w * self.l2;
         let gb = g.sum_dim_intlist(0, false, Kind::Float);
-        let f = data / n + 0.5 * self.l2 * w.square().sum(Kind::Double).double_value(&[]);
-        (f, Tensor::cat(&[gw.reshape([-1]), gb], 0))
+        let loss = data / n;
+        let value = loss + 0.5 * self.l2 * w.square().sum(Kind::Double).double_value(&[]);
+        Evaluation { value, loss, correct, gradient: Tensor::cat(&[gw.reshape([-1]), gb], 0) }
     }
 
     /// `theta` as `W` `[C, D]` and `b` `[C]` (views).
@@ -71,6 +94,10 @@ pub struct Solution {
     pub theta: Tensor,
     /// `F` there.
     pub value: f64,
+    /// Its data term there (see [`Evaluation`]).
+    pub loss: f64,
+    /// Rows right there.
+    pub correct: i64,
     /// The largest absolute gradient entry there.
     pub gradient_max: f64,
     /// Iterations run.
@@ -83,14 +110,63 @@ fn dot(a: &Tensor, b: &Tensor) -> f64 {
     a.dot(b).double_value(&[])
 }
 
+/// The curvature pairs L-BFGS keeps (the last [`HISTORY`] steps `s` and gradient changes
+/// `y`), which a path carries from one penalty to the next: the penalty's part of `y` is
+/// exactly `λ · s` on the weights, so a pair learnt at `λ` holds at `λ'` once
+/// `(λ' - λ) · s_W` is added to its `y` ([`Memory::retarget`]).
+#[derive(Debug, Default)]
+pub struct Memory {
+    /// (s, y, 1 / y·s), oldest first.
+    pairs: Vec<(Tensor, Tensor, f64)>,
+    /// The penalty the pairs were learnt at.
+    l2: f64,
+}
+
+impl Memory {
+    /// The pairs made valid for `objective`'s penalty; a pair whose curvature is no longer
+    /// positive is dropped.
+    fn retarget(&mut self, objective: &Objective) {
+        let delta = objective.l2 - self.l2;
+        if delta != 0.0 {
+            let weights = objective.classes * objective.z.size()[1];
+            let pairs = std::mem::take(&mut self.pairs);
+            for (s, y, _) in pairs {
+                let y = &y + Tensor::cat(&[s.narrow(0, 0, weights), s.narrow(0, weights, objective.classes).zeros_like()], 0) * delta;
+                let ys = dot(&y, &s);
+                if ys > 1e-12 {
+                    self.pairs.push((s, y, 1.0 / ys));
+                }
+            }
+        }
+        self.l2 = objective.l2;
+    }
+}
+
 /// Minimises `objective` from `theta0` until the largest gradient entry is below
 /// `gradient_tol`, the objective stops falling (a relative decrease under 1e-10 an
 /// iteration), or `max_iterations` have run.
 pub fn minimise(objective: &Objective, theta0: &Tensor, gradient_tol: f64, max_iterations: usize) -> Solution {
+    minimise_observed(objective, theta0, gradient_tol, max_iterations, &mut Memory::default(), |_, _, _| {})
+}
+
+/// [`minimise`], starting from the curvature pairs in `memory` (of an earlier run, on the
+/// same rows, at any penalty) and leaving its own there, and calling
+/// `observe(iteration, theta, evaluation)` after every iteration (from 1) with the point it
+/// reached.
+pub fn minimise_observed(
+    objective: &Objective,
+    theta0: &Tensor,
+    gradient_tol: f64,
+    max_iterations: usize,
+    memory: &mut Memory,
+    mut observe: impl FnMut(usize, &Tensor, &Evaluation),
+) -> Solution {
     let mut theta = theta0.to_kind(Kind::Float).copy();
-    let (mut f, mut g) = objective.value_and_gradient(&theta);
+    let first = objective.evaluate(&theta);
+    let (mut f, mut g, mut last) = (first.value, first.gradient.shallow_clone(), first);
     let mut evaluations = 1;
-    let mut history: Vec<(Tensor, Tensor, f64)> = Vec::new(); // (s, y, 1 / y·s)
+    memory.retarget(objective);
+    let history = &mut memory.pairs; // (s, y, 1 / y·s)
     let mut iterations = 0;
     while iterations < max_iterations && g.abs().max().double_value(&[]) >= gradient_tol {
         iterations += 1;
@@ -118,15 +194,18 @@ pub fn minimise(objective: &Objective, theta0: &Tensor, gradient_tol: f64, max_i
         }
         // Backtracking line search (Armijo).
         let mut step = 1.0;
-        let (theta_new, f_new, g_new) = loop {
+        let (theta_new, e) = loop {
             let candidate = &theta + &d * step;
-            let (fc, gc) = objective.value_and_gradient(&candidate);
+            let e = objective.evaluate(&candidate);
             evaluations += 1;
-            if fc <= f + 1e-4 * step * slope || step < 1e-10 {
-                break (candidate, fc, gc);
+            if e.value <= f + 1e-4 * step * slope || step < 1e-10 {
+                break (candidate, e);
             }
             step *= 0.5;
         };
+        let (f_new, g_new) = (e.value, e.gradient.shallow_clone());
+        observe(iterations, &theta_new, &e);
+        last = e;
         let s = &theta_new - &theta;
         let y = &g_new - &g;
         let ys = dot(&y, &s);
@@ -143,7 +222,7 @@ pub fn minimise(objective: &Objective, theta0: &Tensor, gradient_tol: f64, max_i
         }
     }
     let gradient_max = g.abs().max().double_value(&[]);
-    Solution { theta, value: f, gradient_max, iterations, evaluations }
+    Solution { theta, value: f, loss: last.loss, correct: last.correct, gradient_max, iterations, evaluations }
 }
 
 #[cfg(test)]

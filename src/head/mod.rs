@@ -19,8 +19,11 @@ pub mod unknown;
 
 pub use class_weight::{class_weights, weighted_cross_entropy, ClassWeight};
 pub use metrics::{evaluate, evaluate_logits, reliability, Calibration, ClassAccuracy, ConfusionScores, Evaluation, ReliabilityBin, ECE_BINS};
-pub use path::{L2_BATCHES_PER_EPOCH, L2_BATCH_ROWS, L2_EPOCHS_PER_STEP, L2_PATH, L2_PATIENCE_STEPS, L2_UPDATES_PER_STEP, REFIT_GRADIENT_TOL, REFIT_LBFGS_ITERATIONS, REFIT_LBFGS_MAX_ITERATIONS, REFIT_LBFGS_ROW_ITERATIONS};
-pub use streamed::{evaluate_streamed, should_stream, train_head_streamed, FeatureFile, BLOCK_ROWS, GROUP_BLOCKS};
+pub use path::{
+    L2_PATH, L2_PATIENCE_STEPS, PATH_GRADIENT_TOL, PATH_LBFGS_ITERATIONS, PATH_LBFGS_MAX_ITERATIONS, PATH_LBFGS_ROW_ITERATIONS, REFIT_GRADIENT_TOL, REFIT_LBFGS_ITERATIONS,
+    REFIT_LBFGS_MAX_ITERATIONS, REFIT_LBFGS_ROW_ITERATIONS, THREADED_ELEMENTS,
+};
+pub use streamed::{evaluate_streamed, should_stream, train_head_streamed, FeatureFile, BLOCK_ROWS, GROUP_BLOCKS, L2_BATCH_ROWS, L2_EPOCHS_PER_STEP, L2_UPDATES_PER_STEP};
 pub use train::{train_head, train_head_l2, train_head_views, EpochRecord, OptimizerKind, RefitRecord, Schedule, TrainConfig, TrainReport, ViewLayout};
 
 use std::path::Path;

@@ -1,67 +1,68 @@
-//! The tuned L2 path (`--weight-decay auto`, the default), written to be compute-bound.
+//! The tuned L2 path (`--weight-decay auto`, the default): a converged regularisation path.
 //!
-//! Softmax regression on standardised features, `mean cross-entropy + λ/2 · |W|²`, walked down
-//! [`L2_PATH`] strongest penalty first, every penalty warm-started from the last (a
-//! regularisation path), at least [`L2_EPOCHS_PER_STEP`] epochs and [`L2_UPDATES_PER_STEP`]
-//! updates of Adam a penalty, with a cosine learning rate within each. Each penalty's last
-//! epoch (the learning rate has decayed, the weights have settled) is a candidate, and the candidate with the lowest *calibrated*
-//! validation loss is kept: the loss at the softmax temperature that fits the validation rows
-//! best, a temperature then folded into the head. (A strong penalty gives underconfident
-//! probabilities whose raw cross-entropy is high even where its accuracy is the best; the
-//! calibrated loss judges the ranking, and is smoother than accuracy on a small split.) After
-//! [`L2_PATIENCE_STEPS`] penalties without a better candidate the weaker ones are skipped.
+//! Softmax regression on standardised features, `mean cross-entropy + λ/2 · |W|²`, minimised
+//! at each penalty of [`L2_PATH`], strongest first, by full-batch L-BFGS ([`super::lbfgs`])
+//! warm-started from the last penalty's point: at least [`PATH_LBFGS_ITERATIONS`] iterations a
+//! penalty on large data, more on small ([`PATH_LBFGS_ROW_ITERATIONS`], up to
+//! [`PATH_LBFGS_MAX_ITERATIONS`]), or until no gradient entry exceeds [`PATH_GRADIENT_TOL`].
+//! Each penalty's point is a candidate, judged by its *calibrated* validation loss: the loss at
+//! the softmax temperature that fits the validation rows best, a temperature then folded into
+//! the head. (A strong penalty gives underconfident probabilities whose raw cross-entropy is
+//! high even where its accuracy is the best; the calibrated loss judges the ranking, and is
+//! smoother than accuracy on a small split.) After [`L2_PATIENCE_STEPS`] penalties without a
+//! better candidate the weaker ones are skipped. The grid is then refined once: the penalty
+//! halfway (geometrically) between the best one and its better neighbour is a candidate too.
+//!
+//! Why not minibatches: at 45,000 rows, the few Adam epochs a penalty that the path once ran
+//! left every point far from its optimum (an objective 29% above it at the kept penalty on the
+//! real Lite0 features of CIFAR-10), and the least regularised point looked the best; the
+//! converged path chooses a stronger penalty and scores 0.8 points higher on that test set
+//! (docs/performance.md, "The head on the full CIFAR-10").
 //!
 //! With class weights (`--class-weight balanced`), every row's loss and gradient are multiplied
 //! by its class's weight, and the validation losses that judge the candidates and fit the
 //! temperature are weighted means (see [`super::class_weight`]).
 //!
 //! **Refit** (`refit`, the default): the kept penalty's objective, on train and validation rows
-//! together, is then minimised by full-batch L-BFGS ([`super::lbfgs`]), warm-started from the
-//! kept weights, for at most [`REFIT_LBFGS_ITERATIONS`] iterations on large data, more on small
+//! together, is then minimised by the same L-BFGS, warm-started from the kept point, for at
+//! most [`REFIT_LBFGS_ITERATIONS`] iterations on large data, more on small
 //! ([`REFIT_LBFGS_ROW_ITERATIONS`]), or until no gradient entry exceeds
 //! [`REFIT_GRADIENT_TOL`], as scikit-learn users refit on all of train after tuning `C`. The
-//! path's few Adam epochs a penalty leave its point far from that optimum at scale (on
-//! 45,000 synthetic rows, an objective 2.5 times the optimum's: docs/performance.md,
-//! "Convergence of the L2 path"); the L-BFGS refit reaches it. The temperature found on
-//! validation is folded in.
+//! temperature found on validation is folded in.
 //!
-//! **Speed.** The rows are standardised and shuffled once, into one matrix (the training rows,
-//! then the validation rows, which the refit simply includes); a minibatch is a contiguous
-//! slice of it (batches visited in a new order every epoch), so no step copies rows. The
-//! gradient and the Adam update are written out: two matrix products of the batch and a few
-//! element-wise operations on `[batch, classes]` and `[classes, features]` tensors a step, no
-//! autograd graph and no optimiser bookkeeping; batches grow with the data up to
-//! [`L2_BATCH_ROWS`] rows, so the matrix products, not the per-step overhead, take the time;
-//! and libtorch runs it on one thread (see `OneThread`).
+//! **Speed.** The rows are standardised once, into one matrix (the training rows, then the
+//! validation rows, which the refit simply includes). An L-BFGS iteration is about one
+//! evaluation of the objective: two matrix products over the rows and element-wise work on
+//! `[rows, classes]`, no autograd. Small problems run on one libtorch thread (see `OneThread`:
+//! their operations are too short for threads to pay); from [`THREADED_ELEMENTS`] the matrix
+//! products use libtorch's threads.
 
 use std::time::Instant;
 
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use super::class_weight::weighted_cross_entropy;
-use super::lbfgs::{self, Objective};
-use super::train::{EpochRecord, RefitRecord, Schedule, TrainConfig, TrainReport, ValidationSet};
+use super::lbfgs::{self, Evaluation, Objective};
+use super::train::{EpochRecord, RefitRecord, TrainConfig, TrainReport, ValidationSet};
 use super::LinearHead;
 use crate::progress::{Progress, Unit};
 
 /// The L2 penalties (`λ` in `mean cross-entropy + λ/2 · |W|²`, on standardised features)
 /// that the path walks down, strongest first. scikit-learn's `C` is `1 / (λ · n)`.
 pub const L2_PATH: [f64; 9] = [1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 3e-4, 1e-4];
-/// Epochs at each penalty of [`L2_PATH`], at least (the learning rate follows a cosine
-/// within each).
-pub const L2_EPOCHS_PER_STEP: usize = 2;
-/// Optimiser updates at each penalty, at least: small data sets get more epochs per penalty.
-pub const L2_UPDATES_PER_STEP: usize = 300;
 /// Penalties of [`L2_PATH`] without a better head after which the weaker ones are skipped.
 pub const L2_PATIENCE_STEPS: usize = 2;
-/// Rows of a minibatch on the path, at most (unless `--batch-size` is larger): batches grow
-/// from `--batch-size` with the data, to make [`L2_BATCHES_PER_EPOCH`] a epoch, up to this.
-pub const L2_BATCH_ROWS: usize = 256;
-/// Minibatches an epoch on the path, at least while batches can grow (see [`L2_BATCH_ROWS`]).
-pub const L2_BATCHES_PER_EPOCH: usize = 16;
+/// L-BFGS iterations at each penalty, at most, on large data: warm-started down the path,
+/// 15 iterations rank the penalties as converged points do on the 45,000 training rows of
+/// CIFAR-10 (docs/performance.md, "The head on the full CIFAR-10").
+pub const PATH_LBFGS_ITERATIONS: usize = 10;
+/// Small data get more iterations a penalty, up to this many rows times iterations (at most
+/// [`PATH_LBFGS_MAX_ITERATIONS`]): enough to reach [`PATH_GRADIENT_TOL`] on a few thousand rows.
+pub const PATH_LBFGS_ROW_ITERATIONS: usize = 400_000;
+/// A penalty's L-BFGS iterations, however small the data.
+pub const PATH_LBFGS_MAX_ITERATIONS: usize = 200;
+/// A penalty's L-BFGS stops once no gradient entry of its objective is larger.
+pub const PATH_GRADIENT_TOL: f64 = 1e-5;
 
 /// L-BFGS iterations of the refit, at most, on large data (each about one pass over the rows;
 /// see [`super::lbfgs`]): on 50,000 rows, 25 iterations bring the objective within 0.3% of
@@ -74,96 +75,17 @@ pub const REFIT_LBFGS_ROW_ITERATIONS: usize = 400_000;
 pub const REFIT_LBFGS_MAX_ITERATIONS: usize = 200;
 /// The refit stops once no gradient entry of its objective is larger.
 pub const REFIT_GRADIENT_TOL: f64 = 1e-5;
+/// Rows times feature width from which the path and the refit use libtorch's threads.
+pub const THREADED_ELEMENTS: i64 = 1 << 22;
 
-fn model_logits(z: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
-    z.matmul(&w.tr()) + b
+/// Iterations for `rows` rows: `row_iterations / rows`, within `[least, most]`.
+fn iterations_for(rows: i64, row_iterations: usize, least: usize, most: usize) -> usize {
+    (row_iterations / rows.max(1) as usize).clamp(least, most)
 }
 
-const BETA1: f64 = 0.9;
-const BETA2: f64 = 0.999;
-const EPS: f64 = 1e-8;
-
-/// The rows, standardised, in training order: `[0, train)` train, then validation.
-struct Rows {
-    z: Tensor,
-    onehot: Tensor,
-    labels: Tensor,
-    /// Each row's class weight (`--class-weight`), when classes are weighted.
-    weight: Option<Tensor>,
-    all: i64,
-}
-
-/// Weights in the standardised space and their Adam moments.
-struct Model {
-    w: Tensor,
-    b: Tensor,
-    mw: Tensor,
-    vw: Tensor,
-    mb: Tensor,
-    vb: Tensor,
-    t: i32,
-}
-
-impl Model {
-    fn zeros(classes: i64, d: i64, device: Device) -> Model {
-        let z = |shape: &[i64]| Tensor::zeros(shape, (Kind::Float, device));
-        Model { w: z(&[classes, d]), b: z(&[classes]), mw: z(&[classes, d]), vw: z(&[classes, d]), mb: z(&[classes]), vb: z(&[classes]), t: 0 }
-    }
-
-    fn logits(&self, z: &Tensor) -> Tensor {
-        z.matmul(&self.w.tr()) + &self.b
-    }
-
-    /// One Adam step on `rows[start..start + len]`; returns the batch's summed cross-entropy and
-    /// correct predictions, as tensors (read once an epoch).
-    fn step(&mut self, rows: &Rows, start: i64, len: i64, l2: f64, lr: f64) -> (Tensor, Tensor) {
-        let xb = rows.z.narrow(0, start, len);
-        let yb = rows.onehot.narrow(0, start, len);
-        let logits = self.logits(&xb);
-        let logp = logits.log_softmax(-1, Kind::Float);
-        let correct = logits.argmax(-1, false).eq_tensor(&rows.labels.narrow(0, start, len)).sum(Kind::Int64);
-        // The gradient of (1/len) Σ w_i CE_i (w_i = 1 without class weights).
-        let (loss, g) = match &rows.weight {
-            None => (-(&logp * &yb).sum(Kind::Float), (logp.exp() - &yb) / len as f64),
-            Some(w) => {
-                let wb = w.narrow(0, start, len);
-                let per_row = -(&logp * &yb).sum_dim_intlist(1, false, Kind::Float);
-                ((per_row * &wb).sum(Kind::Float), (logp.exp() - &yb) * wb.unsqueeze(1) / len as f64)
-            }
-        };
-        let gw = g.tr().matmul(&xb) + &self.w * l2;
-        let gb = g.sum_dim_intlist(0, false, Kind::Float);
-        self.t += 1;
-        let (c1, c2) = (1.0 - BETA1.powi(self.t), 1.0 - BETA2.powi(self.t));
-        let update = |p: &mut Tensor, m: &mut Tensor, v: &mut Tensor, g: &Tensor| {
-            *m = &*m * BETA1 + g * (1.0 - BETA1);
-            *v = &*v * BETA2 + g.square() * (1.0 - BETA2);
-            *p = &*p - (&*m / c1) / ((&*v / c2).sqrt() + EPS) * lr;
-        };
-        update(&mut self.w, &mut self.mw, &mut self.vw, &gw);
-        update(&mut self.b, &mut self.mb, &mut self.vb, &gb);
-        (loss, correct)
-    }
-
-    /// One epoch over rows `[0, n)` in batches of `batch`, batch order from `rng`; the learning
-    /// rate of step `s` of the epoch is `lr_at(s)`. Returns the mean training loss and accuracy.
-    fn epoch(&mut self, rows: &Rows, n: i64, batch: i64, l2: f64, lr_at: impl Fn(usize) -> f64, rng: &mut ChaCha8Rng) -> (f64, f64) {
-        let mut starts: Vec<i64> = (0..n).step_by(batch as usize).collect();
-        starts.shuffle(rng);
-        let mut loss = Tensor::zeros([], (Kind::Float, rows.z.device()));
-        let mut correct = Tensor::zeros([], (Kind::Int64, rows.z.device()));
-        for (s, &start) in starts.iter().enumerate() {
-            let (l, c) = self.step(rows, start, batch.min(n - start), l2, lr_at(s));
-            loss += l;
-            correct += c;
-        }
-        (loss.double_value(&[]) / n as f64, correct.int64_value(&[]) as f64 / n as f64)
-    }
-}
-
-/// libtorch's intra-op threads set to one while it lives, then restored. The steps are
-/// memory-bound matrix products and small element-wise operations; with two OpenMP threads
-/// spinning at every barrier, a busy machine (one thread descheduled) made an epoch ten times
+/// libtorch's intra-op threads set to one while it lives, then restored. Small problems' steps
+/// are short matrix products and element-wise operations; with two OpenMP threads spinning at
+/// every barrier, a busy machine (one thread descheduled) made minibatch epochs ten times
 /// slower (`benches/head.sh`, docs/performance.md), and an idle one gains little from them.
 pub(super) struct OneThread(i32);
 
@@ -181,13 +103,25 @@ impl Drop for OneThread {
     }
 }
 
+/// A candidate of the path: a penalty's point and how it was judged.
+struct Candidate {
+    /// Calibrated validation loss (the training loss without validation rows).
+    judged: f64,
+    /// Its record in the history (1-based).
+    epoch: usize,
+    l2: f64,
+    theta: Tensor,
+    /// Logit scale (inverse temperature) fitted on validation.
+    scale: f64,
+}
+
 /// Runs the path `penalties` (strongest first; [`L2_PATH`] when tuning, one penalty for a
 /// head at a known penalty) and the refit on `x` `[N, D]` (f32, on the CPU or a GPU) and `y`
 /// `[N]` (on the same device), split into `train_rows` and `val_rows` (which the refit adds);
 /// the penalties (and the temperature) are judged on `validation` when given (views averaged
 /// per picture), else on `val_rows`. `class_weights` (`[classes]`, see [`super::class_weight`])
 /// weigh every row's loss, the validation loss's too. `cfg` is already validated; `penalties`
-/// is not empty.
+/// is not empty. One history record is one L-BFGS iteration (about a pass over the rows).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn fit(
     x: &Tensor,
@@ -202,12 +136,10 @@ pub(super) fn fit(
     progress: &Progress,
 ) -> (LinearHead, TrainReport) {
     let start = Instant::now();
-    let _threads = OneThread::set();
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let mut shuffled = train_rows.to_vec();
-    shuffled.shuffle(&mut rng);
-    let idx = super::train::index_on(x.device(), shuffled.iter().chain(val_rows).copied());
+    let idx = super::train::index_on(x.device(), train_rows.iter().chain(val_rows).copied());
     let (nt, nv) = (train_rows.len() as i64, val_rows.len() as i64);
+    let d = x.size()[1];
+    let _threads = (nt * d < THREADED_ELEMENTS).then(OneThread::set);
     // Standardise with the training rows' statistics, in place; folded into the weights at the end.
     let mut z = x.index_select(0, &idx);
     let mean = z.narrow(0, 0, nt).mean_dim(0, false, Kind::Float);
@@ -215,96 +147,133 @@ pub(super) fn fit(
     let _ = z.g_sub_(&mean);
     let _ = z.g_div_(&std);
     let labels = y.index_select(0, &idx);
-    let onehot = labels.one_hot(classes as i64).to_kind(Kind::Float);
     let class_weights = class_weights.map(|w| w.to_device(x.device()));
     let weight = class_weights.as_ref().map(|w| w.index_select(0, &labels));
-    let rows = Rows { z, onehot, labels, weight, all: nt + nv };
+    let all = nt + nv;
     let (zv, yv) = match validation {
         Some((xv, yv)) => ((xv - &mean) / &std, yv.shallow_clone()),
-        None => (rows.z.narrow(0, nt, nv), rows.labels.narrow(0, nt, nv)),
+        None => (z.narrow(0, nt, nv), labels.narrow(0, nt, nv)),
     };
+    let (z_train, y_train) = (z.narrow(0, 0, nt), labels.narrow(0, 0, nt));
+    let w_train = weight.as_ref().map(|w| w.narrow(0, 0, nt));
 
-    let batch = train_rows.len().div_ceil(L2_BATCHES_PER_EPOCH).clamp(cfg.batch_size, L2_BATCH_ROWS.max(cfg.batch_size)).min(train_rows.len()) as i64;
-    let per_step = |n: i64| L2_EPOCHS_PER_STEP.max(L2_UPDATES_PER_STEP.div_ceil((n as usize).div_ceil(batch as usize)));
-    let lr_at = |cycle_step: usize, cycle_steps: usize| match cfg.schedule {
-        Schedule::Cosine => cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * cycle_step as f64 / cycle_steps as f64).cos()),
-        Schedule::Constant => cfg.lr,
-    };
-    let epochs_per_l2 = per_step(nt);
-    let steps_per_epoch = (nt as usize).div_ceil(batch as usize);
-    let mut model = Model::zeros(classes as i64, x.size()[1], x.device());
-    let mut history = Vec::new();
-    // (calibrated loss, epoch, penalty index, w, b, logit scale)
-    let mut best: Option<(f64, usize, usize, Tensor, Tensor, f64)> = None;
+    let tuning = penalties.len() > 1;
+    let per_penalty = iterations_for(nt, PATH_LBFGS_ROW_ITERATIONS, PATH_LBFGS_ITERATIONS, PATH_LBFGS_MAX_ITERATIONS);
     let refit_planned = cfg.refit && nv > 0;
-    let refit_epochs = (REFIT_LBFGS_ROW_ITERATIONS / rows.all as usize).clamp(REFIT_LBFGS_ITERATIONS, REFIT_LBFGS_MAX_ITERATIONS);
-    let mut task = progress.task("train head", (penalties.len() * epochs_per_l2 + if refit_planned { refit_epochs } else { 0 }) as u64, Unit::Epochs);
-    let mut stopped_early = false;
-    'path: for (k, &l2) in penalties.iter().enumerate() {
-        for e in 0..epochs_per_l2 {
-            let epoch = history.len() + 1;
-            let cycle = epochs_per_l2 * steps_per_epoch;
-            let (train_loss, train_accuracy) = model.epoch(&rows, nt, batch, l2, |s| lr_at(e * steps_per_epoch + s, cycle), &mut rng);
-            let (val_loss, val_accuracy, val_loss_calibrated) = if nv == 0 {
-                (None, None, None)
-            } else {
-                let logits = model.logits(&zv);
-                let acc = logits.argmax(-1, false).eq_tensor(&yv).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
-                // Only a penalty's last epoch is a candidate, so only it is calibrated.
-                let calibrated = (e + 1 == epochs_per_l2).then(|| calibrated_cross_entropy(&logits, &yv, class_weights.as_ref()));
-                (Some(weighted_cross_entropy(&logits, &yv, class_weights.as_ref()).double_value(&[])), Some(acc), calibrated)
-            };
-            history.push(EpochRecord { epoch, train_loss, train_accuracy, val_loss, val_accuracy, l2: Some(l2), val_loss_calibrated });
-            task.set_message(match val_accuracy {
-                Some(va) => format!("L2 {l2:e} loss {train_loss:.4} val_acc {:.2}%", 100.0 * va),
-                None => format!("L2 {l2:e} loss {train_loss:.4} acc {:.2}%", 100.0 * train_accuracy),
+    let refit_iterations = iterations_for(all, REFIT_LBFGS_ROW_ITERATIONS, REFIT_LBFGS_ITERATIONS, REFIT_LBFGS_MAX_ITERATIONS);
+    let planned = (penalties.len() + usize::from(tuning)) * per_penalty + if refit_planned { refit_iterations } else { 0 };
+    let mut task = progress.task("train head", planned as u64, Unit::Epochs);
+    let mut history: Vec<EpochRecord> = Vec::new();
+
+    // One penalty: L-BFGS from `theta0`, a record an iteration, the end point judged.
+    let mut memory = lbfgs::Memory::default();
+    let mut run_penalty = |l2: f64, theta0: &Tensor, history: &mut Vec<EpochRecord>| -> Candidate {
+        let objective = Objective { z: &z_train, labels: &y_train, classes: classes as i64, row_weight: w_train.as_ref(), l2 };
+        let validate = |theta: &Tensor| -> (Option<Tensor>, Option<f64>, Option<f64>) {
+            if zv.size()[0] == 0 {
+                return (None, None, None);
+            }
+            let (w, b) = objective.split(theta);
+            let logits = zv.matmul(&w.tr()) + b;
+            let acc = logits.argmax(-1, false).eq_tensor(&yv).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+            let loss = weighted_cross_entropy(&logits, &yv, class_weights.as_ref()).double_value(&[]);
+            (Some(logits), Some(loss), Some(acc))
+        };
+        let record = |history: &mut Vec<EpochRecord>, theta: &Tensor, e: &Evaluation| {
+            let (_, val_loss, val_accuracy) = validate(theta);
+            let (train_loss, train_accuracy) = (e.loss, e.correct as f64 / nt as f64);
+            history.push(EpochRecord { epoch: history.len() + 1, train_loss, train_accuracy, val_loss, val_accuracy, l2: Some(l2), val_loss_calibrated: None });
+        };
+        let sol = lbfgs::minimise_observed(&objective, theta0, PATH_GRADIENT_TOL, per_penalty, &mut memory, |_, theta, e| {
+            record(history, theta, e);
+            let last = history.last().expect("just recorded");
+            task.set_message(match last.val_accuracy {
+                Some(va) => format!("L2 {l2:e} loss {:.4} val_acc {:.2}%", last.train_loss, 100.0 * va),
+                None => format!("L2 {l2:e} loss {:.4} acc {:.2}%", last.train_loss, 100.0 * last.train_accuracy),
             });
             task.inc(1);
+        });
+        if sol.iterations == 0 {
+            // Already converged where it started: the start is the penalty's point.
+            record(history, &sol.theta, &objective.evaluate(&sol.theta));
         }
-        let last = history.last().expect("an epoch ran");
-        let (tie, scale) = last.val_loss_calibrated.unwrap_or((last.train_loss, 1.0));
-        if best.as_ref().is_none_or(|b| tie < b.0) {
-            best = Some((tie, last.epoch, k, model.w.copy(), model.b.copy(), scale));
+        task.inc((per_penalty - sol.iterations.min(per_penalty)) as u64);
+        let last = history.last_mut().expect("a record a penalty");
+        let (judged, scale) = match validate(&sol.theta).0 {
+            Some(logits) => {
+                let calibrated = calibrated_cross_entropy(&logits, &yv, class_weights.as_ref());
+                last.val_loss_calibrated = Some(calibrated);
+                calibrated
+            }
+            None => (last.train_loss, 1.0),
+        };
+        Candidate { judged, epoch: last.epoch, l2, theta: sol.theta, scale }
+    };
+
+    let mut theta = Tensor::zeros([classes as i64 * (d + 1)], (Kind::Float, x.device()));
+    let mut judged: Vec<(usize, f64)> = Vec::new(); // (index in penalties, judged loss)
+    let mut best: Option<Candidate> = None;
+    let mut best_k = 0;
+    let mut stopped_early = false;
+    for (k, &l2) in penalties.iter().enumerate() {
+        let candidate = run_penalty(l2, &theta, &mut history);
+        theta = candidate.theta.shallow_clone();
+        judged.push((k, candidate.judged));
+        if best.as_ref().is_none_or(|b| candidate.judged < b.judged) {
+            best = Some(candidate);
+            best_k = k;
         }
-        let best_k = best.as_ref().map_or(k, |b| b.2);
         if k - best_k >= L2_PATIENCE_STEPS && k + 1 < penalties.len() {
             stopped_early = true;
-            break 'path;
+            break;
         }
     }
-    let (_, best_epoch, best_k, w, b, scale) = best.expect("the path ran");
-    let l2 = penalties[best_k];
-    let record = &history[best_epoch - 1];
+    let mut best = best.expect("the path ran");
+    if tuning {
+        // Refine the grid once: halfway (on the log scale) towards the better neighbour.
+        let neighbour = judged.iter().filter(|(k, _)| k.abs_diff(best_k) == 1).min_by(|a, b| a.1.total_cmp(&b.1)).map(|&(k, _)| penalties[k]);
+        if let Some(other) = neighbour {
+            let candidate = run_penalty((best.l2 * other).sqrt(), &best.theta, &mut history);
+            if candidate.judged < best.judged {
+                best = candidate;
+            }
+        } else {
+            task.inc(per_penalty as u64);
+        }
+    }
+    let l2 = best.l2;
+    let record = &history[best.epoch - 1];
     let best_val_accuracy = record.val_accuracy.unwrap_or(record.train_accuracy);
+    let objective_all = Objective { z: &z, labels: &labels, classes: classes as i64, row_weight: weight.as_ref(), l2 };
     let (w, b, refit) = if refit_planned {
         // The refit: full-batch L-BFGS on every row at the chosen penalty, from the kept point.
-        let objective = Objective { z: &rows.z, labels: &rows.labels, classes: classes as i64, row_weight: rows.weight.as_ref(), l2 };
-        task.set_message(format!("refit on {} rows, L2 {l2:e} (L-BFGS)", rows.all));
-        let sol = lbfgs::minimise(&objective, &Objective::join(&w, &b), REFIT_GRADIENT_TOL, refit_epochs);
-        task.inc(refit_epochs as u64);
-        let (w, b) = objective.split(&sol.theta);
-        let logits = model_logits(&rows.z, &w, &b);
-        let train_accuracy = logits.argmax(-1, false).eq_tensor(&rows.labels).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
-        let train_loss = weighted_cross_entropy(&logits, &rows.labels, class_weights.as_ref()).double_value(&[]);
-        let refit = RefitRecord { rows: rows.all as usize, epochs: sol.evaluations, l2: Some(l2), train_loss, train_accuracy };
+        task.set_message(format!("refit on {all} rows, L2 {l2:e} (L-BFGS)"));
+        let sol = lbfgs::minimise(&objective_all, &best.theta, REFIT_GRADIENT_TOL, refit_iterations);
+        task.inc(refit_iterations as u64);
+        let (w, b) = objective_all.split(&sol.theta);
+        let logits = z.matmul(&w.tr()) + &b;
+        let train_accuracy = logits.argmax(-1, false).eq_tensor(&labels).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+        let train_loss = weighted_cross_entropy(&logits, &labels, class_weights.as_ref()).double_value(&[]);
+        let refit = RefitRecord { rows: all as usize, epochs: sol.evaluations, l2: Some(l2), train_loss, train_accuracy };
         (w.copy(), b.copy(), Some(refit))
     } else {
-        (w, b, None)
+        let (w, b) = objective_all.split(&best.theta);
+        (w.copy(), b.copy(), None)
     };
     task.finish();
     let report = TrainReport {
         history,
-        best_epoch,
+        best_epoch: best.epoch,
         best_val_accuracy,
         stopped_early,
         l2: Some(l2),
-        logit_scale: Some(scale).filter(|_| nv > 0),
+        logit_scale: Some(best.scale).filter(|_| nv > 0 || validation.is_some()),
         train_rows: nt as usize,
         val_rows: nv as usize,
         refit,
         seconds: start.elapsed().as_secs_f64(),
     };
-    (LinearHead::unstandardised(&w, &b, scale, &mean, &std), report)
+    (LinearHead::unstandardised(&w, &b, best.scale, &mean, &std), report)
 }
 
 /// Temperature scaling: the cross-entropy of `logits · s` (weighted by class, with

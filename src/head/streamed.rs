@@ -29,12 +29,20 @@ use super::class_weight::{class_weights, weighted_cross_entropy};
 use super::path::calibrated_cross_entropy;
 use super::train::{EpochRecord, RefitRecord, TrainConfig, TrainReport, ViewLayout};
 use super::metrics::{evaluate_logits, Evaluation};
-use super::{LinearHead, L2_BATCH_ROWS, L2_EPOCHS_PER_STEP, L2_PATH, L2_PATIENCE_STEPS, L2_UPDATES_PER_STEP};
+use super::{LinearHead, L2_PATH, L2_PATIENCE_STEPS};
 use crate::cache::shards::safetensors_layout;
 use crate::data::sample::stratified_holdout;
 use crate::error::{Error, IoContext, Result};
 use crate::progress::{Progress, Unit};
 
+/// Epochs of Adam at each penalty of [`L2_PATH`], at least (the learning rate follows a
+/// cosine within each). Unlike the in-memory path ([`super::path`], L-BFGS to convergence a
+/// penalty), the streamed one reads the rows from disk for every pass and keeps minibatches.
+pub const L2_EPOCHS_PER_STEP: usize = 2;
+/// Optimiser updates at each penalty, at least: small data sets get more epochs per penalty.
+pub const L2_UPDATES_PER_STEP: usize = 300;
+/// Rows of a minibatch, at least (unless `--batch-size` is larger).
+pub const L2_BATCH_ROWS: usize = 256;
 /// Consecutive rows read together for an epoch's minibatches.
 pub const BLOCK_ROWS: usize = 64;
 /// Blocks (in random order) whose rows are shuffled together into minibatches.
