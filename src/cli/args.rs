@@ -361,13 +361,14 @@ pub enum TtaArg {
 /// Head training settings.
 #[derive(Debug, Args)]
 pub struct HeadArgs {
-    /// Most epochs (training stops earlier when the validation loss stops improving).
+    /// Most epochs (training stops earlier when the validation loss stops improving); with a
+    /// fixed `--weight-decay` and for the streamed head (the tuned path in memory runs L-BFGS).
     #[arg(long, default_value_t = 60)]
     pub epochs: usize,
-    /// Minibatch size.
+    /// Minibatch size (a fixed `--weight-decay`, the streamed head).
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
-    /// Optimiser.
+    /// Optimiser of a fixed `--weight-decay` (the tuned path runs full-batch L-BFGS).
     #[arg(long, value_enum, default_value = "adamw")]
     pub optimizer: OptimizerArg,
     /// Share of each class of train held out for validation (early stopping, model choice).
@@ -379,7 +380,7 @@ pub struct HeadArgs {
     /// Stop after this many epochs without a lower validation loss.
     #[arg(long, default_value_t = 10)]
     pub patience: usize,
-    /// Learning-rate schedule.
+    /// Learning-rate schedule (a fixed `--weight-decay`, the streamed head).
     #[arg(long, value_enum, default_value = "cosine")]
     pub schedule: ScheduleArg,
     /// Keep the head trained without the validation rows, instead of training it once more on
@@ -449,11 +450,13 @@ pub struct ExtractArgs {
 /// Learning rate and weight decay of one head.
 #[derive(Debug, Args)]
 pub struct RateArgs {
-    /// Learning rate.
+    /// Learning rate (a fixed `--weight-decay`, the streamed head; the tuned path in memory
+    /// runs L-BFGS, which needs none).
     #[arg(long, default_value_t = 1e-3, allow_negative_numbers = true)]
     pub lr: f64,
     /// Weight decay: a number, or `auto` to tune an L2 penalty on the validation split (a
-    /// path from strong to weak, warm-started; the kept epoch has the lowest validation loss).
+    /// path from strong to weak, each penalty minimised to convergence, warm-started; the
+    /// penalty kept has the lowest validation loss at its best temperature).
     #[arg(long, default_value = "auto", value_parser = parse_weight_decay, allow_negative_numbers = true)]
     pub weight_decay: WeightDecayArg,
 }
