@@ -63,14 +63,16 @@ fn penalty_changes(history: &[EpochRecord]) -> Vec<(i32, f64)> {
     out
 }
 
-/// An L2 penalty as a short label: `1e-4`, `3e-2`, `1`.
+/// An L2 penalty as a short label, two significant digits at most: `1e-4`, `3e-2`, `1`,
+/// `5.5e-3`.
 fn short_l2(l2: f64) -> String {
-    let text = format!("{l2:e}");
-    text.replace("e0", "").replace(".0e", "e")
+    let text = format!("{l2:.1e}");
+    text.replace(".0e", "e").replace("e0", "")
 }
 
-/// Draws `curves.png`: training and validation loss (left) and accuracy (right) per epoch, on
-/// an axis of whole epochs; the epoch kept is a solid black line, labelled; on the tuned L2
+/// Draws `curves.png`: training and validation loss (left) and accuracy (right) per epoch (per
+/// L-BFGS iteration on the tuned path: `report.unit`), on an axis of whole epochs; the epoch
+/// kept is a solid black line, labelled; on the tuned L2
 /// path, a dotted line and the penalty's value where the penalty changes.
 pub fn training_curves(report: &TrainReport, path: &Path) -> Result<()> {
     font();
@@ -83,6 +85,7 @@ pub fn training_curves(report: &TrainReport, path: &Path) -> Result<()> {
             report.history.iter().filter_map(|r| f(r).map(|v| (r.epoch as i32, v))).collect()
         };
         let changes = penalty_changes(&report.history);
+        let unit = report.unit.name();
         #[allow(clippy::type_complexity)] // one panel: its area, its name, its two curves
         let panels: [(&DrawingArea<_, _>, &str, Vec<(i32, f64)>, Vec<(i32, f64)>); 2] = [
             (&left, "loss", series(&|r| Some(r.train_loss)), series(&|r| r.val_loss)),
@@ -93,7 +96,7 @@ pub fn training_curves(report: &TrainReport, path: &Path) -> Result<()> {
             let min = train.iter().chain(&val).map(|p| p.1).fold(f64::MAX, f64::min);
             let (lo, hi) = if name == "accuracy" { (min.clamp(0.0, 1.0) * 0.95, 1.0) } else { (0.0, max * 1.05 + 1e-9) };
             let mut chart = ChartBuilder::on(area)
-                .caption(format!("{name} per epoch"), ("sans-serif", 20))
+                .caption(format!("{name} per {unit}"), ("sans-serif", 20))
                 .margin(12)
                 .x_label_area_size(36)
                 .y_label_area_size(52)
@@ -108,7 +111,7 @@ pub fn training_curves(report: &TrainReport, path: &Path) -> Result<()> {
                 .x_label_formatter(&|e| e.to_string())
                 .light_line_style(WHITE)
                 .bold_line_style(BLACK.mix(0.1))
-                .x_desc("epoch")
+                .x_desc(unit)
                 .y_desc(name)
                 .draw()
                 .map_err(err)?;
@@ -137,7 +140,7 @@ pub fn training_curves(report: &TrainReport, path: &Path) -> Result<()> {
             chart
                 .draw_series(LineSeries::new([(best, lo), (best, hi)], BLACK.stroke_width(2)))
                 .map_err(err)?
-                .label(format!("epoch kept: {best}"))
+                .label(format!("{unit} kept: {best}"))
                 .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], BLACK.stroke_width(2)));
             chart.configure_series_labels().position(corner).background_style(WHITE.mix(0.85)).border_style(BLACK).draw().map_err(err)?;
         }
@@ -333,4 +336,15 @@ pub fn coverage_curves(curves: &[(String, Vec<(f64, f64)>)], at: Option<(f64, f6
         chart.configure_series_labels().position(SeriesLabelPosition::LowerLeft).background_style(WHITE.mix(0.85)).border_style(BLACK).draw().map_err(err)?;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short_l2;
+
+    #[test]
+    fn penalty_labels_are_short() {
+        let labels: Vec<String> = [1.0, 0.3, 1e-4, 0.0055, 0.17].iter().map(|&v| short_l2(v)).collect();
+        assert_eq!(labels, ["1", "3e-1", "1e-4", "5.5e-3", "1.7e-1"]);
+    }
 }

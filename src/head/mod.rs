@@ -24,7 +24,7 @@ pub use path::{
     REFIT_LBFGS_MAX_ITERATIONS, REFIT_LBFGS_ROW_ITERATIONS, THREADED_ELEMENTS,
 };
 pub use streamed::{evaluate_streamed, should_stream, train_head_streamed, FeatureFile, BLOCK_ROWS, GROUP_BLOCKS, L2_BATCH_ROWS, L2_EPOCHS_PER_STEP, L2_UPDATES_PER_STEP};
-pub use train::{train_head, train_head_l2, train_head_views, EpochRecord, OptimizerKind, RefitRecord, Schedule, TrainConfig, TrainReport, ViewLayout};
+pub use train::{train_head, train_head_l2, train_head_views, EpochRecord, HistoryUnit, OptimizerKind, RefitRecord, Schedule, TrainConfig, TrainReport, ViewLayout};
 
 use std::path::Path;
 

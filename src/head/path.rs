@@ -78,6 +78,13 @@ pub const REFIT_GRADIENT_TOL: f64 = 1e-5;
 /// Rows times feature width from which the path and the refit use libtorch's threads.
 pub const THREADED_ELEMENTS: i64 = 1 << 22;
 
+/// `v` (> 0) to two significant digits: the refined penalty reads as `0.0055`, not
+/// `0.005477225575051661`.
+fn two_digits(v: f64) -> f64 {
+    let unit = 10f64.powf(v.log10().floor() - 1.0);
+    (v / unit).round() * unit
+}
+
 /// Iterations for `rows` rows: `row_iterations / rows`, within `[least, most]`.
 fn iterations_for(rows: i64, row_iterations: usize, least: usize, most: usize) -> usize {
     (row_iterations / rows.max(1) as usize).clamp(least, most)
@@ -233,7 +240,7 @@ pub(super) fn fit(
         // Refine the grid once: halfway (on the log scale) towards the better neighbour.
         let neighbour = judged.iter().filter(|(k, _)| k.abs_diff(best_k) == 1).min_by(|a, b| a.1.total_cmp(&b.1)).map(|&(k, _)| penalties[k]);
         if let Some(other) = neighbour {
-            let candidate = run_penalty((best.l2 * other).sqrt(), &best.theta, &mut history);
+            let candidate = run_penalty(two_digits((best.l2 * other).sqrt()), &best.theta, &mut history);
             if candidate.judged < best.judged {
                 best = candidate;
             }
@@ -263,6 +270,7 @@ pub(super) fn fit(
     task.finish();
     let report = TrainReport {
         history,
+        unit: super::train::HistoryUnit::Iteration,
         best_epoch: best.epoch,
         best_val_accuracy,
         stopped_early,
@@ -298,4 +306,17 @@ pub(super) fn calibrated_cross_entropy(logits: &Tensor, labels: &Tensor, class_w
     }
     let ln_s = (a + b) / 2.0;
     (loss(ln_s), ln_s.exp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::two_digits;
+
+    /// The refined penalty halfway between two of the grid is written as people write it.
+    #[test]
+    fn refined_penalties_have_two_significant_digits() {
+        for (v, want) in [((0.01f64 * 0.003).sqrt(), 0.0055), ((0.3f64 * 0.1).sqrt(), 0.17), ((1.0f64 * 0.3).sqrt(), 0.55), (1e-4, 1e-4)] {
+            assert!((two_digits(v) - want).abs() < 1e-12 * want, "{v} -> {} (want {want})", two_digits(v));
+        }
+    }
 }

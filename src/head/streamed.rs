@@ -315,6 +315,7 @@ pub fn train_head_streamed(path: &Path, classes: usize, cfg: &TrainConfig, layou
     let report = TrainReport {
         best_val_accuracy,
         history,
+        unit: super::train::HistoryUnit::Epoch,
         best_epoch,
         stopped_early,
         l2: Some(l2),

@@ -165,11 +165,37 @@ pub struct EpochRecord {
     pub val_loss_calibrated: Option<(f64, f64)>,
 }
 
+/// What one record of [`TrainReport::history`] stands for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HistoryUnit {
+    /// An epoch of minibatches (a fixed weight decay, the streamed head; head.json files
+    /// written before the unit was recorded).
+    #[default]
+    Epoch,
+    /// An iteration of full-batch L-BFGS, about one pass over the rows (the tuned path in
+    /// memory).
+    Iteration,
+}
+
+impl HistoryUnit {
+    /// The unit's name, singular.
+    pub fn name(self) -> &'static str {
+        match self {
+            HistoryUnit::Epoch => "epoch",
+            HistoryUnit::Iteration => "L-BFGS iteration",
+        }
+    }
+}
+
 /// What training did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainReport {
-    /// Every epoch run.
+    /// Every epoch run (or L-BFGS iteration: see `unit`).
     pub history: Vec<EpochRecord>,
+    /// What a record of `history` (and `best_epoch`) counts.
+    #[serde(default)]
+    pub unit: HistoryUnit,
     /// The epoch whose weights were kept (lowest validation loss).
     pub best_epoch: usize,
     /// Its validation accuracy (training accuracy when there is no validation split).
@@ -450,6 +476,7 @@ fn fit_fixed(
     let scale = (!val_rows.is_empty()).then(|| tch::no_grad(|| super::path::calibrated_cross_entropy(&(xv.matmul(&bw.tr()) + &bb), &yv, class_weights).1));
     let report = TrainReport {
         history,
+        unit: HistoryUnit::Epoch,
         best_epoch,
         best_val_accuracy: best_acc,
         stopped_early,
