@@ -8,6 +8,10 @@
 //!
 //! The method is the tuned L2 path of [`super::path`] (the default) or a fixed penalty, on
 //! standardised features, with these differences, for one pass over the disk per epoch:
+//! - each penalty runs a few epochs of minibatch Adam ([`L2_EPOCHS_PER_STEP`] at least), not
+//!   L-BFGS to convergence as in memory: a full-batch iteration would be a pass over the disk,
+//!   so at scale its points are not converged (docs/performance.md, "The head on the full
+//!   CIFAR-10"); no penalty between the grid's is tried;
 //! - the standardisation statistics come from a streaming pass over the training rows;
 //! - an epoch visits blocks of [`BLOCK_ROWS`] consecutive rows in a new random order, reading
 //!   [`GROUP_BLOCKS`] blocks at a time and shuffling their rows together into minibatches;
