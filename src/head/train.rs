@@ -660,6 +660,7 @@ mod tests {
         let (_, g) = objective.value_and_gradient(&super::super::lbfgs::Objective::join(&w, &b));
         let gradient_max = g.abs().max().double_value(&[]);
         println!("kept penalty {l2}: largest gradient entry {gradient_max:.2e}");
+        assert_eq!(report.unit, HistoryUnit::Iteration, "the tuned path records L-BFGS iterations");
         assert!(gradient_max < 1e-4, "{gradient_max}");
         // Every penalty tried is a candidate, judged at its calibrated validation loss.
         let judged: Vec<f64> = report.history.iter().filter_map(|r| r.val_loss_calibrated.map(|c| c.0)).collect();
@@ -698,6 +699,7 @@ mod tests {
         let (_, report) = train_head(&x, &y, 3, &cfg, &Progress::hidden()).unwrap();
         let r = report.refit.expect("refit recorded");
         assert_eq!((r.rows, r.epochs, r.l2), (120, report.best_epoch, None));
+        assert_eq!(report.unit, HistoryUnit::Epoch, "a fixed weight decay records epochs");
         let (_, no_val) = train_head(&x, &y, 3, &TrainConfig { val_fraction: 0.0, ..cfg }, &Progress::hidden()).unwrap();
         assert!(no_val.refit.is_none(), "nothing to refit on without validation rows");
     }
