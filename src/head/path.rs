@@ -42,7 +42,7 @@ use std::time::Instant;
 use tch::{Kind, Tensor};
 
 use super::class_weight::weighted_cross_entropy;
-use super::lbfgs::{self, Evaluation, Objective};
+use super::lbfgs::{self, Objective};
 use super::train::{EpochRecord, RefitRecord, TrainConfig, TrainReport, ValidationSet};
 use super::LinearHead;
 use crate::progress::{Progress, Unit};
@@ -186,13 +186,13 @@ pub(super) fn fit(
             let loss = weighted_cross_entropy(&logits, &yv, class_weights.as_ref()).double_value(&[]);
             (Some(logits), Some(loss), Some(acc))
         };
-        let record = |history: &mut Vec<EpochRecord>, theta: &Tensor, e: &Evaluation| {
+        let record = |history: &mut Vec<EpochRecord>, theta: &Tensor, train_loss: f64, correct: i64| {
             let (_, val_loss, val_accuracy) = validate(theta);
-            let (train_loss, train_accuracy) = (e.loss, e.correct as f64 / nt as f64);
+            let train_accuracy = correct as f64 / nt as f64;
             history.push(EpochRecord { epoch: history.len() + 1, train_loss, train_accuracy, val_loss, val_accuracy, l2: Some(l2), val_loss_calibrated: None });
         };
         let sol = lbfgs::minimise_observed(&objective, theta0, PATH_GRADIENT_TOL, per_penalty, &mut memory, |_, theta, e| {
-            record(history, theta, e);
+            record(history, theta, e.loss, e.correct);
             let last = history.last().expect("just recorded");
             task.set_message(match last.val_accuracy {
                 Some(va) => format!("L2 {l2:e} loss {:.4} val_acc {:.2}%", last.train_loss, 100.0 * va),
@@ -202,7 +202,7 @@ pub(super) fn fit(
         });
         if sol.iterations == 0 {
             // Already converged where it started: the start is the penalty's point.
-            record(history, &sol.theta, &objective.evaluate(&sol.theta));
+            record(history, &sol.theta, sol.loss, sol.correct);
         }
         task.inc((per_penalty - sol.iterations.min(per_penalty)) as u64);
         let last = history.last_mut().expect("a record a penalty");
