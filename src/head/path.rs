@@ -81,8 +81,8 @@ pub const THREADED_ELEMENTS: i64 = 1 << 22;
 /// `v` (> 0) to two significant digits: the refined penalty reads as `0.0055`, not
 /// `0.005477225575051661`.
 fn two_digits(v: f64) -> f64 {
-    let unit = 10f64.powf(v.log10().floor() - 1.0);
-    (v / unit).round() * unit
+    // Through the decimal text, so that the value is the double nearest `5.5e-3` itself.
+    format!("{v:.1e}").parse().unwrap_or(v)
 }
 
 /// Iterations for `rows` rows: `row_iterations / rows`, within `[least, most]`.
@@ -316,7 +316,8 @@ mod tests {
     #[test]
     fn refined_penalties_have_two_significant_digits() {
         for (v, want) in [((0.01f64 * 0.003).sqrt(), 0.0055), ((0.3f64 * 0.1).sqrt(), 0.17), ((1.0f64 * 0.3).sqrt(), 0.55), (1e-4, 1e-4)] {
-            assert!((two_digits(v) - want).abs() < 1e-12 * want, "{v} -> {} (want {want})", two_digits(v));
+            assert_eq!(two_digits(v), want, "{v}");
+            assert_eq!(two_digits(v).to_string(), want.to_string());
         }
     }
 }
