@@ -150,25 +150,7 @@ impl FakeServer {
 
     /// As [`serve_hub_file`], with `linked_etag` as `x-linked-etag` (a wrong one, to test).
     pub fn serve_hub_file_with_etag(&self, repo: &str, file: &str, bytes: Vec<u8>, commit: &str, linked_etag: &str) {
-        let size = bytes.len();
-        let cdn_path = format!("/repos/{}/{linked_etag}", &sha256(repo.as_bytes())[..8]);
-        let location = format!("{}{cdn_path}?X-Amz-Signature=fake&response-content-disposition=attachment", self.cdn_base);
-        let headers = vec![
-            ("x-repo-commit".to_string(), commit.to_string()),
-            ("x-linked-etag".to_string(), format!("\"{linked_etag}\"")),
-            ("x-linked-size".to_string(), size.to_string()),
-            // The real Hub's plain etag of an LFS file is the git object id of its pointer file.
-            ("etag".to_string(), format!("\"{}\"", git_like_id(&bytes))),
-        ];
-        let mut st = self.state.lock().unwrap();
-        let cdn_headers = vec![("etag".to_string(), format!("\"{}\"", &sha256(&bytes)[..32]))];
-        st.cdn.insert(cdn_path, Route::File { bytes: Arc::new(bytes), headers: cdn_headers });
-        for rev in ["main", commit] {
-            st.hub.insert(
-                format!("/{repo}/resolve/{rev}/{file}"),
-                Route::Redirect { status: 302, location: location.clone(), headers: headers.clone() },
-            );
-        }
+        self.serve_lfs(repo, file, bytes, commit, &["main", commit], linked_etag);
     }
 
     /// Serves `bytes` as a small (non-LFS) file: a relative 307 to `/api/resolve-cache/...`.
@@ -206,7 +188,7 @@ impl FakeServer {
     pub fn serve_dataset(&self, repo: &str, revision: &str, commit: &str, files: &[(String, Vec<u8>)], card: serde_json::Value, page: usize) {
         let rev = revision.replace('/', "%2F");
         for (path, bytes) in files {
-            self.serve_lfs(&format!("datasets/{repo}"), path, bytes.clone(), commit, &[&rev, commit]);
+            self.serve_lfs(&format!("datasets/{repo}"), path, bytes.clone(), commit, &[&rev, commit], &sha256(bytes));
         }
         let siblings: Vec<serde_json::Value> = files.iter().map(|(p, _)| serde_json::json!({"rfilename": p})).collect();
         let info = serde_json::json!({"id": repo, "sha": commit, "private": false, "gated": false, "siblings": siblings, "cardData": card});
@@ -292,9 +274,9 @@ impl FakeServer {
         self.state.lock().unwrap().hub.insert(path.to_string(), Route::File { bytes: Arc::new(body.to_string().into_bytes()), headers });
     }
 
-    /// An LFS file at `/{repo_path}/resolve/{rev}/{file}` for each of `revs`: a 302 to the CDN.
-    fn serve_lfs(&self, repo_path: &str, file: &str, bytes: Vec<u8>, commit: &str, revs: &[&str]) {
-        let linked_etag = sha256(&bytes);
+    /// An LFS file at `/{repo_path}/resolve/{rev}/{file}` for each of `revs`: a 302 to the CDN,
+    /// with `linked_etag` as `x-linked-etag` (the Hub's: the file's sha256).
+    fn serve_lfs(&self, repo_path: &str, file: &str, bytes: Vec<u8>, commit: &str, revs: &[&str], linked_etag: &str) {
         let size = bytes.len();
         let cdn_path = format!("/repos/{}/{linked_etag}", &sha256(repo_path.as_bytes())[..8]);
         let location = format!("{}{cdn_path}?X-Amz-Signature=fake&response-content-disposition=attachment", self.cdn_base);
@@ -302,6 +284,7 @@ impl FakeServer {
             ("x-repo-commit".to_string(), commit.to_string()),
             ("x-linked-etag".to_string(), format!("\"{linked_etag}\"")),
             ("x-linked-size".to_string(), size.to_string()),
+            // The real Hub's plain etag of an LFS file is the git object id of its pointer file.
             ("etag".to_string(), format!("\"{}\"", git_like_id(&bytes))),
         ];
         let mut st = self.state.lock().unwrap();
